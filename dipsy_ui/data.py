@@ -1,0 +1,444 @@
+"""The few-shot dataset: loading, validation, safe class folder names and the demo data.
+
+A dataset comes from a folder with one subfolder per class (torchvision ``ImageFolder`` layout),
+a ``.zip`` of such a folder, or an in-memory mapping ``class name -> images`` (what the UI hands
+over). Every image is decoded up front to upright RGB through :mod:`dipsy_ui.images` and kept in
+memory: few-shot sets are small, and the similarity step and the pipeline both need every image.
+
+Loading never fails on a single bad file: unreadable files, empty classes and duplicates are
+recorded in a :class:`LoadReport` and skipped. Only an input with no usable class at all raises
+:class:`DatasetError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dipsy_ui.images import ImageReadError, image_digest, open_image, to_rgb
+
+# Files in a folder or zip with any other extension are skipped with a reason, not decoded:
+# datasets routinely carry README, labels.csv or .json files, and reporting each of those as a
+# "corrupt image" would bury the real problems. Mapping entries are always decoded.
+IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
+
+MAX_SLUG_LENGTH = 64
+# A zip entry larger than this is skipped unread, so a zip bomb cannot exhaust memory.
+MAX_ZIP_ENTRY_BYTES = 64 * 1024 * 1024
+_WINDOWS_RESERVED = frozenset(
+    {"con", "prn", "aux", "nul"} | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
+)
+_SLUG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_DEMO_MARKER = ".dipsy-demo"
+
+ImageLike = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
+Reader = Callable[[], Image.Image]  # decodes one image lazily, raising ImageReadError
+
+
+class DatasetError(ValueError):
+    """The input cannot be used as a dataset (or for the requested purpose); the message says why."""
+
+    def __init__(self, message: str, report: LoadReport | None = None):
+        super().__init__(message)
+        self.report = report  # what was found before giving up, for showing to the user
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    source: str  # where the image came from: a file path, "archive.zip:cat/1.jpg" or "cat[0]"
+    digest: str  # image_digest of the decoded RGB pixels
+    image: Image.Image = field(compare=False, repr=False)  # upright 8-bit RGB
+
+
+@dataclass(frozen=True)
+class FewShotClass:
+    name: str  # display name, as given (surrounding whitespace stripped)
+    slug: str  # folder name for this class on disk, unique within the dataset
+    images: tuple[ImageRecord, ...]
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DroppedClass:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    class_name: str
+    source: str  # the dropped copy
+    kept: str  # the earlier copy that stays in the dataset
+
+
+@dataclass
+class LoadReport:
+    """Everything loading skipped or noticed, in the order it happened."""
+
+    source: str
+    skipped: list[SkippedFile] = field(default_factory=list)
+    dropped_classes: list[DroppedClass] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    class_count: int = 0
+    image_count: int = 0
+
+    def skip(self, source: str, reason: str, *, error: bool = False) -> None:
+        self.skipped.append(SkippedFile(source, reason))
+        (self.errors if error else self.warnings).append(f"skipped {source}: {reason}")
+
+    def drop_class(self, name: str, reason: str) -> None:
+        self.dropped_classes.append(DroppedClass(name, reason))
+        self.warnings.append(f"dropped class {name!r}: {reason}")
+
+    def summary(self, max_lines: int = 20) -> str:
+        """A short text for the user: counts, then errors and warnings (long lists are cut)."""
+        lines = [f"Loaded {self.image_count} images in {self.class_count} classes from {self.source}."]
+        for title, messages in (("Errors", self.errors), ("Warnings", self.warnings)):
+            if messages:
+                lines.append(f"{title} ({len(messages)}):")
+                lines += [f"  - {message}" for message in messages[:max_lines]]
+                if len(messages) > max_lines:
+                    lines.append(f"  ... and {len(messages) - max_lines} more")
+        return "\n".join(lines)
+
+
+class FewShotDataset:
+    """Classes in a fixed order, each with its display name, disk slug and RGB images."""
+
+    def __init__(self, classes: Sequence[FewShotClass], report: LoadReport):
+        self.classes = tuple(classes)
+        self.report = report
+        self._by_name = {c.name: c for c in self.classes}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    def slug(self, name: str) -> str:
+        return self._get(name).slug
+
+    def images(self, name: str) -> tuple[ImageRecord, ...]:
+        return self._get(name).images
+
+    def __len__(self) -> int:
+        """The total number of images over all classes."""
+        return sum(len(c.images) for c in self.classes)
+
+    def require_classes(self, count: int, purpose: str = "negative-class sampling") -> None:
+        """Raise :class:`DatasetError` unless the dataset has at least ``count`` classes."""
+        if len(self.classes) >= count:
+            return
+        found = ", ".join(repr(n) for n in self.class_names)
+        dropped = (
+            f"; {len(self.report.dropped_classes)} dropped, see the report"
+            if self.report.dropped_classes
+            else ""
+        )
+        raise DatasetError(
+            f"{purpose} needs at least {count} classes, but {self.report.source} has "
+            f"{len(self.classes)} ({found}{dropped}); add images for "
+            f"{count - len(self.classes)} more class(es) or turn {purpose} off",
+            self.report,
+        )
+
+    def _get(self, name: str) -> FewShotClass:
+        if name not in self._by_name:
+            raise KeyError(f"no class {name!r} in the dataset; classes are {list(self.class_names)}")
+        return self._by_name[name]
+
+
+def safe_slug(name: str) -> str:
+    """A single, portable path component for ``name``: only ``[A-Za-z0-9._-]``, never empty.
+
+    NFKC-normalised, accents transliterated (``Café`` -> ``Cafe``), other characters replaced
+    by ``_``, no leading/trailing ``.``/``_``/``-``, no ``..``, Windows reserved device names
+    (``CON``, ``nul.txt``, ...) prefixed with ``_``, at most ``MAX_SLUG_LENGTH`` characters.
+    Different names may share a slug; :func:`class_slugs` makes them unique.
+    """
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", name))
+    text = "".join(ch if ch in _SLUG_CHARS else "_" for ch in text if not unicodedata.combining(ch))
+    while "__" in text or ".." in text:
+        text = text.replace("__", "_").replace("..", ".")
+    text = text[:MAX_SLUG_LENGTH].strip("._-") or "class"
+    if text.partition(".")[0].lower() in _WINDOWS_RESERVED:
+        # A prefix, not a suffix: Windows reserves "nul.txt" as well as "nul".
+        text = f"_{text}"[:MAX_SLUG_LENGTH].rstrip("._-")
+    return text
+
+
+def class_slugs(names: Iterable[str]) -> dict[str, str]:
+    """Unique slugs for ``names``, deterministic for their order.
+
+    Uniqueness is case-insensitive, since ``Cat`` and ``cat`` share a folder on macOS and
+    Windows. A clash gets an 8-hex suffix from the hash of the display name, so the slug does
+    not depend on how many other clashes there are.
+    """
+    slugs: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        if name in slugs:
+            raise ValueError(f"duplicate class name {name!r}")
+        base = safe_slug(name)
+        slug, attempt = base, 1
+        while slug.casefold() in taken:
+            suffix = "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            suffix += f"-{attempt}" if attempt > 1 else ""
+            slug = base[: MAX_SLUG_LENGTH - len(suffix)].rstrip("._-") + suffix
+            attempt += 1
+        slugs[name] = slug
+        taken.add(slug.casefold())
+    return slugs
+
+
+def resolve_inside(root: str | Path, *parts: str) -> Path:
+    """``root / parts...`` resolved, raising ``ValueError`` unless it lies strictly below ``root``."""
+    base = Path(root).resolve()
+    if any("\x00" in part for part in parts):
+        raise ValueError(f"path part contains a NUL character: {parts!r}")
+    target = base.joinpath(*parts).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise ValueError(f"{parts!r} does not name a path inside {base}")
+    return target
+
+
+def load_dataset(source: str | Path | Mapping[str, Sequence[ImageLike]]) -> FewShotDataset:
+    """Load a class folder, a ``.zip`` of one, or a ``class name -> images`` mapping."""
+    if isinstance(source, Mapping):
+        return load_mapping(source)
+    path = Path(source)
+    if path.is_dir():
+        return load_folder(path)
+    if path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
+        return load_zip(path)
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist")
+    raise DatasetError(f"{path} is neither a folder nor a .zip archive of class folders")
+
+
+def load_folder(root: str | Path) -> FewShotDataset:
+    """Load ``root/<class name>/**/<image>``; hidden files and folders are ignored."""
+    root = Path(root)
+    report = LoadReport(str(root))
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder", report)
+    entries: dict[str, list[tuple[str, Reader]]] = {}
+    seen: set[str] = set()
+    # Linked folders are followed, as torchvision's ImageFolder does, but each real folder is
+    # read once: a link back up the tree would otherwise make the walk endless.
+    for directory, subdirs, filenames in os.walk(root, followlinks=True):
+        if os.path.realpath(directory) in seen:
+            subdirs[:] = []
+            continue
+        seen.add(os.path.realpath(directory))
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        relative = Path(directory).relative_to(root).parts
+        if not relative:
+            entries = {name: [] for name in sorted(subdirs, key=str.strip)}
+        for filename in sorted(f for f in filenames if not f.startswith(".")):
+            path = Path(directory, filename)
+            if _accept(relative[0] if relative else "", str(path), report):
+                entries[relative[0]].append((str(path), partial(open_image, path)))
+    return _build(entries, report, f"no class folders found in {root}; expected {root}/<class name>/<images>")
+
+
+def load_zip(archive: str | Path) -> FewShotDataset:
+    """Load a zip of class folders, flat (``cat/1.jpg``) or wrapped (``data/cat/1.jpg``).
+
+    Images are decoded straight from the archive; nothing is extracted, so entries such as
+    ``../evil.png`` or ``/etc/x.png`` cannot write anywhere (they are skipped and reported).
+    """
+    archive = Path(archive)
+    report = LoadReport(str(archive))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            paths: list[tuple[zipfile.ZipInfo, list[str]]] = []
+            for info in zf.infolist():
+                name = info.filename.replace("\\", "/")
+                parts = [p for p in name.split("/") if p]
+                if not parts or name.startswith("/") or ".." in parts or ":" in parts[0]:
+                    report.skip(f"{archive}:{info.filename}", "unsafe path in archive", error=True)
+                elif not info.is_dir() and not any(p.startswith(".") or p == "__MACOSX" for p in parts):
+                    paths.append((info, parts))
+            # One folder wrapping everything (what zipping a folder gives) is not a class; a
+            # single class folder holding its images directly is.
+            tops = {parts[0] for _, parts in paths}
+            if len(tops) == 1 and not any(len(parts) == 2 and _is_image_name(parts[1]) for _, parts in paths):
+                paths = [(info, parts[1:]) for info, parts in paths]
+            entries: dict[str, list[tuple[str, Reader]]] = {
+                n: [] for n in sorted({p[0] for _, p in paths if len(p) > 1}, key=str.strip)
+            }
+            for info, parts in paths:
+                source = f"{archive}:{info.filename}"
+                if _accept(parts[0] if len(parts) > 1 else "", source, report):
+                    entries[parts[0]].append((source, partial(_read_zip_entry, zf, info, source)))
+            return _build(
+                entries, report, f"no class folders found in {archive}; expected <class name>/<images>"
+            )
+    except zipfile.BadZipFile as error:
+        raise DatasetError(f"{archive} is not a readable zip archive ({error})", report) from error
+
+
+def load_mapping(mapping: Mapping[str, Sequence[ImageLike]]) -> FewShotDataset:
+    """Load ``{class name: [PIL image | path | bytes, ...]}``; classes keep the mapping's order."""
+    report = LoadReport("the uploaded images")
+    entries: dict[str, list[tuple[str, Reader]]] = {}
+    for name, images in mapping.items():
+        if not isinstance(name, str):
+            raise DatasetError(f"class names must be strings, got {name!r}", report)
+        if isinstance(images, str | bytes | os.PathLike | Image.Image):
+            kind = type(images).__name__
+            raise DatasetError(f"class {name!r}: expected a list of images, got a single {kind}", report)
+        entries[name] = []
+        for index, item in enumerate(images):
+            source = str(item) if isinstance(item, str | os.PathLike) else f"{name}[{index}]"
+            entries[name].append((source, partial(_read_item, item, source)))
+    return _build(entries, report, "no classes given")
+
+
+def write_demo_data(
+    out_dir: str | Path, shots: int = 8, test_per_class: int = 20, size: int = 64, seed: int = 0
+) -> Path:
+    """Write a ten-class few-shot set from scikit-learn's bundled digits (no download).
+
+    ``out_dir/train/<zero..nine>/<n>.png`` holds ``shots`` images per class and ``out_dir/test``
+    ``test_per_class`` other ones, upscaled to ``size`` pixels. The same seed gives the same
+    bytes. A non-empty ``out_dir`` is only rewritten if an earlier call made it.
+    """
+    from sklearn.datasets import load_digits  # imported here: only the demo needs scikit-learn
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / _DEMO_MARKER).is_file())
+    ):
+        raise FileExistsError(
+            f"{out_dir} exists and is not an empty folder or a DIPSY demo dataset; choose another folder"
+        )
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        shutil.rmtree(resolve_inside(out_dir, split), ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / _DEMO_MARKER).write_text("written by dipsy_ui.data.write_demo_data\n")
+    for label, class_name in enumerate(_DIGIT_NAMES):
+        indices = rng.permutation(np.flatnonzero(digits.target == label))
+        if len(indices) < shots + test_per_class:
+            raise ValueError(f"digit {label} has {len(indices)} images, fewer than shots + test_per_class")
+        for split, chosen in (("train", indices[:shots]), ("test", indices[shots : shots + test_per_class])):
+            folder = out_dir / split / class_name
+            folder.mkdir(parents=True)
+            for n, index in enumerate(chosen):
+                # Inverted to dark ink on white (the data is 0..16, white on black), closer to the
+                # photos the diffusion model has seen.
+                pixels = (255 - digits.images[index] * (255 / 16)).round().astype(np.uint8)
+                image = Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC)
+                image.convert("RGB").save(folder / f"{n:03d}.png")
+    return out_dir
+
+
+def _accept(class_name: str, source: str, report: LoadReport) -> bool:
+    """Whether a file in a folder or zip should be decoded; reports why not."""
+    if not class_name:
+        report.skip(source, "not inside a class folder")
+    elif not _is_image_name(source):
+        report.skip(source, f"not an image file extension (accepted: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    else:
+        return True
+    return False
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _read_zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> Image.Image:
+    if info.file_size > MAX_ZIP_ENTRY_BYTES:
+        raise ImageReadError(f"{source}: larger than {MAX_ZIP_ENTRY_BYTES} bytes")
+    try:
+        data = zf.read(info)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as error:
+        raise ImageReadError(f"{source}: cannot read archive entry ({error})") from error
+    return _read_item(data, source)
+
+
+def _read_item(item: Any, source: str) -> Image.Image:
+    """Upright RGB from a PIL image, a path or encoded bytes, as :func:`open_image` does for paths."""
+    if isinstance(item, str | os.PathLike):
+        return open_image(item)
+    try:
+        if isinstance(item, Image.Image):
+            # exif_transpose returns a copy, so the caller's image is never modified.
+            return to_rgb(ImageOps.exif_transpose(item))
+        if isinstance(item, bytes | bytearray | memoryview):
+            with Image.open(io.BytesIO(item)) as handle:
+                handle.load()
+                return to_rgb(ImageOps.exif_transpose(handle))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(
+            f"{source}: not a readable image ({error.__class__.__name__}: {error})"
+        ) from error
+    raise ImageReadError(
+        f"{source}: unsupported type {type(item).__name__}; expected a PIL image, path or bytes"
+    )
+
+
+def _build(
+    entries: Mapping[str, list[tuple[str, Reader]]], report: LoadReport, empty_message: str
+) -> FewShotDataset:
+    """Decode, deduplicate and name the classes; ``entries`` maps raw names to (source, reader)."""
+    if not entries:
+        raise DatasetError(empty_message, report)
+    records: dict[str, list[ImageRecord]] = {}
+    for raw_name, items in entries.items():
+        name = raw_name.strip()
+        if not name:
+            raise DatasetError(
+                f"class name {raw_name!r} is empty or only whitespace; give the class a name", report
+            )
+        if name in records:
+            report.drop_class(raw_name, f"same name as class {name!r} once surrounding spaces are removed")
+            continue
+        kept: dict[str, ImageRecord] = {}
+        for source, read in items:
+            try:
+                image = read()
+            except ImageReadError as error:
+                report.skip(source, str(error).removeprefix(f"{source}: "), error=True)
+                continue
+            record = ImageRecord(source, image_digest(image), image)
+            if record.digest in kept:
+                report.duplicates.append(Duplicate(name, source, kept[record.digest].source))
+                report.warnings.append(
+                    f"class {name!r}: {source} duplicates {kept[record.digest].source}; dropped"
+                )
+            else:
+                kept[record.digest] = record
+        if kept:
+            records[name] = list(kept.values())
+        else:
+            report.drop_class(name, "no readable image")
+    if not records:
+        raise DatasetError(f"no class in {report.source} has a readable image\n{report.summary()}", report)
+    slugs = class_slugs(records)
+    classes = [FewShotClass(name, slugs[name], tuple(images)) for name, images in records.items()]
+    report.class_count, report.image_count = len(classes), sum(len(c.images) for c in classes)
+    return FewShotDataset(classes, report)

@@ -1,0 +1,82 @@
+"""The manifest of a synthetic set: ``OUT/manifest.jsonl``, the source of truth for what exists.
+
+One JSON object per line. A *record* line (it has ``class_name``) describes one generated
+image with everything needed to regenerate it; a *status* line (``{"file": ..., "status": ...}``)
+records a curation decision. Lines are only ever appended, each with a single write, so a crash
+can at worst leave a torn last line, which readers skip. The latest line for a file wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.jsonl"
+STATUSES = ("kept", "rejected")
+
+
+def manifest_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / MANIFEST_NAME
+
+
+def append_lines(out_dir: str | Path, entries: Iterable[dict]) -> None:
+    """Append entries as JSON lines in one write, flushed to disk before returning."""
+    payload = "".join(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n" for entry in entries)
+    if not payload:
+        return
+    path = manifest_path(out_dir)
+    with open(path, "a", encoding="utf-8") as handle:
+        # A previous crash may have left a torn line without its newline: start on a fresh line.
+        if handle.tell() > 0 and not path.read_bytes().endswith(b"\n"):
+            payload = "\n" + payload
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, dict]:
+    """Records by file (relative path), in generation order, with the latest status applied.
+
+    Lines that do not parse (a torn last line after a crash) are skipped, as are status lines
+    for files that have no record.
+    """
+    path = manifest_path(out_dir)
+    records: dict[str, dict] = {}
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        if "class_name" in entry:
+            records[entry["file"]] = {"status": "kept", **entry}
+        elif entry["file"] in records and entry.get("status") in STATUSES:
+            records[entry["file"]]["status"] = entry["status"]
+    return records
+
+
+def set_status(out_dir: str | Path, files: Iterable[str], status: str) -> None:
+    """Mark images kept or rejected (curation). Files are never deleted."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    known = read_manifest(out_dir)
+    files = list(files)
+    unknown = [file for file in files if file not in known]
+    if unknown:
+        raise ValueError(f"not in the manifest of {out_dir}: {unknown[:5]}")
+    append_lines(out_dir, ({"file": file, "status": status} for file in files))
+
+
+def kept_images(out_dir: str | Path) -> list[tuple[Path, str]]:
+    """(image path, class name) of every kept image whose file exists."""
+    out_dir = Path(out_dir)
+    return [
+        (out_dir / record["file"], record["class_name"])
+        for record in read_manifest(out_dir).values()
+        if record["status"] == "kept" and (out_dir / record["file"]).is_file()
+    ]

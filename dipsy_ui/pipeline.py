@@ -1,0 +1,356 @@
+"""DIPSY generation: Stable Diffusion 1.5 + one IP-Adapter with dual image guidance.
+
+``DipsyPipeline`` is a ``StableDiffusionPipeline``: load it and its adapter with the usual
+diffusers calls, then call it with a prompt, a positive image and optionally a negative image:
+
+    pipe = DipsyPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    pipe.load_ip_adapter("h94/IP-Adapter", subfolder="models", weight_name="ip-adapter-plus_sd15.safetensors")
+    image = pipe("A photo of a Bombay cat", positive_image=cat, negative_image=black_panther).images[0]
+
+Every step evaluates the four branches of the guidance rule (``dipsy_guidance``) for every image
+in ONE U-Net call, with the adapter switched on or off per row (``ip_attention``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UniPCMultistepScheduler,
+)
+from diffusers.models.embeddings import ImageProjection
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.utils import BaseOutput
+
+from .augment import augment_adapter_image
+from .images import image_digest, to_rgb
+from .ip_attention import DualIPImageProjection, IPRouting, install_dual_ip_attention
+from .preview import latent_preview, predicted_x0
+
+SCHEDULERS = {
+    "dpm-solver": DPMSolverMultistepScheduler,  # the authors' choice
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,  # SD1.5's default
+    "euler": EulerDiscreteScheduler,
+    "euler-ancestral": EulerAncestralDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+# Rows of the batched U-Net call, in order; a branch is left out when no weight uses it.
+BRANCHES = ("u", "t", "tp", "tpn")
+
+ImageArg = PIL.Image.Image | Sequence[PIL.Image.Image | None] | None
+WeightArg = float | Sequence[float]
+
+
+def dipsy_guidance(eps_u, eps_t, eps_tp, eps_tpn, w_text, w_pos, w_neg):
+    """DIPSY's extended classifier-free guidance (Boudier et al. 2025, arXiv 2509.22635, Eq. 9).
+
+    ``eps_u``: no condition; ``eps_t``: text; ``eps_tp``: text + positive image; ``eps_tpn``:
+    text + positive + negative image. ``w_neg`` is given as a positive number and subtracted.
+    With ``w_pos = w_neg = 0`` this is plain text CFG (Ho & Salimans 2022) with scale ``w_text``.
+    Weights may be floats or tensors broadcastable to the predictions (one weight per image).
+    """
+    return eps_u + w_text * (eps_t - eps_u) + w_pos * (eps_tp - eps_t) - w_neg * (eps_tpn - eps_tp)
+
+
+@dataclass
+class DipsyPipelineOutput(BaseOutput):
+    """``images``: PIL list, numpy/torch array, or latents; ``None`` if the call was interrupted."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
+    interrupted: bool = False
+
+
+@dataclass
+class _Rows:
+    """Validated per-image inputs of one call."""
+
+    prompts: list[str]
+    positives: list[PIL.Image.Image]
+    negatives: list[PIL.Image.Image | None]
+    weights: dict[str, list[float]]  # w_text, w_pos, w_neg, ip_adapter_scale -> one per image
+
+
+def _as_list(name: str, value, size: int | None) -> list:
+    if isinstance(value, list | tuple):
+        if size is not None and len(value) != size:
+            raise ValueError(f"{name} has {len(value)} entries but the batch has {size} images")
+        return list(value)
+    return [value] * (size or 1)
+
+
+def _check_weight(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _check_image(name: str, image, optional: bool = False) -> PIL.Image.Image | None:
+    if image is None and optional:
+        return None
+    if not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"{name} must be a PIL image, got {type(image).__name__}")
+    return to_rgb(image)
+
+
+class DipsyPipeline(StableDiffusionPipeline):
+    """Stable Diffusion 1.5 with DIPSY dual IP-Adapter guidance (arXiv 2509.22635).
+
+    Components, loading, saving and offloading are those of ``StableDiffusionPipeline``; this
+    class adds the per-row adapter routing (installed by :meth:`load_ip_adapter`) and a
+    ``__call__`` implementing the four-branch guidance rule.
+    """
+
+    def load_ip_adapter(self, pretrained_model_name_or_path_or_dict, subfolder, weight_name, **kwargs):
+        """diffusers' ``load_ip_adapter`` (same arguments), then per-row routing installed on
+        the loaded weights. One adapter serves both the positive and the negative image."""
+        if isinstance(weight_name, list | tuple) and len(weight_name) != 1:
+            raise ValueError("DipsyPipeline loads exactly one IP-Adapter (it serves positive and negative images)")
+        super().load_ip_adapter(pretrained_model_name_or_path_or_dict, subfolder, weight_name, **kwargs)
+        install_dual_ip_attention(self.unet)
+
+    def use_scheduler(self, name: str) -> None:
+        """Switch the sampler, keeping the model's noise schedule (scheduler config)."""
+        if name not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
+        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+
+    def request_interrupt(self) -> None:
+        """Stop the running call at the start of its next step (safe from another thread)."""
+        self._interrupt = True
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def _check_rows(self, prompt, positive_image, negative_image, generator, weights: dict[str, Any]) -> _Rows:
+        if positive_image is None:
+            raise ValueError("positive_image is required: the image (or list of images) of the class to generate")
+        sized = {"prompt": prompt, "positive_image": positive_image, "negative_image": negative_image, "generator": generator}
+        sized |= weights
+        sizes = {name: len(value) for name, value in sized.items() if isinstance(value, list | tuple)}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"list arguments must have the same length, got {sizes}")
+        size = next(iter(sizes.values()), 1)
+        if size == 0:
+            raise ValueError(f"list arguments must not be empty, got {sizes}")
+        prompts = _as_list("prompt", prompt, size)
+        if not all(isinstance(text, str) for text in prompts):
+            raise ValueError(f"prompt must be a string or a list of strings, got {prompt!r}")
+        return _Rows(
+            prompts=prompts,
+            positives=[_check_image("positive_image", image) for image in _as_list("positive_image", positive_image, size)],
+            negatives=[
+                _check_image("negative_image", image, optional=True)
+                for image in _as_list("negative_image", negative_image, size)
+            ],
+            weights={name: [_check_weight(name, w) for w in _as_list(name, value, size)] for name, value in weights.items()},
+        )
+
+    def _check_call_args(self, height: int, width: int, num_inference_steps: int, output_type: str) -> None:
+        if not hasattr(self.unet, "encoder_hid_proj") or not isinstance(self.unet.encoder_hid_proj, DualIPImageProjection):
+            raise ValueError("no IP-Adapter is loaded: call pipe.load_ip_adapter(...) before generating")
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % self.vae_scale_factor:
+                raise ValueError(f"{name} must be a positive multiple of {self.vae_scale_factor}, got {value!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+    # -- adapter images ---------------------------------------------------------------------
+
+    def encode_adapter_images(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        """Image-encoder features the adapter projects: the penultimate hidden states for
+        IP-Adapter Plus, the pooled image embedding for the plain adapter (as diffusers does)."""
+        pixels = self.feature_extractor(images, return_tensors="pt").pixel_values
+        pixels = pixels.to(device=self._execution_device, dtype=self.image_encoder.dtype)
+        if isinstance(self.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection):
+            return self.image_encoder(pixels).image_embeds
+        return self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+
+    def _route_adapter_images(self, rows: _Rows, branches: tuple[str, ...], generators: list, augment: bool) -> IPRouting:
+        """Encode every distinct adapter image once and route it to the rows that attend to it."""
+        size = len(rows.prompts)
+        positives, negatives = list(rows.positives), list(rows.negatives)
+        if augment:
+            for i in range(size):
+                positives[i] = augment_adapter_image(positives[i], generators[i])
+                if negatives[i] is not None:
+                    negatives[i] = augment_adapter_image(negatives[i], generators[i])
+        distinct: dict[str, int] = {}
+        images: list[PIL.Image.Image] = []
+
+        def image_id(image: PIL.Image.Image) -> int:
+            key = image_digest(image)
+            if key not in distinct:
+                distinct[key] = len(images)
+                images.append(image)
+            return distinct[key]
+
+        groups: list[list[tuple[int, int, float]]] = [[], []]  # (row, image, scale): positive, negative
+        for i in range(size):
+            scale = rows.weights["ip_adapter_scale"][i]
+            if scale == 0:
+                continue
+            for branch in ("tp", "tpn"):
+                if branch in branches:
+                    groups[0].append((branches.index(branch) * size + i, image_id(positives[i]), scale))
+            if "tpn" in branches and negatives[i] is not None:
+                groups[1].append((branches.index("tpn") * size + i, image_id(negatives[i]), scale))
+        pairs = groups[0] + groups[1]
+        device = self._execution_device
+        embeds = self.encode_adapter_images(images) if images else torch.empty(0, device=device)
+        return IPRouting(
+            embeds=embeds,
+            query_rows=torch.tensor([row for row, _, _ in pairs], dtype=torch.long, device=device),
+            token_index=torch.tensor([image for _, image, _ in pairs], dtype=torch.long, device=device),
+            scale=torch.tensor([scale for _, _, scale in pairs], dtype=torch.float32, device=device),
+            groups=tuple(len(group) for group in groups if group),
+        )
+
+    # -- call --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        positive_image: ImageArg,
+        negative_image: ImageArg = None,
+        w_text: WeightArg = 7.5,
+        w_pos: WeightArg = 6.0,
+        w_neg: WeightArg = 6.0,
+        ip_adapter_scale: WeightArg = 0.6,
+        num_inference_steps: int = 50,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
+        augment: bool = False,
+        return_dict: bool = True,
+    ):
+        """Generate one image per row.
+
+        Args:
+            prompt: class prompt, or one per image.
+            positive_image: image of the class (PIL), or one per image. Any mode; converted to RGB.
+            negative_image: image of a confusable class, one per image, or ``None`` (no negative
+                term; ``None`` entries in a list switch it off for that image).
+            w_text, w_pos, w_neg: guidance weights of Eq. 9 (``w_neg`` positive, subtracted); a
+                float or one per image (a weight sweep is one batched call).
+            ip_adapter_scale: adapter scale ``s`` for both images; float or one per image.
+            num_inference_steps, height, width: as in diffusers; sizes must be multiples of 8.
+            generator: one generator, or one per image (then each image depends on its own
+                generator only, and equals the single call with that generator).
+            latents: optional initial noise (B, 4, height/8, width/8).
+            output_type: "pil", "np", "pt" or "latent".
+            callback_on_step_end: ``f(pipe, step, timestep, kwargs)`` after every step; ``kwargs``
+                holds ``latents``, ``x0`` (clean-latent estimate) and ``preview`` (uint8 RGB,
+                (B, h/8, w/8, 3)). A returned dict may replace ``latents``.
+            augment: apply the adapter-input augmentation to both images, drawn from each row's
+                generator (the batch job turns it on).
+        """
+        # 0. Default size: the U-Net's native resolution (512 for SD1.5).
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+
+        # 1. Check inputs.
+        self._check_call_args(height, width, num_inference_steps, output_type)
+        weights = {"w_text": w_text, "w_pos": w_pos, "w_neg": w_neg, "ip_adapter_scale": ip_adapter_scale}
+        rows = self._check_rows(prompt, positive_image, negative_image, generator, weights)
+        size = len(rows.prompts)
+        generators = list(generator) if isinstance(generator, list | tuple) else [generator] * size
+        device = self._execution_device
+        self._interrupt = False
+
+        # 2. Branches: evaluate a branch only if some image's weights use it; leaving one out is
+        # exact, because its difference term is then multiplied by zero.
+        adapter_on = [s > 0 for s in rows.weights["ip_adapter_scale"]]
+        need_tpn = any(
+            on and w > 0 and neg is not None
+            for on, w, neg in zip(adapter_on, rows.weights["w_neg"], rows.negatives, strict=True)
+        )
+        need_tp = need_tpn or any(on and w > 0 for on, w in zip(adapter_on, rows.weights["w_pos"], strict=True))
+        branches = BRANCHES[: 2 + need_tp + need_tpn]
+
+        # 3. Text: class prompts and the empty prompt, encoded once for all steps.
+        prompt_embeds, empty_embeds = self.encode_prompt(rows.prompts, device, 1, True)
+        text_states = torch.cat([empty_embeds] + [prompt_embeds] * (len(branches) - 1))
+
+        # 4. Timesteps.
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
+
+        # 5. Initial noise, drawn before any augmentation so that switching augmentation on or
+        # off keeps the same noise for the same generator.
+        if latents is not None:
+            expected = (size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
+        latents = self.prepare_latents(
+            size, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
+        )
+
+        # 6. Adapter images: encoded and projected once per call, not per step.
+        routing = self._route_adapter_images(rows, branches, generators, augment)
+        routing = self.unet.encoder_hid_proj(routing)
+        w = {
+            name: torch.tensor(values, dtype=latents.dtype, device=device).view(-1, 1, 1, 1)
+            for name, values in rows.weights.items()
+        }
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+
+        # 7. Denoising loop: all branches of all images in one U-Net call per step.
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self._interrupt:
+                    break
+                model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(branches)), t)
+                noise = self.unet(
+                    model_input,
+                    t,
+                    encoder_hidden_states=text_states,
+                    added_cond_kwargs={"image_embeds": routing},
+                    return_dict=False,
+                )[0]
+                eps = dict(zip(branches, noise.chunk(len(branches)), strict=True))
+                eps.setdefault("tp", eps["t"])
+                eps.setdefault("tpn", eps["tp"])
+                noise_pred = dipsy_guidance(
+                    eps["u"], eps["t"], eps["tp"], eps["tpn"], w["w_text"], w["w_pos"], w["w_neg"]
+                )
+                if callback_on_step_end is not None:
+                    x0 = predicted_x0(self.scheduler, model_input[:size], noise_pred, t)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    callback_kwargs = {"latents": latents, "x0": x0, "preview": latent_preview(x0)}
+                    latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).get("latents", latents)
+                progress_bar.update()
+
+        if self._interrupt:
+            self.maybe_free_model_hooks()
+            return DipsyPipelineOutput(images=None, interrupted=True) if return_dict else (None,)
+
+        # 8. Decode.
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * size)
+        self.maybe_free_model_hooks()
+        return DipsyPipelineOutput(images=images) if return_dict else (images,)

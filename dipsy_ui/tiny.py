@@ -1,0 +1,276 @@
+"""Self-made tiny models in the exact on-disk layouts of the real ones.
+
+``python -m dipsy_ui make-tiny-models OUT_DIR`` writes
+
+- ``OUT_DIR/sd/``: an SD1.5-shaped diffusers pipeline folder (model_index.json, unet/, vae/,
+  text_encoder/, tokenizer/, scheduler/, feature_extractor/) whose tokenizer is the real CLIP
+  BPE tokenizer, derived from the vocabulary open_clip ships, so prompts tokenize exactly as
+  with SD1.5;
+- ``OUT_DIR/ip-adapter/models/``: IP-Adapter Plus and plain weight files in the original h94
+  key layout (``image_proj.*``, ``ip_adapter.*``) plus ``image_encoder/``;
+- ``OUT_DIR/clip/``: an open_clip folder (``open_clip_config.json`` +
+  ``open_clip_model.safetensors``), the layout of the hub's open_clip repositories.
+
+The models have random weights (their images are noise) but every shape convention of the real
+ones, so :mod:`dipsy_ui.models` loads them with the same calls, and the whole product can be
+exercised offline in seconds. Output is deterministic: the same bytes on every run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# Widths are tiny; everything the loaders infer from shapes follows the real models: the VAE
+# downsamples by 8, the text encoder uses the 49408-token CLIP vocabulary with 77 positions,
+# the Resampler keeps 4 layers of 64-wide heads (what diffusers' h94 converter assumes).
+CROSS_ATTENTION_DIM = 32
+IMAGE_ENCODER_WIDTH = 32
+RESAMPLER_DIM = 64
+RESAMPLER_QUERIES = 4
+PLAIN_ADAPTER_TOKENS = 4
+SD_SAMPLE_SIZE = 8  # latent side; 64x64 pixels at the VAE's factor 8
+
+
+def _clip_bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """The CLIP BPE vocabulary exactly as OpenAI's tokenizer builds it, from open_clip's file."""
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars]
+    tokens += ["".join(merge.split()) for merge in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}, merges
+
+
+def write_sd15_tokenizer(folder: Path) -> None:
+    """Write an SD1.5 ``tokenizer/`` folder (vocab.json, merges.txt, configs) from open_clip's BPE."""
+    vocab, merges = _clip_bpe_vocab_and_merges()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
+    config = {
+        **special,
+        "tokenizer_class": CLIPTokenizer.__name__,
+        "do_lower_case": True,
+        "errors": "replace",
+        "add_prefix_space": False,
+        # Without it the tokenizer would not truncate/pad prompts to CLIP's 77 positions.
+        "model_max_length": 77,
+    }
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def _tiny_sd_components() -> dict:
+    unet = UNet2DConditionModel(
+        sample_size=SD_SAMPLE_SIZE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CROSS_ATTENTION_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=SD_SAMPLE_SIZE * 8,
+    )
+    # bos/eos/pad ids and the activation as in SD1.5's text_encoder/config.json (eos_token_id=2
+    # selects the pooling rule of the original CLIP checkpoint).
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=CROSS_ATTENTION_DIM,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            projection_dim=CROSS_ATTENTION_DIM,
+        )
+    )
+    # SD1.5's scheduler/scheduler_config.json.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    feature_extractor = CLIPImageProcessor(
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        do_center_crop=True,
+        do_normalize=True,
+        do_resize=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        resample=3,
+    )
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler, feature_extractor=feature_extractor)
+
+
+def _write_sd(folder: Path) -> UNet2DConditionModel:
+    components = _tiny_sd_components()
+    tokenizer_dir = folder / "tokenizer"
+    write_sd15_tokenizer(tokenizer_dir)
+    pipe = StableDiffusionPipeline(
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
+        safety_checker=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+        **components,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    # save_pretrained rewrites the tokenizer in its own format; keep the hub repo's files.
+    for stale in tokenizer_dir.iterdir():
+        stale.unlink()
+    write_sd15_tokenizer(tokenizer_dir)
+    return components["unet"]
+
+
+def _rand(*shape: int, std: float = 0.1) -> torch.Tensor:
+    return torch.randn(*shape) * std
+
+
+def _layer_norm(prefix: str, dim: int) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.weight": 1.0 + _rand(dim), f"{prefix}.bias": _rand(dim)}
+
+
+def _ip_attention_weights(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """``ip_adapter.{i}.to_k_ip/to_v_ip`` for every cross-attention, ``i`` its position in
+    ``unet.attn_processors`` (the numbering of the original h94 files)."""
+    weights = {}
+    for index, name in enumerate(unet.attn_processors):
+        if not name.endswith("attn2.processor"):
+            continue
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        shape = attention.to_k.weight.shape
+        weights[f"ip_adapter.{index}.to_k_ip.weight"] = _rand(*shape, std=0.2)
+        weights[f"ip_adapter.{index}.to_v_ip.weight"] = _rand(*shape, std=0.2)
+    return weights
+
+
+def _plus_projection_weights() -> dict[str, torch.Tensor]:
+    """An h94 Resampler (IP-Adapter Plus) state dict: 4 layers, head dim 64, FF mult 4."""
+    dim, ff = RESAMPLER_DIM, RESAMPLER_DIM * 4
+    weights = {
+        "image_proj.latents": _rand(1, RESAMPLER_QUERIES, dim, std=dim**-0.5),
+        "image_proj.proj_in.weight": _rand(dim, IMAGE_ENCODER_WIDTH),
+        "image_proj.proj_in.bias": _rand(dim),
+        "image_proj.proj_out.weight": _rand(CROSS_ATTENTION_DIM, dim),
+        "image_proj.proj_out.bias": _rand(CROSS_ATTENTION_DIM),
+        **_layer_norm("image_proj.norm_out", CROSS_ATTENTION_DIM),
+    }
+    for layer in range(4):
+        prefix = f"image_proj.layers.{layer}"
+        weights |= _layer_norm(f"{prefix}.0.norm1", dim) | _layer_norm(f"{prefix}.0.norm2", dim)
+        weights[f"{prefix}.0.to_q.weight"] = _rand(dim, dim)
+        weights[f"{prefix}.0.to_kv.weight"] = _rand(2 * dim, dim)
+        weights[f"{prefix}.0.to_out.weight"] = _rand(dim, dim)
+        weights |= _layer_norm(f"{prefix}.1.0", dim)
+        weights[f"{prefix}.1.1.weight"] = _rand(ff, dim)
+        weights[f"{prefix}.1.3.weight"] = _rand(dim, ff)
+    return weights
+
+
+def _plain_projection_weights(projection_dim: int) -> dict[str, torch.Tensor]:
+    """An h94 ``ImageProjection`` state dict: pooled embedding -> 4 tokens."""
+    return {
+        "image_proj.proj.weight": _rand(CROSS_ATTENTION_DIM * PLAIN_ADAPTER_TOKENS, projection_dim),
+        "image_proj.proj.bias": _rand(CROSS_ATTENTION_DIM * PLAIN_ADAPTER_TOKENS),
+        **_layer_norm("image_proj.norm", CROSS_ATTENTION_DIM),
+    }
+
+
+def _write_ip_adapter(folder: Path, unet: UNet2DConditionModel) -> None:
+    models = folder / "models"
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=IMAGE_ENCODER_WIDTH,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=224,
+            patch_size=32,
+            projection_dim=IMAGE_ENCODER_WIDTH,
+            hidden_act="gelu",
+        )
+    )
+    encoder.save_pretrained(models / "image_encoder", safe_serialization=True)
+    attention = _ip_attention_weights(unet)
+    save_file(_plus_projection_weights() | attention, models / "ip-adapter-plus_sd15.safetensors")
+    save_file(_plain_projection_weights(IMAGE_ENCODER_WIDTH) | attention, models / "ip-adapter_sd15.safetensors")
+
+
+def _write_clip(folder: Path) -> None:
+    model_cfg = {
+        "embed_dim": 32,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic"},
+    }
+    model = open_clip.model.CLIP(**model_cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    state = {key: value.contiguous() for key, value in model.state_dict().items()}
+    save_file(state, folder / "open_clip_model.safetensors")
+
+
+def make_tiny_models(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny SD1.5 pipeline, IP-Adapter files and open_clip model under ``out_dir``.
+
+    Deterministic for a seed; the global RNG state of the caller is left untouched.
+    """
+    out_dir = Path(out_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = _write_sd(out_dir / "sd")
+        _write_ip_adapter(out_dir / "ip-adapter", unet)
+        _write_clip(out_dir / "clip")
+    return out_dir
