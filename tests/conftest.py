@@ -1,0 +1,40 @@
+"""Shared fixtures: self-made tiny models (built once per session) and no network, ever."""
+
+import os
+
+# Set before any Hugging Face library is imported: tests must never reach the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A folder with sd/, ip-adapter/ and clip/ in the real models' layouts."""
+    from dipsy_ui.tiny import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_models):
+    from dipsy_ui.models import ModelSpec
+
+    return ModelSpec.from_models_dir(tiny_models)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_spec):
+    """The DipsyPipeline on tiny models (IP-Adapter Plus). Tests must not leave it modified."""
+    from dipsy_ui.models import load_pipeline
+
+    return load_pipeline(tiny_spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_spec):
+    from dipsy_ui.models import load_clip
+
+    return load_clip(tiny_spec)
