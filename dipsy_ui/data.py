@@ -110,6 +110,10 @@ class LoadReport:
         self.dropped_classes.append(DroppedClass(name, reason))
         self.warnings.append(f"dropped class {name!r}: {reason}")
 
+    def duplicate(self, duplicate: Duplicate) -> None:
+        self.duplicates.append(duplicate)
+        self.warnings.append(f"class {duplicate.class_name!r}: {duplicate.source} repeats {duplicate.kept}")
+
     def summary(self, max_lines: int = 20) -> str:
         """A short text for the user: counts, then errors and warnings (long lists are cut)."""
         lines = [f"Loaded {self.image_count} images in {self.class_count} classes from {self.source}."]
@@ -149,14 +153,10 @@ class FewShotDataset:
         if len(self.classes) >= count:
             return
         found = ", ".join(repr(n) for n in self.class_names)
-        dropped = (
-            f"; {len(self.report.dropped_classes)} dropped, see the report"
-            if self.report.dropped_classes
-            else ""
-        )
+        dropped = len(self.report.dropped_classes)
         raise DatasetError(
-            f"{purpose} needs at least {count} classes, but {self.report.source} has "
-            f"{len(self.classes)} ({found}{dropped}); add images for "
+            f"{purpose} needs at least {count} classes, but {self.report.source} has {len(self.classes)} "
+            f"({found}{f'; {dropped} dropped, see the report' if dropped else ''}); add images for "
             f"{count - len(self.classes)} more class(es) or turn {purpose} off",
             self.report,
         )
@@ -393,12 +393,8 @@ def _read_item(item: Any, source: str) -> Image.Image:
                 handle.load()
                 return to_rgb(ImageOps.exif_transpose(handle))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(
-            f"{source}: not a readable image ({error.__class__.__name__}: {error})"
-        ) from error
-    raise ImageReadError(
-        f"{source}: unsupported type {type(item).__name__}; expected a PIL image, path or bytes"
-    )
+        raise ImageReadError(f"{source}: not a readable image ({type(error).__name__}: {error})") from error
+    raise ImageReadError(f"{source}: unsupported {type(item).__name__}; expected a PIL image, path or bytes")
 
 
 def _build(
@@ -426,10 +422,7 @@ def _build(
                 continue
             record = ImageRecord(source, image_digest(image), image)
             if record.digest in kept:
-                report.duplicates.append(Duplicate(name, source, kept[record.digest].source))
-                report.warnings.append(
-                    f"class {name!r}: {source} duplicates {kept[record.digest].source}; dropped"
-                )
+                report.duplicate(Duplicate(name, source, kept[record.digest].source))
             else:
                 kept[record.digest] = record
         if kept:

@@ -44,8 +44,8 @@ def _write(path: Path, data: bytes) -> Path:
 def _make_tree(root: Path, layout: dict[str, list[tuple[str, bytes]]]) -> Path:
     for class_name, files in layout.items():
         (root / class_name).mkdir(parents=True, exist_ok=True)
-        for filename, data in files:
-            (root / class_name / filename).write_bytes(data)
+        for filename, content in files:
+            (root / class_name / filename).write_bytes(content)
     return root
 
 
@@ -105,12 +105,12 @@ def test_folder_ignores_hidden_entries_and_reports_non_images(three_classes: Pat
     (three_classes / "cat" / ".DS_Store").write_bytes(b"\0\0")
     (three_classes / "cat" / "labels.csv").write_text("a,b\n")
     (three_classes / "stray.png").write_bytes(_encode(_noise(98)))
-    _make_tree(three_classes, {"  ant ": [("0.png", _encode(_noise(97)))]})
+    _make_tree(three_classes, {" zebra ": [("0.png", _encode(_noise(97)))]})
 
     dataset = load_dataset(three_classes)
     reasons = {Path(s.source).name: s.reason for s in dataset.report.skipped}
 
-    assert dataset.class_names == ("ant", "bird", "cat", "dog")  # sorted by display name
+    assert dataset.class_names == ("bird", "cat", "dog", "zebra")  # sorted by display name
     assert set(reasons) == {"labels.csv", "stray.png"}
     assert "extension" in reasons["labels.csv"] and "class folder" in reasons["stray.png"]
     assert ".png" in IMAGE_SUFFIXES and ".jpg" in IMAGE_SUFFIXES
@@ -226,6 +226,26 @@ def test_linked_folders_are_followed_once(three_classes: Path, tmp_path: Path):
 
     assert dataset.class_names == ("bird", "cat", "dog", "fox")
     assert len(dataset.images("cat")) == 3 and dataset.report.duplicates == []
+
+
+def test_names_equal_after_stripping_keep_the_first_class():
+    dataset = load_dataset({"cat": [_noise(1)], " cat ": [_noise(2)]})
+
+    assert dataset.class_names == ("cat",)
+    assert [r.digest for r in dataset.images("cat")] == [image_digest(_noise(1))]
+    assert [d.name for d in dataset.report.dropped_classes] == [" cat "]
+
+
+def test_oversized_zip_entries_are_skipped_unread(three_classes: Path, tmp_path: Path, monkeypatch):
+    archive = _zip_tree(three_classes, tmp_path / "data.zip")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("cat/huge.png", _encode(_noise(60, (200, 200))))
+    monkeypatch.setattr("dipsy_ui.data.MAX_ZIP_ENTRY_BYTES", 10_000)
+
+    dataset = load_dataset(archive)
+
+    assert len(dataset.images("cat")) == 3
+    assert [s.reason for s in dataset.report.skipped] == ["larger than 10000 bytes"]
 
 
 def test_duplicates_within_a_class_are_dropped_and_reported(tmp_path: Path):
