@@ -133,6 +133,19 @@ def _explained(what: str, source: str, flag: str) -> Iterator[None]:
         ) from error
 
 
+def _load_sd(pipeline_class, spec: ModelSpec, runtime: Runtime | None, adapter_copies: int):
+    runtime = runtime or resolve_runtime()
+    with _explained("Stable Diffusion 1.5 pipeline", spec.sd, "--sd"):
+        pipe = pipeline_class.from_pretrained(spec.sd, dtype=runtime.dtype, safety_checker=None, requires_safety_checker=False)
+    if adapter_copies:
+        weights = spec.ip_adapter_weight if adapter_copies == 1 else [spec.ip_adapter_weight] * adapter_copies
+        with _explained(f"IP-Adapter ({spec.ip_adapter_subfolder}/{spec.ip_adapter_weight})", spec.ip_adapter, "--ip-adapter"):
+            pipe.load_ip_adapter(spec.ip_adapter, subfolder=spec.ip_adapter_subfolder, weight_name=weights)
+    pipe.to(runtime.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def load_pipeline(spec: ModelSpec, runtime: Runtime | None = None):
     """Load SD1.5 into a :class:`~dipsy_ui.pipeline.DipsyPipeline` and attach the IP-Adapter.
 
@@ -142,16 +155,16 @@ def load_pipeline(spec: ModelSpec, runtime: Runtime | None = None):
     """
     from .pipeline import DipsyPipeline
 
-    runtime = runtime or resolve_runtime()
-    with _explained("Stable Diffusion 1.5 pipeline", spec.sd, "--sd"):
-        pipe = DipsyPipeline.from_pretrained(
-            spec.sd, dtype=runtime.dtype, safety_checker=None, requires_safety_checker=False
-        )
-    with _explained(f"IP-Adapter ({spec.ip_adapter_subfolder}/{spec.ip_adapter_weight})", spec.ip_adapter, "--ip-adapter"):
-        pipe.load_ip_adapter(spec.ip_adapter, subfolder=spec.ip_adapter_subfolder, weight_name=spec.ip_adapter_weight)
-    pipe.to(runtime.device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _load_sd(DipsyPipeline, spec, runtime, adapter_copies=1)
+
+
+def load_stock_pipeline(spec: ModelSpec, runtime: Runtime | None = None, adapter_copies: int = 1):
+    """The same models in diffusers' own ``StableDiffusionPipeline``, with the adapter loaded
+    ``adapter_copies`` times (0: none). The reference that parity tests and benchmarks compare
+    against; generation itself always uses :func:`load_pipeline`."""
+    from diffusers import StableDiffusionPipeline
+
+    return _load_sd(StableDiffusionPipeline, spec, runtime, adapter_copies)
 
 
 @dataclass

@@ -267,8 +267,9 @@ class DipsyPipeline(StableDiffusionPipeline):
                 generator (the batch job turns it on).
         """
         # 0. Default size: the U-Net's native resolution (512 for SD1.5).
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height = native if height is None else height
+        width = native if width is None else width
 
         # 1. Check inputs.
         self._check_call_args(height, width, num_inference_steps, output_type)
