@@ -62,3 +62,20 @@ def image_digest(image: Image.Image) -> str:
     digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
     digest.update(np.ascontiguousarray(np.asarray(image)).tobytes())
     return digest.hexdigest()
+
+
+def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``image`` as PNG atomically: a crash leaves either no file or the complete one.
+
+    ``metadata`` goes into PNG text chunks (e.g. the settings that reproduce the image).
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    info = PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(key, value)
+    partial = path.with_name(f".{path.name}.partial")
+    image.save(partial, format="PNG", pnginfo=info)
+    partial.replace(path)
+    return path

@@ -1,0 +1,48 @@
+"""The headless CLI, run in-process (same code path as ``python -m dipsy_ui``)."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from dipsy_ui.cli import main
+
+
+def test_generate_one_writes_a_reproducible_png(tmp_path, tiny_models):
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(tmp_path / "pos.png")
+    Image.new("CMYK", (30, 50), (0, 120, 30, 0)).save(tmp_path / "neg.jpg")
+    args = ["generate-one", "--models", str(tiny_models), "--prompt", "A photo of a cat", "--steps", "3"]
+    args += ["--positive", str(tmp_path / "pos.png"), "--negative", str(tmp_path / "neg.jpg"), "--seed", "7"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.png")]) == 0
+    first, second = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    assert first.size == (64, 64)
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    record = json.loads(first.text["dipsy"])
+    assert record["seed"] == 7 and record["w_neg"] == 6.0 and record["models"]["sd"].endswith("sd")
+
+
+def test_missing_models_is_a_clear_error(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "pos.png")
+    code = main(
+        ["generate-one", "--models", str(tmp_path / "absent"), "--prompt", "x", "--positive", str(tmp_path / "pos.png"), "--out", str(tmp_path / "o.png")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Could not load the Stable Diffusion 1.5 pipeline" in err and "make-tiny-models" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_unreadable_positive_image_is_a_clear_error(tmp_path, tiny_models, capsys):
+    (tmp_path / "pos.png").write_text("not an image")
+    code = main(
+        ["generate-one", "--models", str(tiny_models), "--prompt", "x", "--positive", str(tmp_path / "pos.png"), "--out", str(tmp_path / "o.png")]
+    )
+    assert code == 2
+    assert "pos.png" in capsys.readouterr().err
+
+
+def test_make_demo_data(tmp_path):
+    assert main(["make-demo-data", str(tmp_path / "demo"), "--shots", "3", "--test-per-class", "2"]) == 0
+    assert len(list((tmp_path / "demo" / "train" / "three").glob("*.png"))) == 3
