@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -38,15 +39,38 @@ from transformers import (
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
-# Widths are tiny; everything the loaders infer from shapes follows the real models: the VAE
-# downsamples by 8, the text encoder uses the 49408-token CLIP vocabulary with 77 positions,
-# the Resampler keeps 4 layers of 64-wide heads (what diffusers' h94 converter assumes).
-CROSS_ATTENTION_DIM = 32
 IMAGE_ENCODER_WIDTH = 32
 RESAMPLER_DIM = 64
-RESAMPLER_QUERIES = 4
 PLAIN_ADAPTER_TOKENS = 4
-SD_SAMPLE_SIZE = 8  # latent side; 64x64 pixels at the VAE's factor 8
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Sizes of the written SD + IP-Adapter models.
+
+    Widths are tiny by default; everything the loaders infer from shapes follows the real
+    models: the VAE downsamples by 8, the text encoder has CLIP's 49408-token vocabulary and 77
+    positions, the Resampler keeps 4 layers of 64-wide heads (what diffusers' h94 converter
+    assumes). ``SD15_UNET`` swaps in the real SD1.5 U-Net architecture for benchmarks.
+    """
+
+    cross_attention_dim: int = 32  # text and image token width the U-Net attends to
+    resampler_queries: int = 4  # image tokens per adapter image (16 in IP-Adapter Plus)
+    unet: dict = field(
+        default_factory=lambda: dict(
+            sample_size=8,  # latent side; 64x64 pixels at the VAE's factor 8
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+    )
+
+
+# diffusers' UNet2DConditionModel defaults are SD1.5's architecture (860M parameters).
+SD15_UNET = Shapes(cross_attention_dim=768, resampler_queries=16, unet=dict(sample_size=64))
 
 
 def _clip_bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
@@ -87,19 +111,8 @@ def write_sd15_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def _tiny_sd_components() -> dict:
-    unet = UNet2DConditionModel(
-        sample_size=SD_SAMPLE_SIZE,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CROSS_ATTENTION_DIM,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+def _tiny_sd_components(shapes: Shapes) -> dict:
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, cross_attention_dim=shapes.cross_attention_dim, **shapes.unet)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -109,14 +122,14 @@ def _tiny_sd_components() -> dict:
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=8,
-        sample_size=SD_SAMPLE_SIZE * 8,
+        sample_size=unet.config.sample_size * 8,
     )
     # bos/eos/pad ids and the activation as in SD1.5's text_encoder/config.json (eos_token_id=2
     # selects the pooling rule of the original CLIP checkpoint).
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,
-            hidden_size=CROSS_ATTENTION_DIM,
+            hidden_size=shapes.cross_attention_dim,
             intermediate_size=64,
             num_attention_heads=4,
             num_hidden_layers=2,
@@ -125,7 +138,7 @@ def _tiny_sd_components() -> dict:
             bos_token_id=0,
             eos_token_id=2,
             pad_token_id=1,
-            projection_dim=CROSS_ATTENTION_DIM,
+            projection_dim=shapes.cross_attention_dim,
         )
     )
     # SD1.5's scheduler/scheduler_config.json.
@@ -151,8 +164,8 @@ def _tiny_sd_components() -> dict:
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler, feature_extractor=feature_extractor)
 
 
-def _write_sd(folder: Path) -> UNet2DConditionModel:
-    components = _tiny_sd_components()
+def _write_sd(folder: Path, shapes: Shapes) -> UNet2DConditionModel:
+    components = _tiny_sd_components(shapes)
     tokenizer_dir = folder / "tokenizer"
     write_sd15_tokenizer(tokenizer_dir)
     pipe = StableDiffusionPipeline(
@@ -192,16 +205,16 @@ def _ip_attention_weights(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]
     return weights
 
 
-def _plus_projection_weights() -> dict[str, torch.Tensor]:
+def _plus_projection_weights(shapes: Shapes) -> dict[str, torch.Tensor]:
     """An h94 Resampler (IP-Adapter Plus) state dict: 4 layers, head dim 64, FF mult 4."""
     dim, ff = RESAMPLER_DIM, RESAMPLER_DIM * 4
     weights = {
-        "image_proj.latents": _rand(1, RESAMPLER_QUERIES, dim, std=dim**-0.5),
+        "image_proj.latents": _rand(1, shapes.resampler_queries, dim, std=dim**-0.5),
         "image_proj.proj_in.weight": _rand(dim, IMAGE_ENCODER_WIDTH),
         "image_proj.proj_in.bias": _rand(dim),
-        "image_proj.proj_out.weight": _rand(CROSS_ATTENTION_DIM, dim),
-        "image_proj.proj_out.bias": _rand(CROSS_ATTENTION_DIM),
-        **_layer_norm("image_proj.norm_out", CROSS_ATTENTION_DIM),
+        "image_proj.proj_out.weight": _rand(shapes.cross_attention_dim, dim),
+        "image_proj.proj_out.bias": _rand(shapes.cross_attention_dim),
+        **_layer_norm("image_proj.norm_out", shapes.cross_attention_dim),
     }
     for layer in range(4):
         prefix = f"image_proj.layers.{layer}"
@@ -215,16 +228,17 @@ def _plus_projection_weights() -> dict[str, torch.Tensor]:
     return weights
 
 
-def _plain_projection_weights(projection_dim: int) -> dict[str, torch.Tensor]:
+def _plain_projection_weights(shapes: Shapes) -> dict[str, torch.Tensor]:
     """An h94 ``ImageProjection`` state dict: pooled embedding -> 4 tokens."""
+    width = shapes.cross_attention_dim
     return {
-        "image_proj.proj.weight": _rand(CROSS_ATTENTION_DIM * PLAIN_ADAPTER_TOKENS, projection_dim),
-        "image_proj.proj.bias": _rand(CROSS_ATTENTION_DIM * PLAIN_ADAPTER_TOKENS),
-        **_layer_norm("image_proj.norm", CROSS_ATTENTION_DIM),
+        "image_proj.proj.weight": _rand(width * PLAIN_ADAPTER_TOKENS, IMAGE_ENCODER_WIDTH),
+        "image_proj.proj.bias": _rand(width * PLAIN_ADAPTER_TOKENS),
+        **_layer_norm("image_proj.norm", width),
     }
 
 
-def _write_ip_adapter(folder: Path, unet: UNet2DConditionModel) -> None:
+def _write_ip_adapter(folder: Path, unet: UNet2DConditionModel, shapes: Shapes) -> None:
     models = folder / "models"
     encoder = CLIPVisionModelWithProjection(
         CLIPVisionConfig(
@@ -240,8 +254,8 @@ def _write_ip_adapter(folder: Path, unet: UNet2DConditionModel) -> None:
     )
     encoder.save_pretrained(models / "image_encoder", safe_serialization=True)
     attention = _ip_attention_weights(unet)
-    save_file(_plus_projection_weights() | attention, models / "ip-adapter-plus_sd15.safetensors")
-    save_file(_plain_projection_weights(IMAGE_ENCODER_WIDTH) | attention, models / "ip-adapter_sd15.safetensors")
+    save_file(_plus_projection_weights(shapes) | attention, models / "ip-adapter-plus_sd15.safetensors")
+    save_file(_plain_projection_weights(shapes) | attention, models / "ip-adapter_sd15.safetensors")
 
 
 def _write_clip(folder: Path) -> None:
@@ -262,15 +276,16 @@ def _write_clip(folder: Path) -> None:
     save_file(state, folder / "open_clip_model.safetensors")
 
 
-def make_tiny_models(out_dir: str | Path, seed: int = 0) -> Path:
+def make_tiny_models(out_dir: str | Path, seed: int = 0, shapes: Shapes | None = None) -> Path:
     """Write the tiny SD1.5 pipeline, IP-Adapter files and open_clip model under ``out_dir``.
 
     Deterministic for a seed; the global RNG state of the caller is left untouched.
     """
     out_dir = Path(out_dir)
+    shapes = shapes or Shapes()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _write_sd(out_dir / "sd")
-        _write_ip_adapter(out_dir / "ip-adapter", unet)
+        unet = _write_sd(out_dir / "sd", shapes)
+        _write_ip_adapter(out_dir / "ip-adapter", unet, shapes)
         _write_clip(out_dir / "clip")
     return out_dir
