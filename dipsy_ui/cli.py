@@ -104,6 +104,78 @@ def cmd_generate_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_dataset(path: Path):
+    from .data import load_dataset
+
+    dataset = load_dataset(path)
+    print(dataset.report.summary(), file=sys.stderr)
+    return dataset
+
+
+def _similarity(args, dataset, spec, runtime, temperature: float, uniform: bool, out: Path):
+    """Class similarity of ``dataset`` (embeddings cached under OUT/.cache), saved with its heatmap."""
+    from .models import load_clip
+    from .similarity import compute_similarity, save_heatmap
+
+    dataset.require_classes(2, purpose="class similarity")
+    clip = load_clip(spec, runtime)
+    classes = {c.name: [record.image for record in c.images] for c in dataset.classes}
+    result = compute_similarity(clip, classes, temperature=temperature, uniform=uniform, cache_dir=out / ".cache")
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out)
+    save_heatmap(out / "similarity.png", result.names, result.similarity)
+    return result
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    dataset = _load_dataset(args.data)
+    result = _similarity(args, dataset, spec_from_args(args), _runtime(args), args.temperature, False, args.out)
+    from .similarity import top_similar
+
+    for name, neighbours in zip(result.names, top_similar(result.names, result.similarity, k=3), strict=True):
+        print(f"{name}: " + ", ".join(f"{other} ({value:.2f})" for other, value in neighbours))
+    print(f"Wrote {args.out / 'similarity.json'} and {args.out / 'similarity.png'}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import threading
+
+    from tqdm import tqdm
+
+    from .generate import GenerationJob, Shard
+    from .models import load_pipeline
+    from .presets import load_preset
+
+    preset = load_preset(args.preset)
+    overrides = {"images_per_class": args.per_class, "batch_size": args.batch_size, "seed": args.seed, "negatives": args.negatives}
+    config = dataclasses.replace(preset.generation, **{k: v for k, v in overrides.items() if v is not None})
+    dataset = _load_dataset(args.data)
+    spec, runtime = spec_from_args(args), _runtime(args)
+    similarity = None
+    if config.negatives == "similarity":
+        similarity = _similarity(args, dataset, spec, runtime, config.temperature, False, args.out)
+    job = GenerationJob(load_pipeline(spec, runtime), dataset, config, args.out, spec, similarity, Shard.from_env())
+    cancel = threading.Event()
+    bar = tqdm(total=sum(len(batch) for batch in job.batches()), unit="img", desc="generating")
+
+    def on_event(event):
+        bar.n = event.done
+        bar.set_postfix_str(f"step {event.step}/{event.steps}" if event.kind == "step" else event.kind)
+
+    try:
+        final = job.run(on_event, cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        bar.close()
+        print("\ninterrupted: everything written so far is kept; run the same command to resume", file=sys.stderr)
+        return 130
+    bar.close()
+    print(f"{final.done}/{final.total} images in {args.out} (manifest: {args.out / 'manifest.jsonl'})")
+    return 0 if final.kind == "done" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import SCHEDULERS
 
@@ -137,7 +209,36 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--width", type=int)
     add_model_arguments(one)
     one.set_defaults(run=cmd_generate_one)
+
+    sim = commands.add_parser("similarity", help="class similarity matrix and heatmap of a few-shot set")
+    sim.add_argument("data", type=Path, help="folder (or .zip) with one subfolder of images per class")
+    sim.add_argument("--out", required=True, type=Path)
+    sim.add_argument("--temperature", type=float, default=0.4)
+    add_model_arguments(sim)
+    sim.set_defaults(run=cmd_similarity)
+
+    gen = commands.add_parser("generate", help="generate the synthetic set (resumable; shards across processes)")
+    gen.add_argument("data", type=Path, help="folder (or .zip) with one subfolder of images per class")
+    gen.add_argument("--preset", required=True, help="preset name (see presets/) or a preset .json file")
+    gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument("--per-class", type=int, help="images per class (default: the preset's)")
+    gen.add_argument("--batch-size", type=int, help="images per U-Net call (default: the preset's)")
+    gen.add_argument("--seed", type=int, help="base seed (default: the preset's)")
+    gen.add_argument("--negatives", choices=["similarity", "uniform", "none"], help="negative-class sampling")
+    add_model_arguments(gen)
+    gen.set_defaults(run=cmd_generate)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Library loading chatter (per-file progress bars, dtype notes) would bury our own
+    progress and messages; errors still surface through exceptions."""
+    import diffusers
+    import transformers
+
+    for logging in (diffusers.utils.logging, transformers.utils.logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from .images import ImageReadError
 
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.run(args)
     except (ModelLoadError, DatasetError, ImageReadError, ValueError, FileNotFoundError, FileExistsError) as error:

@@ -1,0 +1,294 @@
+"""The batch generation job: about 200 DIPSY images per class, resumable and shardable.
+
+Every image is a pure function of (settings, few-shot set, base seed, class, index): its seed
+derives from the last three, and that seed drives every random choice for it (positive image,
+negative class, negative image, adapter-input augmentation, initial noise). So the same settings
+give the same images in any order, after any interruption, and on any split across processes.
+
+Output: ``OUT/<class-slug>/<index>.png`` (ImageFolder layout) plus ``OUT/manifest.jsonl`` (one
+record per image with everything needed to regenerate it; see :mod:`dipsy_ui.manifest`) and
+``OUT/job.json`` (the settings; a re-run with different settings is refused, never mixed in).
+Images are written atomically before their manifest lines, so a killed job loses nothing and
+lists nothing half-written; re-running skips what the manifest lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import FewShotDataset, ImageRecord, resolve_inside
+from .images import save_png
+from .manifest import append_lines, read_manifest
+from .models import ModelSpec
+from .presets import GenerationConfig
+from .similarity import NegativeSampler, SimilarityResult, uniform_probabilities
+
+JOB_FILE = "job.json"
+
+
+class JobConflictError(ValueError):
+    """The output folder holds a run made with different settings."""
+
+
+def item_seed(base_seed: int, class_name: str, index: int) -> int:
+    """The seed of one image: a hash of (base seed, class name, index), independent of order."""
+    digest = hashlib.sha256(f"{base_seed}\x00{class_name}\x00{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the work: batch ``k`` belongs to process ``k % count``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self):
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard index must be in [0, {self.count}), got {self.index}")
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        """Read ``RANK``/``WORLD_SIZE`` as set by ``accelerate launch`` and ``torchrun``."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+@dataclass(frozen=True)
+class JobItem:
+    class_name: str
+    index: int
+    file: str  # relative to the output folder: "<class-slug>/<index>.png"
+    seed: int
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Progress of a job. ``kind``: "step" (a denoising step of the current batch, with a
+    preview), "batch" (images written), "done" or "cancelled"."""
+
+    kind: str
+    done: int  # images of this shard that exist, including earlier runs
+    total: int  # images of this shard
+    eta_seconds: float | None = None
+    step: int = 0
+    steps: int = 0
+    preview: np.ndarray | None = None  # (B, h/8, w/8, 3) uint8, on "step"
+    files: tuple[str, ...] = field(default_factory=tuple)  # written, on "batch"
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    return {"dipsy_ui": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+class GenerationJob:
+    """Generate the synthetic set of a few-shot dataset with a loaded DipsyPipeline."""
+
+    def __init__(
+        self,
+        pipe,
+        dataset: FewShotDataset,
+        config: GenerationConfig,
+        out_dir: str | Path,
+        spec: ModelSpec,
+        similarity: SimilarityResult | None = None,
+        shard: Shard | None = None,
+    ):
+        self.pipe, self.dataset, self.config, self.spec = pipe, dataset, config, spec
+        self.out_dir = Path(out_dir)
+        self.shard = shard or Shard()
+        self.sampler = self._negative_sampler(similarity)
+
+    def _negative_sampler(self, similarity: SimilarityResult | None) -> NegativeSampler | None:
+        names = list(self.dataset.class_names)
+        if self.config.negatives == "none":
+            return None
+        self.dataset.require_classes(2, purpose="negative-class sampling")
+        if self.config.negatives == "uniform":
+            return NegativeSampler(names, uniform_probabilities(len(names)))
+        if similarity is None:
+            raise ValueError("negatives='similarity' needs the class similarity: compute it first (or use 'uniform' or 'none')")
+        if list(similarity.names) != names:
+            raise ValueError(f"the similarity was computed for classes {similarity.names}, the dataset has {names}")
+        return similarity.sampler()
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def batches(self) -> list[list[JobItem]]:
+        """This shard's batches, in a fixed order. A batch holds consecutive indices of one
+        class, so its composition (which affects the last bits of a batched computation) does
+        not depend on the shard or on other classes."""
+        size, per_class = self.config.batch_size, self.config.images_per_class
+        digits = max(5, len(str(per_class - 1)))
+        everything = []
+        for name in self.dataset.class_names:
+            slug = self.dataset.slug(name)
+            items = [JobItem(name, i, f"{slug}/{i:0{digits}d}.png", item_seed(self.config.seed, name, i)) for i in range(per_class)]
+            everything += [items[start : start + size] for start in range(0, per_class, size)]
+        return everything[self.shard.index :: self.shard.count]
+
+    def fingerprint(self) -> dict:
+        """What must match for images in one folder to belong to one run (``job.json``)."""
+        settings = self.config.to_dict()
+        for free in ("images_per_class", "batch_size"):  # may change between runs
+            settings.pop(free)
+        return {
+            "generation": settings,
+            "models": self.spec.to_dict(),
+            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
+            "classes": {c.name: [record.digest for record in c.images] for c in self.dataset.classes},
+            "negative_probabilities": None
+            if self.sampler is None
+            else np.round(self.sampler.probabilities.numpy(), 6).tolist(),
+        }
+
+    def _claim_folder(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / JOB_FILE
+        mine = self.fingerprint()
+        if path.exists():
+            theirs = json.loads(path.read_text(encoding="utf-8"))
+            if theirs != mine:
+                different = sorted(key for key in mine | theirs if mine.get(key) != theirs.get(key))
+                raise JobConflictError(
+                    f"{self.out_dir} holds images generated with different {', '.join(different)}; "
+                    "choose another output folder (nothing was changed)"
+                )
+            return
+        partial = path.with_name(f".{JOB_FILE}.{os.getpid()}.partial")
+        partial.write_text(json.dumps(mine, indent=1, sort_keys=True), encoding="utf-8")
+        partial.replace(path)
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def _pick(self, item: JobItem) -> tuple[ImageRecord, str | None, ImageRecord | None]:
+        """Positive image, negative class and negative image of an item, from its own seed."""
+        generator = torch.Generator().manual_seed(item.seed)
+        positives = self.dataset.images(item.class_name)
+        positive = positives[int(torch.randint(len(positives), (), generator=generator))]
+        if self.sampler is None:
+            return positive, None, None
+        negative_class = self.sampler.sample(item.class_name, generator)
+        negatives = self.dataset.images(negative_class)
+        return positive, negative_class, negatives[int(torch.randint(len(negatives), (), generator=generator))]
+
+    def _generate(self, batch: list[JobItem], on_step: Callable | None) -> tuple[list[Image.Image] | None, list[dict]]:
+        config, device = self.config, self.pipe._execution_device
+        picks = [self._pick(item) for item in batch]
+        records = [
+            {
+                "file": item.file,
+                "class_name": item.class_name,
+                "index": item.index,
+                "seed": item.seed,
+                "prompt": config.prompt(item.class_name),
+                "positive": positive.source,
+                "negative_class": negative_class,
+                "negative": negative.source if negative else None,
+                "batch": [member.file for member in batch],
+            }
+            for item, (positive, negative_class, negative) in zip(batch, picks, strict=True)
+        ]
+        output = self.pipe(
+            [record["prompt"] for record in records],
+            [positive.image for positive, _, _ in picks],
+            [negative.image if negative else None for _, _, negative in picks],
+            w_text=config.w_text,
+            w_pos=config.w_pos,
+            w_neg=config.w_neg,
+            ip_adapter_scale=config.ip_adapter_scale,
+            num_inference_steps=config.steps,
+            height=config.height,
+            width=config.width,
+            generator=[torch.Generator(device).manual_seed(item.seed) for item in batch],
+            augment=config.augment,
+            callback_on_step_end=on_step,
+        )
+        return output.images, records
+
+    def _record_settings(self) -> dict:
+        settings = {key: value for key, value in self.config.to_dict().items() if key not in ("template", "seed", "images_per_class")}
+        return settings | {
+            "generator_device": self.pipe._execution_device.type,
+            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
+            "models": self.spec.to_dict(),
+            "versions": _versions(),
+        }
+
+    # -- run ------------------------------------------------------------------------------------
+
+    def run(self, on_event: Callable[[JobEvent], None] | None = None, cancel: threading.Event | None = None) -> JobEvent:
+        """Generate every image of this shard that the manifest does not list yet.
+
+        ``on_event`` receives progress; setting ``cancel`` stops at the next denoising step
+        (the unfinished batch is dropped, everything written stays valid). Returns the last event.
+        """
+        on_event = on_event or (lambda event: None)
+        cancel = cancel or threading.Event()
+        self._claim_folder()
+        self.pipe.use_scheduler(self.config.scheduler)
+        batches = self.batches()
+        done_files = set(read_manifest(self.out_dir))
+        total = sum(len(batch) for batch in batches)
+        done = sum(item.file in done_files for batch in batches for item in batch)
+        started, generated = time.perf_counter(), 0
+        common = self._record_settings()
+
+        def eta() -> float | None:
+            return (total - done) * (time.perf_counter() - started) / generated if generated else None
+
+        for batch in batches:
+            missing = [item for item in batch if item.file not in done_files]
+            if not missing:
+                continue
+            if cancel.is_set():
+                break
+
+            def on_step(pipe, step, timestep, kwargs):
+                if cancel.is_set():
+                    pipe.request_interrupt()
+                on_event(JobEvent("step", done, total, eta(), step + 1, self.config.steps, preview=kwargs["preview"]))
+                return {}
+
+            images, records = self._generate(batch, on_step)
+            if images is None:
+                break
+            new = {item.file for item in missing}
+            for record, image in zip(records, images, strict=True):
+                if record["file"] in new:
+                    path = resolve_inside(self.out_dir, *record["file"].split("/"))
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    save_png(image, path, {"dipsy": json.dumps(record | common, sort_keys=True)})
+            append_lines(self.out_dir, (record | common for record in records if record["file"] in new))
+            done, generated = done + len(new), generated + len(new)
+            on_event(JobEvent("batch", done, total, eta(), files=tuple(sorted(new))))
+        final = JobEvent("done" if done == total else "cancelled", done, total, 0.0 if done == total else None)
+        on_event(final)
+        return final
+
+    def regenerate(self, file: str) -> Image.Image:
+        """Recompute one listed image from its manifest record: the same pixels, bit for bit
+        on the same machine (its batch is recomputed as it was generated)."""
+        records = read_manifest(self.out_dir)
+        if file not in records:
+            raise ValueError(f"{file} is not in the manifest of {self.out_dir}")
+        members = [records[member] for member in records[file]["batch"]]
+        batch = [JobItem(r["class_name"], r["index"], r["file"], r["seed"]) for r in members]
+        self.pipe.use_scheduler(self.config.scheduler)
+        images, _ = self._generate(batch, None)
+        return images[[item.file for item in batch].index(file)]
