@@ -1,0 +1,574 @@
+"""Few-shot classifier training: LoRA fine-tuning of CLIP on real + synthetic images.
+
+The recipe is the DataDream / DISEF one the DIPSY paper (arXiv 2509.22635) reports with
+(REFERENCE.md section 4): LoRA (rank 16, alpha 32) on the attention of every block of both CLIP
+encoders, the zero-shot head ``logit_scale * cos(image, text)``, loss
+``lambda * CE(real) + (1 - lambda) * CE(synthetic)`` with ``lambda = 0.8``, AdamW with a cosine
+schedule after a linear warm-up. An epoch is one pass over the synthetic set; the real set is
+cycled alongside so each step sees a real batch and a synthetic batch of the same size.
+
+:func:`iter_train` is a generator of :class:`TrainProgress` events (the UI plots them live);
+:func:`train` drives it with a callback (the CLI's progress bar). Both stop between steps when
+``should_stop`` says so, leaving the adapter of the last completed step on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+from torchvision import transforms
+
+from .evaluate import (
+    ADAPTER_DIR,
+    CONFIG_NAME,
+    LORA_TARGETS,
+    ClipClassifier,
+    EvalResult,
+    LabelledImages,
+    SplitAttention,
+    TrainDataError,
+    _autocast,
+    check_classes,
+    comparison_table,
+    evaluate_items,
+    labelled_images,
+    readable_only,
+    save_plots,
+    split_attention,
+    test_items,
+)
+from .models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; defaults are the paper's recipe. Loadable from a preset's "train" section."""
+
+    epochs: int = 10  # passes over the synthetic set (over the real set when there is none)
+    steps_per_epoch: int | None = None  # None: ceil(epoch set size / batch_size); set to match two runs
+    batch_size: int = 64  # images per batch; with a synthetic set each step takes one batch of each
+    lr: float = 1e-4  # AdamW peak learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup_fraction: float = 0.1  # share of all steps spent in the linear warm-up before cosine decay
+    lora_rank: int = 16  # LoRA rank r
+    lora_alpha: int = 32  # LoRA alpha (scaling alpha / r)
+    lora_dropout: float = 0.1  # dropout on the LoRA branch input
+    lambda_real: float = 0.8  # loss = lambda * CE(real) + (1 - lambda) * CE(synthetic)
+    template: str = "A photo of a {c}"  # class prompt; {c} is replaced by the class name
+    crop_scale_min: float = 0.25  # RandomResizedCrop keeps (crop_scale_min .. 1) of the image area
+    randaugment_ops: int = 2  # RandAugment operations per image (0: off)
+    randaugment_magnitude: int = 9  # RandAugment magnitude, 0..30
+    seed: int = 0  # LoRA init, data order and augmentation; same seed + data + config = same run
+    num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
+    eval_batch_size: int = 128  # batch size for test-set evaluation
+    amp: bool = True  # mixed precision (bf16, else fp16) on CUDA; ignored on the CPU
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type).split(" |")[0])
+            if value is None and "None" in str(f.type):
+                continue
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, value := float(value))
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"train setting {f.name!r} must be {f.type}, got {value!r}")
+        checks = {
+            "epochs": self.epochs >= 1,
+            "steps_per_epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": 0 < self.lr <= 1,
+            "weight_decay": 0 <= self.weight_decay <= 1,
+            "warmup_fraction": 0 <= self.warmup_fraction < 1,
+            "lora_rank": self.lora_rank >= 1,
+            "lora_alpha": self.lora_alpha >= 1,
+            "lora_dropout": 0 <= self.lora_dropout < 1,
+            "lambda_real": 0 <= self.lambda_real <= 1,
+            "template": "{c}" in self.template,
+            "crop_scale_min": 0 < self.crop_scale_min <= 1,
+            "randaugment_ops": self.randaugment_ops >= 0,
+            "randaugment_magnitude": 0 <= self.randaugment_magnitude <= 30,
+            "seed": self.seed >= 0,
+            "num_workers": self.num_workers >= 0,
+            "eval_batch_size": self.eval_batch_size >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"train setting {key!r} is out of range: {getattr(self, key)!r}")
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> TrainConfig:
+        """Build from a preset's "train" section; unknown keys and bad values raise ValueError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"unknown train setting(s) {unknown}; known settings: {sorted(known)}")
+        return cls(**settings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One event of a run; ``phase`` is "step", "epoch" (after its evaluation) or "cancelled"."""
+
+    phase: str
+    step: int  # optimisation steps done
+    total_steps: int
+    epoch: int  # 1-based epoch the step belongs to
+    epochs: int
+    loss: float  # this step's loss ("epoch": the epoch's mean)
+    lr: float  # learning rate used for this step
+    accuracy: float  # running training accuracy over the epoch so far (augmented images)
+    elapsed_s: float
+    eta_s: float  # estimated seconds left
+    test_top1: float | None = None  # "epoch" events with a test set
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    class_names: tuple[str, ...]
+    metrics: dict  # what metrics.json holds
+    cancelled: bool
+    classifier: ClipClassifier = field(repr=False)  # the trained model, ready for predict()
+
+    @property
+    def test_top1(self) -> float | None:
+        """Test top-1 after the last completed epoch (None without a test set or epoch)."""
+        epochs = self.metrics["epochs"]
+        return epochs[-1]["test"]["top1"] if epochs and epochs[-1]["test"] else None
+
+    @property
+    def zero_shot_top1(self) -> float | None:
+        return self.metrics["zero_shot"]["top1"] if self.metrics["zero_shot"] else None
+
+
+# 1. Inputs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    class_names: tuple[str, ...]
+    real: list[tuple[Path, int]]
+    synthetic: list[tuple[Path, int]] | None
+    test: list[tuple[Path, int]] | None
+    warnings: list[str]
+
+
+def prepare_data(real_dir, synthetic_dir=None, test_dir=None) -> TrainData:
+    """List and check the inputs: >= 2 classes, readable real images, same classes on both sides."""
+    real, warnings = readable_only(labelled_images(real_dir, "real"), real_dir, "real")
+    class_names = tuple(sorted({name for _, name in real}))
+    if len(class_names) < 2:
+        raise TrainDataError(
+            f"the real folder {real_dir} has a single class {list(class_names)}; a classifier needs at least 2 "
+            "(one subfolder of images per class)"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    synthetic = None
+    if synthetic_dir is not None:
+        listed = labelled_images(synthetic_dir, "synthetic")
+        check_classes(class_names, sorted({name for _, name in listed}), "synthetic")
+        synthetic = [(path, index[name]) for path, name in listed]
+    test = test_items(test_dir, class_names) if test_dir is not None else None
+    return TrainData(class_names, [(p, index[n]) for p, n in real], synthetic, test, warnings)
+
+
+def train_transform(clip: ClipBundle, config: TrainConfig):
+    """RandomResizedCrop + flip + RandAugment, normalised with the CLIP model's mean and std."""
+    ops = [
+        transforms.RandomResizedCrop(
+            clip.image_size,
+            scale=(config.crop_scale_min, 1.0),
+            interpolation=transforms.InterpolationMode.BICUBIC,
+        ),
+        transforms.RandomHorizontalFlip(),
+    ]
+    if config.randaugment_ops:
+        ops.append(transforms.RandAugment(config.randaugment_ops, config.randaugment_magnitude))
+    return transforms.Compose([*ops, transforms.ToTensor(), transforms.Normalize(clip.mean, clip.std)])
+
+
+class CyclingSampler(Sampler[int]):
+    """``total`` indices from consecutive random permutations of ``range(n)``: a small set is
+    repeated, reshuffled each pass, to keep pace with a larger one."""
+
+    def __init__(self, n: int, total: int, seed: int):
+        self.n, self.total, self.seed = n, total, seed
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for start in range(0, self.total, self.n):
+            yield from torch.randperm(self.n, generator=generator)[: self.total - start].tolist()
+
+
+def _stream(items, transform, config: TrainConfig, total_steps: int, seed: int, cuda: bool) -> Iterator:
+    dataset = LabelledImages(items, transform)
+    sampler = CyclingSampler(len(items), total_steps * config.batch_size, seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        pin_memory=cuda,
+        generator=torch.Generator().manual_seed(seed + 1),  # seeds the workers' augmentation
+    )
+    return iter(loader)
+
+
+# 2. Model ----------------------------------------------------------------------------------
+
+
+def add_lora(clip: ClipBundle, class_names, config: TrainConfig) -> ClipClassifier:
+    """LoRA on q, k, v and out projections of every block of both encoders (in place); only the
+    LoRA parameters train. The attention is split first (see :class:`SplitAttention`)."""
+    from peft import LoraConfig, get_peft_model
+
+    split_attention(clip.model)
+    split = [n for n, m in clip.model.named_modules() if isinstance(m, SplitAttention)]
+    if not any(n.startswith("visual.") for n in split) or all(n.startswith("visual.") for n in split):
+        raise ValueError(f"expected attention blocks in both CLIP encoders, found {split}")
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=LORA_TARGETS,
+    )
+    return ClipClassifier(clip, class_names, config.template, get_peft_model(clip.model, lora))
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def mixed_loss(logits, labels, n_real: int, lambda_real: float) -> torch.Tensor:
+    """``lambda * CE(real) + (1 - lambda) * CE(synthetic)``; the first ``n_real`` rows are real.
+
+    Both terms are always computed, so ``lambda = 1`` drops the synthetic batch through a zero
+    weight (checked by the tests) rather than by skipping it.
+    """
+    if n_real == len(labels):
+        return F.cross_entropy(logits, labels)
+    real = F.cross_entropy(logits[:n_real], labels[:n_real])
+    synthetic = F.cross_entropy(logits[n_real:], labels[n_real:])
+    return lambda_real * real + (1 - lambda_real) * synthetic
+
+
+def train_step(
+    classifier: ClipClassifier,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    n_real: int,
+    lambda_real: float,
+    amp: bool,
+) -> tuple[float, torch.Tensor]:
+    """One optimisation step on a real (first ``n_real`` rows) + synthetic batch.
+
+    Text features are recomputed inside the step: the text encoder's LoRA trains too. One
+    forward pass over the concatenated batch keeps the image encoder's matmuls large.
+    """
+    classifier.train()
+    device = classifier.device
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    with _autocast(amp):
+        logits = classifier(images)
+    loss = mixed_loss(logits.float(), labels, n_real, lambda_real)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item(), logits.detach()
+
+
+class _PrivateRng:
+    """The run's torch RNG state, kept apart from the caller's across the generator's yields."""
+
+    def __init__(self, seed: int, cuda: bool):
+        self.cuda = cuda
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+            torch.manual_seed(seed)
+            self.state = self._get()
+
+    def _get(self):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state() if self.cuda else None)
+
+    def _set(self, state):
+        torch.set_rng_state(state[0])
+        if self.cuda:
+            torch.cuda.set_rng_state(state[1])
+
+    @contextlib.contextmanager
+    def active(self):
+        caller = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(caller)
+
+
+# 3. The run --------------------------------------------------------------------------------
+
+
+def iter_train(
+    real_dir: str | Path,
+    out_dir: str | Path,
+    spec: ModelSpec,
+    *,
+    synthetic_dir: str | Path | None = None,
+    test_dir: str | Path | None = None,
+    config: TrainConfig | None = None,
+    runtime: Runtime | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    clip: ClipBundle | None = None,
+) -> Iterator[TrainProgress]:
+    """Train a LoRA classifier; yields progress events and returns a :class:`TrainResult`.
+
+    ``out_dir`` receives ``adapter/`` (peft, safetensors) and ``train_config.json`` (written at
+    each epoch end and on cancel), ``metrics.json`` and the plots. ``should_stop`` (a callable or
+    a ``threading.Event``) is checked between steps. ``clip`` is an already loaded, unmodified
+    bundle for ``spec`` (LoRA is injected into it in place); by default it is loaded here.
+    """
+    # 1. Check inputs
+    config = config or TrainConfig()
+    runtime = runtime or resolve_runtime()
+    stop = getattr(should_stop, "is_set", should_stop) or (lambda: False)
+    data = prepare_data(real_dir, synthetic_dir, test_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cuda = runtime.device.type == "cuda"
+    rng = _PrivateRng(config.seed, cuda)
+
+    # 2. Model: the base CLIP from the loader, LoRA initialised from the run's seed
+    with rng.active():
+        clip = clip or load_clip(spec, runtime)
+        classifier = add_lora(clip, data.class_names, config)
+    saved_config = {
+        "config": config.to_dict(),
+        "class_names": list(data.class_names),
+        "template": config.template,
+        "model_spec": spec.to_dict(),
+        "clip_source": clip.source,
+    }
+
+    # 3. Step budget and data streams: one real and (optionally) one synthetic batch per step
+    epoch_set = data.synthetic if data.synthetic is not None else data.real
+    steps_per_epoch = config.steps_per_epoch or math.ceil(len(epoch_set) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    transform = train_transform(clip, config)
+    real_batches = _stream(data.real, transform, config, total_steps, config.seed * 1000 + 11, cuda)
+    synthetic_batches = (
+        _stream(data.synthetic, transform, config, total_steps, config.seed * 1000 + 23, cuda)
+        if data.synthetic is not None
+        else None
+    )
+
+    # 4. Optimiser over the LoRA parameters only
+    params = [p for p in classifier.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, round(config.warmup_fraction * total_steps))
+    )
+    amp = cuda and config.amp
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+
+    # 5. Zero-shot baseline (adapter disabled), the common starting point of every run
+    metrics = {
+        "real_dir": str(real_dir),
+        "synthetic_dir": str(synthetic_dir) if synthetic_dir is not None else None,
+        "test_dir": str(test_dir) if test_dir is not None else None,
+        "class_names": list(data.class_names),
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warnings": data.warnings,
+        "zero_shot": _evaluate(classifier, data.test, config, zero_shot=True),
+        "epochs": [],
+        "step_loss": [],
+        "cancelled": False,
+    }
+
+    def checkpoint() -> None:
+        classifier.net.save_pretrained(str(out_dir / ADAPTER_DIR), safe_serialization=True)
+        (out_dir / CONFIG_NAME).write_text(json.dumps(saved_config, indent=2), encoding="utf-8")
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+
+    # 6. Training loop; a consumer that closes the generator early still gets a checkpoint
+    start = time.monotonic()
+    epoch_loss = epoch_correct = epoch_seen = 0.0
+    step = 0
+    try:
+        for step in range(total_steps):
+            epoch = step // steps_per_epoch + 1
+            if stop():
+                metrics["cancelled"] = True
+                checkpoint()
+                save_plots(out_dir, metrics)
+                yield _progress("cancelled", step, total_steps, epoch, config, 0.0, 0.0, 0.0, start)
+                return TrainResult(out_dir, data.class_names, metrics, True, classifier)
+            lr = optimizer.param_groups[0]["lr"]
+            with rng.active():
+                real_x, real_y = next(real_batches)
+                images, labels = real_x, real_y
+                if synthetic_batches is not None:
+                    syn_x, syn_y = next(synthetic_batches)
+                    images, labels = torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y])
+                loss, logits = train_step(
+                    classifier, optimizer, scaler, images, labels, len(real_y), config.lambda_real, amp
+                )
+                schedule.step()
+            metrics["step_loss"].append(loss)
+            epoch_loss += loss
+            epoch_correct += (logits.argmax(dim=-1).cpu() == labels).sum().item()
+            epoch_seen += len(labels)
+            running = epoch_correct / epoch_seen
+            yield _progress("step", step + 1, total_steps, epoch, config, loss, lr, running, start)
+
+            if (step + 1) % steps_per_epoch == 0 or step + 1 == total_steps:
+                mean_loss = epoch_loss / (step + 1 - (epoch - 1) * steps_per_epoch)
+                test = _evaluate(classifier, data.test, config)
+                metrics["epochs"].append(
+                    {"epoch": epoch, "step": step + 1, "train_loss": mean_loss, "train_accuracy": running,
+                     "lr": lr, "test": test}
+                )  # fmt: skip
+                checkpoint()
+                top1 = test["top1"] if test else None
+                yield _progress(
+                    "epoch", step + 1, total_steps, epoch, config, mean_loss, lr, running, start, top1
+                )
+                epoch_loss = epoch_correct = epoch_seen = 0.0
+    except GeneratorExit:
+        metrics["cancelled"] = True
+        checkpoint()
+        raise
+
+    save_plots(out_dir, metrics)
+    return TrainResult(out_dir, data.class_names, metrics, False, classifier)
+
+
+def train(
+    real_dir: str | Path,
+    out_dir: str | Path,
+    spec: ModelSpec,
+    *,
+    synthetic_dir: str | Path | None = None,
+    test_dir: str | Path | None = None,
+    config: TrainConfig | None = None,
+    runtime: Runtime | None = None,
+    callback: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    clip: ClipBundle | None = None,
+) -> TrainResult:
+    """:func:`iter_train` driven to the end, each event passed to ``callback``."""
+    run = iter_train(
+        real_dir, out_dir, spec, synthetic_dir=synthetic_dir, test_dir=test_dir, config=config,
+        runtime=runtime, should_stop=should_stop, clip=clip,
+    )  # fmt: skip
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as done:
+            return done.value
+        if callback is not None:
+            callback(event)
+
+
+def _evaluate(classifier: ClipClassifier, items, config: TrainConfig, zero_shot: bool = False) -> dict | None:
+    if items is None:
+        return None
+    result: EvalResult = evaluate_items(
+        classifier, items, config.eval_batch_size, config.num_workers, zero_shot=zero_shot
+    )
+    return result.to_dict()
+
+
+def _progress(phase, step, total, epoch, config, loss, lr, accuracy, start, test_top1=None) -> TrainProgress:
+    elapsed = time.monotonic() - start
+    eta = elapsed / step * (total - step) if step else 0.0
+    return TrainProgress(
+        phase, step, total, epoch, config.epochs, loss, lr, accuracy, elapsed, eta, test_top1
+    )
+
+
+# 4. Comparison -----------------------------------------------------------------------------
+
+
+def compare(
+    real_dir: str | Path,
+    synthetic_dir: str | Path,
+    test_dir: str | Path,
+    out_dir: str | Path,
+    spec: ModelSpec,
+    *,
+    config: TrainConfig | None = None,
+    runtime: Runtime | None = None,
+    callback: Callable[[str, TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Real-only vs real+synthetic with the same seed and the same number of optimisation steps.
+
+    Both runs use the synthetic set's epoch length, so they also share the learning-rate
+    schedule and evaluation points. Writes ``out_dir/real-only`` and ``out_dir/real+synthetic``;
+    returns a dict (top-1 and per-class of the zero-shot, real-only and real+synthetic
+    classifiers) whose ``"table"`` entry is :func:`~dipsy_ui.evaluate.comparison_table`'s text.
+    """
+    config = config or TrainConfig()
+    if config.steps_per_epoch is None:
+        synthetic = labelled_images(synthetic_dir, "synthetic")
+        config = replace(config, steps_per_epoch=math.ceil(len(synthetic) / config.batch_size))
+    results = {}
+    for name, synthetic in (("real_only", None), ("real_synthetic", synthetic_dir)):
+        folder = Path(out_dir) / ("real-only" if synthetic is None else "real+synthetic")
+        results[name] = train(
+            real_dir, folder, spec, synthetic_dir=synthetic, test_dir=test_dir, config=config, runtime=runtime,
+            callback=(lambda event, name=name: callback(name, event)) if callback else None,
+            should_stop=should_stop,
+        )  # fmt: skip
+        if results[name].cancelled:
+            break
+    first = results["real_only"].metrics
+
+    def final(key: str) -> dict | None:
+        if key not in results or results[key].cancelled:
+            return None
+        test = results[key].metrics["epochs"][-1]["test"]
+        return {"top1": test["top1"], "per_class": test["per_class"], "out_dir": str(results[key].out_dir)}
+
+    report = {
+        "class_names": first["class_names"],
+        "steps": first["total_steps"],
+        "seed": config.seed,
+        "zero_shot": {"top1": first["zero_shot"]["top1"], "per_class": first["zero_shot"]["per_class"]},
+        "real_only": final("real_only"),
+        "real_synthetic": final("real_synthetic"),
+        "cancelled": any(r.cancelled for r in results.values()),
+    }
+    report["table"] = comparison_table(report)
+    (Path(out_dir) / "comparison.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (Path(out_dir) / "comparison.txt").write_text(report["table"] + "\n", encoding="utf-8")
+    return report
