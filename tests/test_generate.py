@@ -1,0 +1,178 @@
+"""The batch job on tiny models: resume after cancel, bit-exact regeneration, sharding across
+processes, refusal to mix settings, bad inputs, hostile class names."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dipsy_ui.data import DatasetError, load_folder, load_mapping
+from dipsy_ui.generate import GenerationJob, JobConflictError, Shard, item_seed
+from dipsy_ui.manifest import MANIFEST_NAME, read_manifest, set_status
+from dipsy_ui.presets import GenerationConfig
+
+CONFIG = GenerationConfig(
+    template="A photo of a {c}", steps=2, height=64, width=64, images_per_class=3, batch_size=2, negatives="uniform"
+)
+
+
+def swatch(seed: int) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (48, 48, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_mapping({"red fox": [swatch(1), swatch(2)], "grey wolf": [swatch(3)], "coyote": [swatch(4), swatch(5)]})
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def listed(out: Path) -> set[str]:
+    return set(read_manifest(out))
+
+
+def on_disk(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.rglob("*.png") if not p.name.startswith(".")}
+
+
+def test_seeds_depend_only_on_seed_class_and_index():
+    assert item_seed(0, "fox", 3) == item_seed(0, "fox", 3)
+    assert len({item_seed(0, "fox", 3), item_seed(1, "fox", 3), item_seed(0, "wolf", 3), item_seed(0, "fox", 4)}) == 4
+
+
+def test_cancel_then_resume_ends_with_the_full_set(tiny_pipe, tiny_spec, dataset, tmp_path):
+    out = tmp_path / "run"
+    job = GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec)
+    cancel, events = threading.Event(), []
+
+    def on_event(event):
+        events.append(event)
+        if event.kind == "batch":
+            cancel.set()  # cancel mid-run: the next batch is interrupted at its first step
+
+    first = job.run(on_event, cancel)
+    assert first.kind == "cancelled" and first.done == 2
+    assert listed(out) == on_disk(out) and len(listed(out)) == 2
+    assert any(event.kind == "step" and event.preview.shape == (2, 8, 8, 3) for event in events)
+
+    final = GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run()
+    assert final.kind == "done" and final.done == final.total == 9
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    assert len(lines) == 9 and listed(out) == on_disk(out)
+    assert not [p for p in out.rglob(".*partial")]
+
+
+def test_rerun_of_a_finished_job_generates_nothing(tiny_pipe, tiny_spec, dataset, tmp_path):
+    out = tmp_path / "run"
+    GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run()
+    before = {file: (out / file).stat().st_mtime_ns for file in listed(out)}
+    events = []
+    GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run(events.append)
+    assert [event.kind for event in events] == ["done"]
+    assert before == {file: (out / file).stat().st_mtime_ns for file in listed(out)}
+
+
+def test_regenerating_from_the_manifest_is_bit_exact(tiny_pipe, tiny_spec, dataset, tmp_path):
+    out = tmp_path / "run"
+    job = GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec)
+    job.run()
+    for file in ("coyote/00001.png", "grey wolf".replace(" ", "_") + "/00002.png"):
+        assert np.array_equal(np.asarray(job.regenerate(file)), pixels(out / file))
+    record = read_manifest(out)["coyote/00001.png"]
+    assert record["negative_class"] in {"red fox", "grey wolf"} and record["seed"] == item_seed(0, "coyote", 1)
+    assert record["w_pos"] == CONFIG.w_pos and record["models"]["sd"] == tiny_spec.sd and "torch" in record["versions"]
+
+
+def test_two_processes_share_the_work_exactly_once(tiny_models, tiny_pipe, tiny_spec, dataset, tmp_path):
+    data = tmp_path / "data"
+    for c in dataset.classes:
+        (data / c.name).mkdir(parents=True)
+        for i, record in enumerate(c.images):
+            record.image.save(data / c.name / f"{i}.png")
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({"generation": CONFIG.to_dict() | {"batch_size": 1}}))
+    out = tmp_path / "shared"
+    args = [sys.executable, "-m", "dipsy_ui", "generate", str(data), "--preset", str(preset)]
+    args += ["--models", str(tiny_models), "--out", str(out)]
+    env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    processes = [subprocess.Popen(args, env=env | {"RANK": str(rank)}, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], errors
+    lines = (out / MANIFEST_NAME).read_text().splitlines()
+    assert len(lines) == 9 and len(listed(out)) == 9 and listed(out) == on_disk(out)
+    # Any sharding gives the same images: shard 1 of 2 again, in this process, into a new folder.
+    again = tmp_path / "again"
+    config = dataclasses.replace(CONFIG, batch_size=1)
+    GenerationJob(tiny_pipe, load_folder(data), config, again, tiny_spec, shard=Shard(1, 2)).run()
+    assert len(listed(again)) == 4 and listed(again) < listed(out)
+    for file in listed(again):
+        assert np.array_equal(pixels(again / file), pixels(out / file))
+
+
+def test_different_settings_are_refused_and_nothing_is_touched(tiny_pipe, tiny_spec, dataset, tmp_path):
+    out = tmp_path / "run"
+    GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run()
+    before = {file: pixels(out / file) for file in listed(out)}
+    changed = dataclasses.replace(CONFIG, w_pos=2.0)
+    with pytest.raises(JobConflictError, match="generation"):
+        GenerationJob(tiny_pipe, dataset, changed, out, tiny_spec).run()
+    assert all(np.array_equal(pixels(out / file), image) for file, image in before.items())
+    # More images per class is not a different run: it extends this one.
+    bigger = dataclasses.replace(CONFIG, images_per_class=4)
+    assert GenerationJob(tiny_pipe, dataset, bigger, out, tiny_spec).run().done == 12
+
+
+def test_torn_manifest_line_is_skipped_and_resume_continues(tiny_pipe, tiny_spec, dataset, tmp_path):
+    out = tmp_path / "run"
+    GenerationJob(tiny_pipe, dataset, dataclasses.replace(CONFIG, images_per_class=1), out, tiny_spec).run()
+    with open(out / MANIFEST_NAME, "a") as handle:
+        handle.write('{"file": "coyote/00001.png", "class_na')  # a crash in the middle of a write
+    assert len(listed(out)) == 3
+    GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run()
+    assert len(listed(out)) == 9 and listed(out) == on_disk(out)
+
+
+def test_curation_status_is_kept_in_the_manifest(tiny_pipe, tiny_spec, dataset, tmp_path):
+    out = tmp_path / "run"
+    GenerationJob(tiny_pipe, dataset, dataclasses.replace(CONFIG, images_per_class=1), out, tiny_spec).run()
+    set_status(out, ["coyote/00000.png"], "rejected")
+    assert read_manifest(out)["coyote/00000.png"]["status"] == "rejected"
+    set_status(out, ["coyote/00000.png"], "kept")
+    assert read_manifest(out)["coyote/00000.png"]["status"] == "kept"
+    with pytest.raises(ValueError, match="not in the manifest"):
+        set_status(out, ["elsewhere.png"], "rejected")
+
+
+def test_single_class_needs_negatives_off(tiny_pipe, tiny_spec, tmp_path):
+    lonely = load_mapping({"only": [swatch(1)]})
+    with pytest.raises(DatasetError, match="at least 2 classes"):
+        GenerationJob(tiny_pipe, lonely, CONFIG, tmp_path / "a", tiny_spec)
+    assert not (tmp_path / "a").exists()
+    config = dataclasses.replace(CONFIG, negatives="none", images_per_class=2)
+    assert GenerationJob(tiny_pipe, lonely, config, tmp_path / "b", tiny_spec).run().kind == "done"
+    assert all(record["negative"] is None for record in read_manifest(tmp_path / "b").values())
+
+
+def test_similarity_negatives_need_a_similarity_for_the_same_classes(tiny_pipe, tiny_spec, dataset, tmp_path):
+    config = dataclasses.replace(CONFIG, negatives="similarity")
+    with pytest.raises(ValueError, match="similarity"):
+        GenerationJob(tiny_pipe, dataset, config, tmp_path / "a", tiny_spec)
+
+
+def test_hostile_class_names_stay_inside_the_output_folder(tiny_pipe, tiny_spec, tmp_path):
+    hostile = load_mapping({"../../escape": [swatch(1)], "/etc/passwd": [swatch(2)], "CON": [swatch(3)]})
+    out = tmp_path / "nested" / "out"
+    config = dataclasses.replace(CONFIG, images_per_class=1)
+    GenerationJob(tiny_pipe, hostile, config, out, tiny_spec).run()
+    everything = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(out.resolve() in path.parents for path in everything)
+    assert {record["class_name"] for record in read_manifest(out).values()} == {"../../escape", "/etc/passwd", "CON"}
