@@ -15,6 +15,7 @@ calls ``from_pretrained`` or ``open_clip.create_model_*``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,11 +70,15 @@ class Runtime:
 
 
 def resolve_runtime(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Runtime:
-    """CUDA + fp16 when available, else CPU + fp32; either can be overridden.
+    """CUDA + fp16 when available (GPU ``LOCAL_RANK`` in multi-process launches), else CPU +
+    fp32; either can be overridden.
 
     fp16 on CPU is refused: many CPU kernels lack it and the rest are slower than fp32.
     """
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        # One GPU per process under `accelerate launch` / `torchrun`, which set LOCAL_RANK.
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA GPU is available; use --device cpu")
     if dtype is None:
