@@ -93,17 +93,27 @@ def run_variant(variant: str, models: Path, size: int, steps: int, repeats: int,
         pipe.set_ip_adapter_scale(weights["ip_adapter_scale"])
 
         def generate(generator):
-            return pipe("A photo of a cat", ip_adapter_image=positive, guidance_scale=7.5, generator=generator, **common).images
+            return pipe(
+                "A photo of a cat",
+                ip_adapter_image=positive,
+                guidance_scale=7.5,
+                generator=generator,
+                **common,
+            ).images
     elif variant == "b":
         pipe = load_stock_pipeline(spec, runtime, adapter_copies=2)
 
         def generate(generator):
-            return three_call_dipsy(pipe, "A photo of a cat", positive, negative, generator=generator, **weights, **common)
+            return three_call_dipsy(
+                pipe, "A photo of a cat", positive, negative, generator=generator, **weights, **common
+            )
     else:
         pipe = load_pipeline(spec, runtime)
 
         def generate(generator):
-            return pipe("A photo of a cat", positive, negative, generator=generator, **weights, **common).images
+            return pipe(
+                "A photo of a cat", positive, negative, generator=generator, **weights, **common
+            ).images
 
     generate(torch.Generator(runtime.device).manual_seed(0))  # warm-up: allocator, kernels, caches
     with PeakMemory(runtime.device) as memory:
@@ -114,7 +124,12 @@ def run_variant(variant: str, models: Path, size: int, steps: int, repeats: int,
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / repeats
     np.save(out / f"{variant}.npy", np.asarray(image))
-    return {"variant": variant, "seconds_per_image": seconds, "peak_mb": memory.peak_mb, "device": str(runtime.device)}
+    return {
+        "variant": variant,
+        "seconds_per_image": seconds,
+        "peak_mb": memory.peak_mb,
+        "device": str(runtime.device),
+    }
 
 
 def bench_generation(size: int, steps: int, repeats: int, models: Path | None) -> dict:
@@ -138,7 +153,9 @@ def bench_generation(size: int, steps: int, repeats: int, models: Path | None) -
         images = {variant: np.load(scratch / f"{variant}.npy") for variant in ("b", "c")}
 
     max_diff = float(np.abs(images["b"] - images["c"]).max())
-    print(f"\nDIPSY generation benchmark: {size}x{size}, {steps} steps, 1 image, device {results['c']['device']}")
+    print(
+        f"\nDIPSY generation benchmark: {size}x{size}, {steps} steps, 1 image, device {results['c']['device']}"
+    )
     print(f"{'variant':<52} {'s/image':>9} {'peak MB':>9}")
     for variant, label in VARIANTS.items():
         row = results[variant]
@@ -149,7 +166,9 @@ def bench_generation(size: int, steps: int, repeats: int, models: Path | None) -
         "c/a_memory": results["c"]["peak_mb"] / results["a"]["peak_mb"],
         "c/b_memory": results["c"]["peak_mb"] / results["b"]["peak_mb"],
     }
-    print(f"time ratio c/a = {ratios['c/a_time']:.2f} (target <= 1.8), c/b = {ratios['c/b_time']:.2f} (target <= 0.6)")
+    print(
+        f"time ratio c/a = {ratios['c/a_time']:.2f} (target <= 1.8), c/b = {ratios['c/b_time']:.2f} (target <= 0.6)"
+    )
     print(f"peak memory ratio c/a = {ratios['c/a_memory']:.2f}, c/b = {ratios['c/b_memory']:.2f}")
     print(f"max |image(b) - image(c)| = {max_diff:.2e} (pixel values in [0, 1])")
     return {"results": results, "ratios": ratios, "max_diff_b_c": max_diff}
@@ -158,12 +177,18 @@ def bench_generation(size: int, steps: int, repeats: int, models: Path | None) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dipsy_ui.bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    generation = commands.add_parser("generation", help="(a) diffusers CFG vs (b) authors' loop vs (c) DipsyPipeline")
+    generation = commands.add_parser(
+        "generation", help="(a) diffusers CFG vs (b) authors' loop vs (c) DipsyPipeline"
+    )
     generation.add_argument("--size", type=int, default=256, help="image side in pixels")
     generation.add_argument("--steps", type=int, default=4)
     generation.add_argument("--repeats", type=int, default=2)
-    generation.add_argument("--models", type=Path, help="models folder (default: SD1.5 U-Net, random weights)")
-    commands.add_parser("training", help="LoRA vs full fine-tuning throughput (dipsy_ui.bench_train)", add_help=False)
+    generation.add_argument(
+        "--models", type=Path, help="models folder (default: SD1.5 U-Net, random weights)"
+    )
+    commands.add_parser(
+        "training", help="LoRA vs full fine-tuning throughput (dipsy_ui.bench_train)", add_help=False
+    )
     variant = commands.add_parser("_variant")  # internal: one variant in a fresh process
     variant.add_argument("variant", choices=sorted(VARIANTS))
     variant.add_argument("models", type=Path)
@@ -179,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "_variant":
-        print(json.dumps(run_variant(args.variant, args.models, args.size, args.steps, args.repeats, args.out)))
+        print(
+            json.dumps(run_variant(args.variant, args.models, args.size, args.steps, args.repeats, args.out))
+        )
     else:
         bench_generation(args.size, args.steps, args.repeats, args.models)
     return 0

@@ -19,13 +19,24 @@ from .models import IP_ADAPTER_WEIGHTS, ModelLoadError, ModelSpec
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model-source and device flags shared by every command that loads models."""
     group = parser.add_argument_group("models")
-    group.add_argument("--models", metavar="DIR", help="folder with sd/, ip-adapter/ and clip/ (e.g. from make-tiny-models)")
-    group.add_argument("--sd", metavar="SOURCE", help=f"SD1.5 hub id or diffusers folder (default {ModelSpec.sd})")
-    group.add_argument("--ip-adapter", metavar="SOURCE", help=f"IP-Adapter hub id or folder (default {ModelSpec.ip_adapter})")
     group.add_argument(
-        "--ip-adapter-variant", choices=sorted(IP_ADAPTER_WEIGHTS), default="plus", help="Plus (the paper's) or plain"
+        "--models", metavar="DIR", help="folder with sd/, ip-adapter/ and clip/ (e.g. from make-tiny-models)"
     )
-    group.add_argument("--clip", metavar="SOURCE", help="open_clip model name or folder (default ViT-B-16/openai)")
+    group.add_argument(
+        "--sd", metavar="SOURCE", help=f"SD1.5 hub id or diffusers folder (default {ModelSpec.sd})"
+    )
+    group.add_argument(
+        "--ip-adapter", metavar="SOURCE", help=f"IP-Adapter hub id or folder (default {ModelSpec.ip_adapter})"
+    )
+    group.add_argument(
+        "--ip-adapter-variant",
+        choices=sorted(IP_ADAPTER_WEIGHTS),
+        default="plus",
+        help="Plus (the paper's) or plain",
+    )
+    group.add_argument(
+        "--clip", metavar="SOURCE", help="open_clip model name or folder (default ViT-B-16/openai)"
+    )
     group.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     group.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
 
@@ -38,7 +49,10 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
         spec = ModelSpec(ip_adapter_weight=IP_ADAPTER_WEIGHTS[args.ip_adapter_variant])
     overrides = {"sd": args.sd, "ip_adapter": args.ip_adapter}
     if args.clip:
-        overrides |= {"clip": args.clip, "clip_pretrained": None if Path(args.clip).exists() else spec.clip_pretrained}
+        overrides |= {
+            "clip": args.clip,
+            "clip_pretrained": None if Path(args.clip).exists() else spec.clip_pretrained,
+        }
     return ModelSpec(**(spec.to_dict() | {key: value for key, value in overrides.items() if value}))
 
 
@@ -52,7 +66,9 @@ def cmd_make_tiny_models(args: argparse.Namespace) -> int:
     from .tiny import make_tiny_models
 
     out = make_tiny_models(args.out_dir, seed=args.seed)
-    print(f"Tiny models written to {out} (random weights: their images are noise). Use them with --models {out}")
+    print(
+        f"Tiny models written to {out} (random weights: their images are noise). Use them with --models {out}"
+    )
     return 0
 
 
@@ -120,7 +136,9 @@ def _similarity(args, dataset, spec, runtime, temperature: float, uniform: bool,
     dataset.require_classes(2, purpose="class similarity")
     clip = load_clip(spec, runtime)
     classes = {c.name: [record.image for record in c.images] for c in dataset.classes}
-    result = compute_similarity(clip, classes, temperature=temperature, uniform=uniform, cache_dir=out / ".cache")
+    result = compute_similarity(
+        clip, classes, temperature=temperature, uniform=uniform, cache_dir=out / ".cache"
+    )
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     save_heatmap(out / "similarity.png", result.names, result.similarity)
@@ -129,7 +147,9 @@ def _similarity(args, dataset, spec, runtime, temperature: float, uniform: bool,
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     dataset = _load_dataset(args.data)
-    result = _similarity(args, dataset, spec_from_args(args), _runtime(args), args.temperature, False, args.out)
+    result = _similarity(
+        args, dataset, spec_from_args(args), _runtime(args), args.temperature, False, args.out
+    )
     from .similarity import top_similar
 
     for name, neighbours in zip(result.names, top_similar(result.names, result.similarity, k=3), strict=True):
@@ -149,14 +169,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .presets import load_preset
 
     preset = load_preset(args.preset)
-    overrides = {"images_per_class": args.per_class, "batch_size": args.batch_size, "seed": args.seed, "negatives": args.negatives}
+    overrides = {
+        "images_per_class": args.per_class,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "negatives": args.negatives,
+    }
     config = dataclasses.replace(preset.generation, **{k: v for k, v in overrides.items() if v is not None})
     dataset = _load_dataset(args.data)
     spec, runtime = spec_from_args(args), _runtime(args)
     similarity = None
     if config.negatives == "similarity":
         similarity = _similarity(args, dataset, spec, runtime, config.temperature, False, args.out)
-    job = GenerationJob(load_pipeline(spec, runtime), dataset, config, args.out, spec, similarity, Shard.from_env())
+    job = GenerationJob(
+        load_pipeline(spec, runtime), dataset, config, args.out, spec, similarity, Shard.from_env()
+    )
     cancel = threading.Event()
     bar = tqdm(total=sum(len(batch) for batch in job.batches()), unit="img", desc="generating")
 
@@ -169,7 +196,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         cancel.set()
         bar.close()
-        print("\ninterrupted: everything written so far is kept; run the same command to resume", file=sys.stderr)
+        print(
+            "\ninterrupted: everything written so far is kept; run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     bar.close()
     print(f"{final.done}/{final.total} images in {args.out} (manifest: {args.out / 'manifest.jsonl'})")
@@ -182,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dipsy_ui", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tiny = commands.add_parser("make-tiny-models", help="write tiny random models in the real models' layouts")
+    tiny = commands.add_parser(
+        "make-tiny-models", help="write tiny random models in the real models' layouts"
+    )
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run=cmd_make_tiny_models)
@@ -217,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(sim)
     sim.set_defaults(run=cmd_similarity)
 
-    gen = commands.add_parser("generate", help="generate the synthetic set (resumable; shards across processes)")
+    gen = commands.add_parser(
+        "generate", help="generate the synthetic set (resumable; shards across processes)"
+    )
     gen.add_argument("data", type=Path, help="folder (or .zip) with one subfolder of images per class")
     gen.add_argument("--preset", required=True, help="preset name (see presets/) or a preset .json file")
     gen.add_argument("--out", required=True, type=Path)
@@ -250,7 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.run(args)
-    except (ModelLoadError, DatasetError, ImageReadError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except (
+        ModelLoadError,
+        DatasetError,
+        ImageReadError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

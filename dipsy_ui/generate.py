@@ -93,7 +93,12 @@ def _versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {"dipsy_ui": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+    return {
+        "dipsy_ui": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 class GenerationJob:
@@ -122,9 +127,13 @@ class GenerationJob:
         if self.config.negatives == "uniform":
             return NegativeSampler(names, uniform_probabilities(len(names)))
         if similarity is None:
-            raise ValueError("negatives='similarity' needs the class similarity: compute it first (or use 'uniform' or 'none')")
+            raise ValueError(
+                "negatives='similarity' needs the class similarity: compute it first (or use 'uniform' or 'none')"
+            )
         if list(similarity.names) != names:
-            raise ValueError(f"the similarity was computed for classes {similarity.names}, the dataset has {names}")
+            raise ValueError(
+                f"the similarity was computed for classes {similarity.names}, the dataset has {names}"
+            )
         return similarity.sampler()
 
     # -- plan ------------------------------------------------------------------------------
@@ -138,7 +147,10 @@ class GenerationJob:
         everything = []
         for name in self.dataset.class_names:
             slug = self.dataset.slug(name)
-            items = [JobItem(name, i, f"{slug}/{i:0{digits}d}.png", item_seed(self.config.seed, name, i)) for i in range(per_class)]
+            items = [
+                JobItem(name, i, f"{slug}/{i:0{digits}d}.png", item_seed(self.config.seed, name, i))
+                for i in range(per_class)
+            ]
             everything += [items[start : start + size] for start in range(0, per_class, size)]
         return everything[self.shard.index :: self.shard.count]
 
@@ -185,9 +197,15 @@ class GenerationJob:
             return positive, None, None
         negative_class = self.sampler.sample(item.class_name, generator)
         negatives = self.dataset.images(negative_class)
-        return positive, negative_class, negatives[int(torch.randint(len(negatives), (), generator=generator))]
+        return (
+            positive,
+            negative_class,
+            negatives[int(torch.randint(len(negatives), (), generator=generator))],
+        )
 
-    def _generate(self, batch: list[JobItem], on_step: Callable | None) -> tuple[list[Image.Image] | None, list[dict]]:
+    def _generate(
+        self, batch: list[JobItem], on_step: Callable | None
+    ) -> tuple[list[Image.Image] | None, list[dict]]:
         config, device = self.config, self.pipe._execution_device
         picks = [self._pick(item) for item in batch]
         records = [
@@ -222,7 +240,11 @@ class GenerationJob:
         return output.images, records
 
     def _record_settings(self) -> dict:
-        settings = {key: value for key, value in self.config.to_dict().items() if key not in ("template", "seed", "images_per_class")}
+        settings = {
+            key: value
+            for key, value in self.config.to_dict().items()
+            if key not in ("template", "seed", "images_per_class")
+        }
         return settings | {
             "generator_device": self.pipe._execution_device.type,
             "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
@@ -232,7 +254,9 @@ class GenerationJob:
 
     # -- run ------------------------------------------------------------------------------------
 
-    def run(self, on_event: Callable[[JobEvent], None] | None = None, cancel: threading.Event | None = None) -> JobEvent:
+    def run(
+        self, on_event: Callable[[JobEvent], None] | None = None, cancel: threading.Event | None = None
+    ) -> JobEvent:
         """Generate every image of this shard that the manifest does not list yet.
 
         ``on_event`` receives progress; setting ``cancel`` stops at the next denoising step
@@ -252,19 +276,20 @@ class GenerationJob:
         def eta() -> float | None:
             return (total - done) * (time.perf_counter() - started) / generated if generated else None
 
+        def on_step(pipe, step, timestep, kwargs):
+            if cancel.is_set():
+                pipe.request_interrupt()
+            on_event(
+                JobEvent("step", done, total, eta(), step + 1, self.config.steps, preview=kwargs["preview"])
+            )
+            return {}
+
         for batch in batches:
             missing = [item for item in batch if item.file not in done_files]
             if not missing:
                 continue
             if cancel.is_set():
                 break
-
-            def on_step(pipe, step, timestep, kwargs):
-                if cancel.is_set():
-                    pipe.request_interrupt()
-                on_event(JobEvent("step", done, total, eta(), step + 1, self.config.steps, preview=kwargs["preview"]))
-                return {}
-
             images, records = self._generate(batch, on_step)
             if images is None:
                 break
@@ -277,7 +302,9 @@ class GenerationJob:
             append_lines(self.out_dir, (record | common for record in records if record["file"] in new))
             done, generated = done + len(new), generated + len(new)
             on_event(JobEvent("batch", done, total, eta(), files=tuple(sorted(new))))
-        final = JobEvent("done" if done == total else "cancelled", done, total, 0.0 if done == total else None)
+        final = JobEvent(
+            "done" if done == total else "cancelled", done, total, 0.0 if done == total else None
+        )
         on_event(final)
         return final
 

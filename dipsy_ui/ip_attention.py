@@ -59,7 +59,9 @@ class DualIPImageProjection(MultiIPAdapterImageProjection):
 
     def forward(self, image_embeds: IPRouting) -> IPRouting:  # type: ignore[override]
         if not isinstance(image_embeds, IPRouting):
-            raise TypeError("DualIPImageProjection expects an IPRouting; call the U-Net through DipsyPipeline")
+            raise TypeError(
+                "DualIPImageProjection expects an IPRouting; call the U-Net through DipsyPipeline"
+            )
         if image_embeds.tokens is not None or image_embeds.num_pairs == 0:
             return image_embeds
         return replace(image_embeds, tokens=self.image_projection_layers[0](image_embeds.embeds))
@@ -127,7 +129,12 @@ class DualIPAttnProcessor(nn.Module):
         return hidden_states / attn.rescale_output_factor
 
     def _add_image_attention(
-        self, attn: Attention, query: torch.Tensor, hidden_states: torch.Tensor, routing: IPRouting, head_dim: int
+        self,
+        attn: Attention,
+        query: torch.Tensor,
+        hidden_states: torch.Tensor,
+        routing: IPRouting,
+        head_dim: int,
     ) -> torch.Tensor:
         # Project each distinct image once, then gather per pair.
         num_images = routing.tokens.shape[0]
@@ -136,9 +143,13 @@ class DualIPAttnProcessor(nn.Module):
         pair_out = F.scaled_dot_product_attention(
             query[routing.query_rows], ip_key[routing.token_index], ip_value[routing.token_index]
         )
-        pair_out = pair_out.transpose(1, 2).reshape(routing.num_pairs, -1, attn.heads * head_dim).to(query.dtype)
+        pair_out = (
+            pair_out.transpose(1, 2).reshape(routing.num_pairs, -1, attn.heads * head_dim).to(query.dtype)
+        )
         pair_out = pair_out * routing.scale.to(pair_out.dtype).view(-1, 1, 1)
-        for rows, out in zip(routing.query_rows.split(routing.groups), pair_out.split(routing.groups), strict=True):
+        for rows, out in zip(
+            routing.query_rows.split(routing.groups), pair_out.split(routing.groups), strict=True
+        ):
             hidden_states = hidden_states.index_add(0, rows, out)
         return hidden_states
 

@@ -46,7 +46,9 @@ class ModelSpec:
         """The spec for a folder holding ``sd/``, ``ip-adapter/`` and ``clip/`` (the layout
         written by ``make-tiny-models``, and how real weights can be kept locally)."""
         if ip_adapter_variant not in IP_ADAPTER_WEIGHTS:
-            raise ValueError(f"ip_adapter_variant must be one of {sorted(IP_ADAPTER_WEIGHTS)}, got {ip_adapter_variant!r}")
+            raise ValueError(
+                f"ip_adapter_variant must be one of {sorted(IP_ADAPTER_WEIGHTS)}, got {ip_adapter_variant!r}"
+            )
         root = Path(root).expanduser().resolve()
         return cls(
             sd=str(root / "sd"),
@@ -69,7 +71,9 @@ class Runtime:
     dtype: torch.dtype
 
 
-def resolve_runtime(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Runtime:
+def resolve_runtime(
+    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> Runtime:
     """CUDA + fp16 when available (GPU ``LOCAL_RANK`` in multi-process launches), else CPU +
     fp32; either can be overridden.
 
@@ -84,7 +88,13 @@ def resolve_runtime(device: str | torch.device | None = None, dtype: str | torch
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+        names = {
+            "fp16": torch.float16,
+            "float16": torch.float16,
+            "bf16": torch.bfloat16,
+            "fp32": torch.float32,
+            "float32": torch.float32,
+        }
         if dtype not in names:
             raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
         dtype = names[dtype]
@@ -109,7 +119,9 @@ def _where(source: str) -> str:
         return f"local folder {path}" + ("" if path.exists() else " (does not exist)")
     from huggingface_hub import constants
 
-    offline = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if constants.HF_HUB_OFFLINE else ""
+    offline = (
+        " (HF_HUB_OFFLINE is set: only the local cache was searched)" if constants.HF_HUB_OFFLINE else ""
+    )
     return f"Hugging Face hub repo '{source}', cache {constants.HF_HUB_CACHE}{offline}"
 
 
@@ -141,10 +153,16 @@ def _explained(what: str, source: str, flag: str) -> Iterator[None]:
 def _load_sd(pipeline_class, spec: ModelSpec, runtime: Runtime | None, adapter_copies: int):
     runtime = runtime or resolve_runtime()
     with _explained("Stable Diffusion 1.5 pipeline", spec.sd, "--sd"):
-        pipe = pipeline_class.from_pretrained(spec.sd, dtype=runtime.dtype, safety_checker=None, requires_safety_checker=False)
+        pipe = pipeline_class.from_pretrained(
+            spec.sd, dtype=runtime.dtype, safety_checker=None, requires_safety_checker=False
+        )
     if adapter_copies:
         weights = spec.ip_adapter_weight if adapter_copies == 1 else [spec.ip_adapter_weight] * adapter_copies
-        with _explained(f"IP-Adapter ({spec.ip_adapter_subfolder}/{spec.ip_adapter_weight})", spec.ip_adapter, "--ip-adapter"):
+        with _explained(
+            f"IP-Adapter ({spec.ip_adapter_subfolder}/{spec.ip_adapter_weight})",
+            spec.ip_adapter,
+            "--ip-adapter",
+        ):
             pipe.load_ip_adapter(spec.ip_adapter, subfolder=spec.ip_adapter_subfolder, weight_name=weights)
     pipe.to(runtime.device)
     pipe.set_progress_bar_config(disable=True)
@@ -203,7 +221,9 @@ def load_clip(spec: ModelSpec, runtime: Runtime | None = None) -> ClipBundle:
     with _explained("CLIP classifier backbone", spec.clip, "--clip"):
         if name.startswith("local-dir:") and not (local / "open_clip_config.json").is_file():
             raise FileNotFoundError(f"{local} is not a folder with open_clip_config.json")
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, weights_only=True)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, weights_only=True
+        )
         tokenizer = open_clip.get_tokenizer(name)
     model = model.to(runtime.device).eval()
     config = model.visual.preprocess_cfg

@@ -121,7 +121,9 @@ class DipsyPipeline(StableDiffusionPipeline):
         """diffusers' ``load_ip_adapter`` (same arguments), then per-row routing installed on
         the loaded weights. One adapter serves both the positive and the negative image."""
         if isinstance(weight_name, list | tuple) and len(weight_name) != 1:
-            raise ValueError("DipsyPipeline loads exactly one IP-Adapter (it serves positive and negative images)")
+            raise ValueError(
+                "DipsyPipeline loads exactly one IP-Adapter (it serves positive and negative images)"
+            )
         super().load_ip_adapter(pretrained_model_name_or_path_or_dict, subfolder, weight_name, **kwargs)
         install_dual_ip_attention(self.unet)
 
@@ -137,10 +139,19 @@ class DipsyPipeline(StableDiffusionPipeline):
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def _check_rows(self, prompt, positive_image, negative_image, generator, weights: dict[str, Any]) -> _Rows:
+    def _check_rows(
+        self, prompt, positive_image, negative_image, generator, weights: dict[str, Any]
+    ) -> _Rows:
         if positive_image is None:
-            raise ValueError("positive_image is required: the image (or list of images) of the class to generate")
-        sized = {"prompt": prompt, "positive_image": positive_image, "negative_image": negative_image, "generator": generator}
+            raise ValueError(
+                "positive_image is required: the image (or list of images) of the class to generate"
+            )
+        sized = {
+            "prompt": prompt,
+            "positive_image": positive_image,
+            "negative_image": negative_image,
+            "generator": generator,
+        }
         sized |= weights
         sizes = {name: len(value) for name, value in sized.items() if isinstance(value, list | tuple)}
         if len(set(sizes.values())) > 1:
@@ -153,20 +164,30 @@ class DipsyPipeline(StableDiffusionPipeline):
             raise ValueError(f"prompt must be a string or a list of strings, got {prompt!r}")
         return _Rows(
             prompts=prompts,
-            positives=[_check_image("positive_image", image) for image in _as_list("positive_image", positive_image, size)],
+            positives=[
+                _check_image("positive_image", image)
+                for image in _as_list("positive_image", positive_image, size)
+            ],
             negatives=[
                 _check_image("negative_image", image, optional=True)
                 for image in _as_list("negative_image", negative_image, size)
             ],
-            weights={name: [_check_weight(name, w) for w in _as_list(name, value, size)] for name, value in weights.items()},
+            weights={
+                name: [_check_weight(name, w) for w in _as_list(name, value, size)]
+                for name, value in weights.items()
+            },
         )
 
     def _check_call_args(self, height: int, width: int, num_inference_steps: int, output_type: str) -> None:
-        if not hasattr(self.unet, "encoder_hid_proj") or not isinstance(self.unet.encoder_hid_proj, DualIPImageProjection):
+        if not hasattr(self.unet, "encoder_hid_proj") or not isinstance(
+            self.unet.encoder_hid_proj, DualIPImageProjection
+        ):
             raise ValueError("no IP-Adapter is loaded: call pipe.load_ip_adapter(...) before generating")
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % self.vae_scale_factor:
-                raise ValueError(f"{name} must be a positive multiple of {self.vae_scale_factor}, got {value!r}")
+                raise ValueError(
+                    f"{name} must be a positive multiple of {self.vae_scale_factor}, got {value!r}"
+                )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if output_type not in OUTPUT_TYPES:
@@ -183,7 +204,9 @@ class DipsyPipeline(StableDiffusionPipeline):
             return self.image_encoder(pixels).image_embeds
         return self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
 
-    def _route_adapter_images(self, rows: _Rows, branches: tuple[str, ...], generators: list, augment: bool) -> IPRouting:
+    def _route_adapter_images(
+        self, rows: _Rows, branches: tuple[str, ...], generators: list, augment: bool
+    ) -> IPRouting:
         """Encode every distinct adapter image once and route it to the rows that attend to it."""
         size = len(rows.prompts)
         positives, negatives = list(rows.positives), list(rows.negatives)
@@ -287,7 +310,9 @@ class DipsyPipeline(StableDiffusionPipeline):
             on and w > 0 and neg is not None
             for on, w, neg in zip(adapter_on, rows.weights["w_neg"], rows.negatives, strict=True)
         )
-        need_tp = need_tpn or any(on and w > 0 for on, w in zip(adapter_on, rows.weights["w_pos"], strict=True))
+        need_tp = need_tpn or any(
+            on and w > 0 for on, w in zip(adapter_on, rows.weights["w_pos"], strict=True)
+        )
         branches = BRANCHES[: 2 + need_tp + need_tpn]
 
         # 3. Text: class prompts and the empty prompt, encoded once for all steps.
@@ -300,7 +325,12 @@ class DipsyPipeline(StableDiffusionPipeline):
         # 5. Initial noise, drawn before any augmentation so that switching augmentation on or
         # off keeps the same noise for the same generator.
         if latents is not None:
-            expected = (size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+            expected = (
+                size,
+                self.unet.config.in_channels,
+                height // self.vae_scale_factor,
+                width // self.vae_scale_factor,
+            )
             if tuple(latents.shape) != expected:
                 raise ValueError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
         latents = self.prepare_latents(
@@ -337,10 +367,14 @@ class DipsyPipeline(StableDiffusionPipeline):
                 )
                 if callback_on_step_end is not None:
                     x0 = predicted_x0(self.scheduler, model_input[:size], noise_pred, t)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
+                    0
+                ]
                 if callback_on_step_end is not None:
                     callback_kwargs = {"latents": latents, "x0": x0, "preview": latent_preview(x0)}
-                    latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).get("latents", latents)
+                    latents = (callback_on_step_end(self, i, t, callback_kwargs) or {}).get(
+                        "latents", latents
+                    )
                 progress_bar.update()
 
         if self._interrupt:
@@ -351,7 +385,11 @@ class DipsyPipeline(StableDiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * size)
+            decoded = self.vae.decode(
+                latents / self.vae.config.scaling_factor, return_dict=False, generator=generator
+            )[0]
+            images = self.image_processor.postprocess(
+                decoded, output_type=output_type, do_denormalize=[True] * size
+            )
         self.maybe_free_model_hooks()
         return DipsyPipelineOutput(images=images) if return_dict else (images,)

@@ -117,7 +117,8 @@ class Preset:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"description": self.description, "generation": self.generation.to_dict(), "train": self.train}, indent=2
+            {"description": self.description, "generation": self.generation.to_dict(), "train": self.train},
+            indent=2,
         )
 
 
@@ -133,7 +134,9 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if path.suffix != ".json":
         path = PRESETS_DIR / f"{name_or_path}.json"
         if not path.is_file():
-            raise ValueError(f"unknown preset {str(name_or_path)!r}; shipped presets: {', '.join(list_presets())}")
+            raise ValueError(
+                f"unknown preset {str(name_or_path)!r}; shipped presets: {', '.join(list_presets())}"
+            )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):

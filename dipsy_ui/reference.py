@@ -61,7 +61,11 @@ def three_call_dipsy(
     def two_rows(sample: torch.Tensor, t, scales: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
         pipe.set_ip_adapter_scale(scales)
         out = pipe.unet(
-            sample, t, encoder_hidden_states=text_pair, added_cond_kwargs={"image_embeds": image_embeds}, return_dict=False
+            sample,
+            t,
+            encoder_hidden_states=text_pair,
+            added_cond_kwargs={"image_embeds": image_embeds},
+            return_dict=False,
         )[0]
         return out.chunk(2)
 
@@ -75,5 +79,7 @@ def three_call_dipsy(
 
     if output_type == "latent":
         return latents
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[
+        0
+    ]
     return pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True])

@@ -77,7 +77,8 @@ def _clip_bpe_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """The CLIP BPE vocabulary exactly as OpenAI's tokenizer builds it, from open_clip's file."""
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
 
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    with gzip.open(default_bpe()) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
@@ -112,7 +113,9 @@ def write_sd15_tokenizer(folder: Path) -> None:
 
 
 def _tiny_sd_components(shapes: Shapes) -> dict:
-    unet = UNet2DConditionModel(in_channels=4, out_channels=4, cross_attention_dim=shapes.cross_attention_dim, **shapes.unet)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=4, cross_attention_dim=shapes.cross_attention_dim, **shapes.unet
+    )
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -161,7 +164,13 @@ def _tiny_sd_components(shapes: Shapes) -> dict:
         image_std=CLIP_STD,
         resample=3,
     )
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler, feature_extractor=feature_extractor)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        scheduler=scheduler,
+        feature_extractor=feature_extractor,
+    )
 
 
 def _write_sd(folder: Path, shapes: Shapes) -> UNet2DConditionModel:

@@ -9,7 +9,9 @@ from dipsy_ui.cli import main
 
 
 def test_generate_one_writes_a_reproducible_png(tmp_path, tiny_models):
-    Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(tmp_path / "pos.png")
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(
+        tmp_path / "pos.png"
+    )
     Image.new("CMYK", (30, 50), (0, 120, 30, 0)).save(tmp_path / "neg.jpg")
     args = ["generate-one", "--models", str(tiny_models), "--prompt", "A photo of a cat", "--steps", "3"]
     args += ["--positive", str(tmp_path / "pos.png"), "--negative", str(tmp_path / "neg.jpg"), "--seed", "7"]
@@ -25,7 +27,17 @@ def test_generate_one_writes_a_reproducible_png(tmp_path, tiny_models):
 def test_missing_models_is_a_clear_error(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "pos.png")
     code = main(
-        ["generate-one", "--models", str(tmp_path / "absent"), "--prompt", "x", "--positive", str(tmp_path / "pos.png"), "--out", str(tmp_path / "o.png")]
+        [
+            "generate-one",
+            "--models",
+            str(tmp_path / "absent"),
+            "--prompt",
+            "x",
+            "--positive",
+            str(tmp_path / "pos.png"),
+            "--out",
+            str(tmp_path / "o.png"),
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2
@@ -37,7 +49,17 @@ def test_missing_models_is_a_clear_error(tmp_path, capsys):
 def test_unreadable_positive_image_is_a_clear_error(tmp_path, tiny_models, capsys):
     (tmp_path / "pos.png").write_text("not an image")
     code = main(
-        ["generate-one", "--models", str(tiny_models), "--prompt", "x", "--positive", str(tmp_path / "pos.png"), "--out", str(tmp_path / "o.png")]
+        [
+            "generate-one",
+            "--models",
+            str(tiny_models),
+            "--prompt",
+            "x",
+            "--positive",
+            str(tmp_path / "pos.png"),
+            "--out",
+            str(tmp_path / "o.png"),
+        ]
     )
     assert code == 2
     assert "pos.png" in capsys.readouterr().err

@@ -19,7 +19,13 @@ from dipsy_ui.manifest import MANIFEST_NAME, read_manifest, set_status
 from dipsy_ui.presets import GenerationConfig
 
 CONFIG = GenerationConfig(
-    template="A photo of a {c}", steps=2, height=64, width=64, images_per_class=3, batch_size=2, negatives="uniform"
+    template="A photo of a {c}",
+    steps=2,
+    height=64,
+    width=64,
+    images_per_class=3,
+    batch_size=2,
+    negatives="uniform",
 )
 
 
@@ -29,7 +35,9 @@ def swatch(seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def dataset():
-    return load_mapping({"red fox": [swatch(1), swatch(2)], "grey wolf": [swatch(3)], "coyote": [swatch(4), swatch(5)]})
+    return load_mapping(
+        {"red fox": [swatch(1), swatch(2)], "grey wolf": [swatch(3)], "coyote": [swatch(4), swatch(5)]}
+    )
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -46,7 +54,10 @@ def on_disk(out: Path) -> set[str]:
 
 def test_seeds_depend_only_on_seed_class_and_index():
     assert item_seed(0, "fox", 3) == item_seed(0, "fox", 3)
-    assert len({item_seed(0, "fox", 3), item_seed(1, "fox", 3), item_seed(0, "wolf", 3), item_seed(0, "fox", 4)}) == 4
+    assert (
+        len({item_seed(0, "fox", 3), item_seed(1, "fox", 3), item_seed(0, "wolf", 3), item_seed(0, "fox", 4)})
+        == 4
+    )
 
 
 def test_cancel_then_resume_ends_with_the_full_set(tiny_pipe, tiny_spec, dataset, tmp_path):
@@ -88,8 +99,14 @@ def test_regenerating_from_the_manifest_is_bit_exact(tiny_pipe, tiny_spec, datas
     for file in ("coyote/00001.png", "grey wolf".replace(" ", "_") + "/00002.png"):
         assert np.array_equal(np.asarray(job.regenerate(file)), pixels(out / file))
     record = read_manifest(out)["coyote/00001.png"]
-    assert record["negative_class"] in {"red fox", "grey wolf"} and record["seed"] == item_seed(0, "coyote", 1)
-    assert record["w_pos"] == CONFIG.w_pos and record["models"]["sd"] == tiny_spec.sd and "torch" in record["versions"]
+    assert record["negative_class"] in {"red fox", "grey wolf"} and record["seed"] == item_seed(
+        0, "coyote", 1
+    )
+    assert (
+        record["w_pos"] == CONFIG.w_pos
+        and record["models"]["sd"] == tiny_spec.sd
+        and "torch" in record["versions"]
+    )
 
 
 def test_two_processes_share_the_work_exactly_once(tiny_models, tiny_pipe, tiny_spec, dataset, tmp_path):
@@ -104,7 +121,10 @@ def test_two_processes_share_the_work_exactly_once(tiny_models, tiny_pipe, tiny_
     args = [sys.executable, "-m", "dipsy_ui", "generate", str(data), "--preset", str(preset)]
     args += ["--models", str(tiny_models), "--out", str(out)]
     env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    processes = [subprocess.Popen(args, env=env | {"RANK": str(rank)}, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    processes = [
+        subprocess.Popen(args, env=env | {"RANK": str(rank)}, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
     errors = [process.communicate(timeout=600)[1] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], errors
     lines = (out / MANIFEST_NAME).read_text().splitlines()
@@ -175,4 +195,8 @@ def test_hostile_class_names_stay_inside_the_output_folder(tiny_pipe, tiny_spec,
     GenerationJob(tiny_pipe, hostile, config, out, tiny_spec).run()
     everything = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
     assert all(out.resolve() in path.parents for path in everything)
-    assert {record["class_name"] for record in read_manifest(out).values()} == {"../../escape", "/etc/passwd", "CON"}
+    assert {record["class_name"] for record in read_manifest(out).values()} == {
+        "../../escape",
+        "/etc/passwd",
+        "CON",
+    }

@@ -30,7 +30,11 @@ def test_pipeline_loads_with_adapter_routing_installed(tiny_pipe):
 
 
 def test_tokenizer_is_the_real_clip_bpe(tiny_pipe, tiny_clip):
-    prompts = ["A photo of a Bombay cat", "A satellite photo of a Pasture, with rivers!", "3 cafés & a naïve dog"]
+    prompts = [
+        "A photo of a Bombay cat",
+        "A satellite photo of a Pasture, with rivers!",
+        "3 cafés & a naïve dog",
+    ]
     ours = tiny_pipe.tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt").input_ids
     reference = tiny_clip.tokenizer(prompts)  # open_clip's own SimpleTokenizer
     for row, ref in zip(ours, reference, strict=True):
@@ -49,7 +53,11 @@ def test_clip_loads_from_an_open_clip_folder(tiny_clip):
 
 def test_make_tiny_models_is_deterministic(tmp_path):
     def digests(root):
-        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*")
+            if p.is_file()
+        }
 
     first, second = make_tiny_models(tmp_path / "a"), make_tiny_models(tmp_path / "b")
     assert digests(first) == digests(second)

@@ -20,7 +20,12 @@ def noise_image(seed: int, size=(64, 64), mode="RGB") -> Image.Image:
 
 @pytest.fixture(scope="module")
 def images():
-    return {"pos": noise_image(1, (80, 64)), "neg": noise_image(2), "pos2": noise_image(3), "neg2": noise_image(4)}
+    return {
+        "pos": noise_image(1, (80, 64)),
+        "neg": noise_image(2),
+        "pos2": noise_image(3),
+        "neg2": noise_image(4),
+    }
 
 
 def run(pipe, images, seed=0, **kwargs):
@@ -100,7 +105,11 @@ def test_rows_are_independent(tiny_pipe, images):
 
 
 def test_seed_determines_output(tiny_pipe, images):
-    first, again, other = run(tiny_pipe, images, seed=5), run(tiny_pipe, images, seed=5), run(tiny_pipe, images, seed=6)
+    first, again, other = (
+        run(tiny_pipe, images, seed=5),
+        run(tiny_pipe, images, seed=5),
+        run(tiny_pipe, images, seed=6),
+    )
     assert np.array_equal(first, again)
     assert np.abs(first - other).max() > 1e-2
 
@@ -119,7 +128,9 @@ def test_negative_weight_acts_only_with_a_negative_image(tiny_pipe, images):
 
 def test_one_unet_call_per_step_with_four_branches(tiny_pipe, images):
     batch_sizes, steps = [], []
-    hook = tiny_pipe.unet.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
+    hook = tiny_pipe.unet.register_forward_hook(
+        lambda module, args, output: batch_sizes.append(args[0].shape[0])
+    )
     try:
         tiny_pipe(
             ["a", "b"],
@@ -139,7 +150,9 @@ def test_adapter_loaded_once_and_images_encoded_once_per_call(tiny_pipe, images)
     cross_attentions = [name for name in tiny_pipe.unet.attn_processors if name.endswith("attn2.processor")]
     assert len(ip_keys) == len(cross_attentions)
     encoded = []
-    hook = tiny_pipe.image_encoder.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
+    hook = tiny_pipe.image_encoder.register_forward_hook(
+        lambda module, args, output: encoded.append(args[0].shape[0])
+    )
     try:
         # Four rows, but only two distinct images: each is encoded once, in one encoder call.
         tiny_pipe(["a"] * 4, [images["pos"]] * 4, [images["neg"]] * 4, num_inference_steps=STEPS)
@@ -157,7 +170,9 @@ def test_callback_streams_previews_and_interrupt_stops(tiny_pipe, images):
             pipe.request_interrupt()
         return {}
 
-    out = tiny_pipe("a", images["pos"], images["neg"], num_inference_steps=STEPS, callback_on_step_end=callback)
+    out = tiny_pipe(
+        "a", images["pos"], images["neg"], num_inference_steps=STEPS, callback_on_step_end=callback
+    )
     assert out.interrupted and out.images is None
     assert len(seen) == 2
     assert seen[0].shape == (1, 8, 8, 3) and seen[0].dtype == np.uint8
@@ -172,7 +187,9 @@ def test_augmentation_is_reproducible_and_keeps_the_noise(tiny_pipe, images):
     assert np.abs(plain - augmented).max() > 1e-4
     # Same noise whatever the augmentation: with image weights off, the images coincide.
     off = dict(w_pos=0.0, w_neg=0.0)
-    assert np.array_equal(run(tiny_pipe, images, seed=3, **off), run(tiny_pipe, images, seed=3, augment=True, **off))
+    assert np.array_equal(
+        run(tiny_pipe, images, seed=3, **off), run(tiny_pipe, images, seed=3, augment=True, **off)
+    )
 
 
 def test_odd_image_modes_are_converted(tiny_pipe, images):
@@ -180,7 +197,10 @@ def test_odd_image_modes_are_converted(tiny_pipe, images):
     expected = run(tiny_pipe, images, positive_image=rgb.convert("L").convert("RGB"))
     assert np.array_equal(run(tiny_pipe, images, positive_image=rgb.convert("L")), expected)
     cmyk = rgb.convert("CMYK")
-    assert np.array_equal(run(tiny_pipe, images, positive_image=cmyk), run(tiny_pipe, images, positive_image=cmyk.convert("RGB")))
+    assert np.array_equal(
+        run(tiny_pipe, images, positive_image=cmyk),
+        run(tiny_pipe, images, positive_image=cmyk.convert("RGB")),
+    )
 
 
 def test_plain_ip_adapter_variant(tiny_spec, images):

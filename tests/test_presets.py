@@ -6,7 +6,18 @@ import pytest
 
 from dipsy_ui.presets import GenerationConfig, Preset, list_presets, load_preset, save_preset
 
-PAPER_DATASETS = {"fgvc_aircraft", "eurosat", "flowers102", "dtd", "cars", "food101", "pets", "sun397", "imagenet", "caltech101"}
+PAPER_DATASETS = {
+    "fgvc_aircraft",
+    "eurosat",
+    "flowers102",
+    "dtd",
+    "cars",
+    "food101",
+    "pets",
+    "sun397",
+    "imagenet",
+    "caltech101",
+}
 
 
 def test_shipped_presets_cover_the_paper_datasets_and_the_demo():
@@ -16,8 +27,18 @@ def test_shipped_presets_cover_the_paper_datasets_and_the_demo():
         assert "{c}" in preset.generation.template and preset.train["template"] == preset.generation.template
     assert load_preset("pets").generation.prompt("Bombay") == "A photo of a Bombay pet"
     defaults = load_preset("eurosat").generation
-    assert (defaults.w_text, defaults.w_pos, defaults.w_neg, defaults.ip_adapter_scale) == (7.5, 6.0, 6.0, 0.6)
-    assert (defaults.steps, defaults.height, defaults.images_per_class, defaults.scheduler) == (50, 512, 200, "dpm-solver")
+    assert (defaults.w_text, defaults.w_pos, defaults.w_neg, defaults.ip_adapter_scale) == (
+        7.5,
+        6.0,
+        6.0,
+        0.6,
+    )
+    assert (defaults.steps, defaults.height, defaults.images_per_class, defaults.scheduler) == (
+        50,
+        512,
+        200,
+        "dpm-solver",
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,4 +72,8 @@ def test_unknown_preset_lists_the_shipped_ones():
 def test_saved_preset_round_trips(tmp_path):
     preset = Preset("mine", "tuned", GenerationConfig(w_pos=3.5, seed=7), {"epochs": 2})
     loaded = load_preset(save_preset(preset, tmp_path / "mine.json"))
-    assert loaded.generation == preset.generation and loaded.train["epochs"] == 2 and loaded.description == "tuned"
+    assert (
+        loaded.generation == preset.generation
+        and loaded.train["epochs"] == 2
+        and loaded.description == "tuned"
+    )
