@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -266,16 +266,11 @@ class EvalResult:
     confusion: list[list[int]] = field(repr=False)  # [true class][predicted class] counts
 
     def to_dict(self) -> dict:
-        return {
-            "top1": self.top1,
-            "count": self.count,
-            "per_class": self.per_class,
-            "confusion": self.confusion,
-        }
+        return asdict(self)
 
 
-def test_items(folder: str | Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
-    """The test ImageFolder as (path, label index); its classes must be among ``class_names``."""
+def eval_items(folder: str | Path, class_names: Sequence[str]) -> list[tuple[Path, int]]:
+    """A test ImageFolder as (path, label index); its classes must be among ``class_names``."""
     items = labelled_images(folder, role="test")
     unknown = sorted({name for _, name in items} - set(class_names))
     if unknown:
@@ -332,7 +327,7 @@ def evaluate(
 ) -> dict[str, EvalResult]:
     """Evaluate a trained classifier folder on a test ImageFolder: ``{"zero_shot", "fine_tuned"}``."""
     classifier = load_classifier(classifier_dir, runtime)
-    items = test_items(test_dir, classifier.class_names)
+    items = eval_items(test_dir, classifier.class_names)
     return {
         "zero_shot": evaluate_items(classifier, items, batch_size, zero_shot=True),
         "fine_tuned": evaluate_items(classifier, items, batch_size),

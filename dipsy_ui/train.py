@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,14 +40,15 @@ from .evaluate import (
     _autocast,
     check_classes,
     comparison_table,
+    eval_items,
     evaluate_items,
     labelled_images,
     readable_only,
     save_plots,
     split_attention,
-    test_items,
 )
 from .models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
+from .presets import check_field_types, check_ranges, settings_from_dict
 
 
 @dataclass(frozen=True)
@@ -68,54 +70,50 @@ class TrainConfig:
     randaugment_ops: int = 2  # RandAugment operations per image (0: off)
     randaugment_magnitude: int = 9  # RandAugment magnitude, 0..30
     seed: int = 0  # LoRA init, data order and augmentation; same seed + data + config = same run
-    num_workers: int = 0  # DataLoader worker processes (0: decode in the training process)
+    num_workers: int | None = None  # DataLoader workers; None: 4 with CUDA, 0 (decode in-process) on the CPU
     eval_batch_size: int = 128  # batch size for test-set evaluation
     amp: bool = True  # mixed precision (bf16, else fp16) on CUDA; ignored on the CPU
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type).split(" |")[0])
-            if value is None and "None" in str(f.type):
-                continue
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, value := float(value))
-            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-                raise ValueError(f"train setting {f.name!r} must be {f.type}, got {value!r}")
-        checks = {
-            "epochs": self.epochs >= 1,
-            "steps_per_epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": 0 < self.lr <= 1,
-            "weight_decay": 0 <= self.weight_decay <= 1,
-            "warmup_fraction": 0 <= self.warmup_fraction < 1,
-            "lora_rank": self.lora_rank >= 1,
-            "lora_alpha": self.lora_alpha >= 1,
-            "lora_dropout": 0 <= self.lora_dropout < 1,
-            "lambda_real": 0 <= self.lambda_real <= 1,
-            "template": "{c}" in self.template,
-            "crop_scale_min": 0 < self.crop_scale_min <= 1,
-            "randaugment_ops": self.randaugment_ops >= 0,
-            "randaugment_magnitude": 0 <= self.randaugment_magnitude <= 30,
-            "seed": self.seed >= 0,
-            "num_workers": self.num_workers >= 0,
-            "eval_batch_size": self.eval_batch_size >= 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"train setting {key!r} is out of range: {getattr(self, key)!r}")
+        check_field_types(self, "train")
+        check_ranges(
+            self,
+            "train",
+            {
+                "epochs": self.epochs >= 1,
+                "steps_per_epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+                "batch_size": self.batch_size >= 1,
+                "lr": 0 < self.lr <= 1,
+                "weight_decay": 0 <= self.weight_decay <= 1,
+                "warmup_fraction": 0 <= self.warmup_fraction < 1,
+                "lora_rank": self.lora_rank >= 1,
+                "lora_alpha": self.lora_alpha >= 1,
+                "lora_dropout": 0 <= self.lora_dropout < 1,
+                "lambda_real": 0 <= self.lambda_real <= 1,
+                "template": "{c}" in self.template,
+                "crop_scale_min": 0 < self.crop_scale_min <= 1,
+                "randaugment_ops": self.randaugment_ops >= 0,
+                "randaugment_magnitude": 0 <= self.randaugment_magnitude <= 30,
+                "seed": 0 <= self.seed < 2**63,
+                "num_workers": self.num_workers is None or self.num_workers >= 0,
+                "eval_batch_size": self.eval_batch_size >= 1,
+            },
+        )
 
     @classmethod
     def from_dict(cls, settings: dict) -> TrainConfig:
         """Build from a preset's "train" section; unknown keys and bad values raise ValueError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(f"unknown train setting(s) {unknown}; known settings: {sorted(known)}")
-        return cls(**settings)
+        return settings_from_dict(cls, settings, "train")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def workers(self, cuda: bool) -> int:
+        """DataLoader worker processes: the setting, or 4 with CUDA (decoding must keep up with
+        the GPU) and 0 on the CPU (where workers would compete with the model for the cores)."""
+        return (
+            self.num_workers if self.num_workers is not None else (min(4, os.cpu_count() or 1) if cuda else 0)
+        )
 
 
 @dataclass(frozen=True)
@@ -181,7 +179,7 @@ def prepare_data(real_dir, synthetic_dir=None, test_dir=None) -> TrainData:
         listed = labelled_images(synthetic_dir, "synthetic")
         check_classes(class_names, sorted({name for _, name in listed}), "synthetic")
         synthetic = [(path, index[name]) for path, name in listed]
-    test = test_items(test_dir, class_names) if test_dir is not None else None
+    test = eval_items(test_dir, class_names) if test_dir is not None else None
     return TrainData(class_names, [(p, index[n]) for p, n in real], synthetic, test, warnings)
 
 
@@ -217,17 +215,15 @@ class CyclingSampler(Sampler[int]):
 
 
 def _stream(items, transform, config: TrainConfig, total_steps: int, seed: int, cuda: bool) -> Iterator:
-    dataset = LabelledImages(items, transform)
+    """``total_steps`` batches of ``config.batch_size`` augmented images, the set cycled as needed."""
     sampler = CyclingSampler(len(items), total_steps * config.batch_size, seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        pin_memory=cuda,
-        generator=torch.Generator().manual_seed(seed + 1),  # seeds the workers' augmentation
+    # The loader's generator seeds the workers' augmentation RNG: runs repeat with workers too.
+    workers = dict(num_workers=config.workers(cuda), generator=torch.Generator().manual_seed(seed + 1))
+    return iter(
+        DataLoader(
+            LabelledImages(items, transform), config.batch_size, sampler=sampler, pin_memory=cuda, **workers
+        )
     )
-    return iter(loader)
 
 
 # 2. Model ----------------------------------------------------------------------------------
@@ -476,19 +472,11 @@ def train(
     out_dir: str | Path,
     spec: ModelSpec,
     *,
-    synthetic_dir: str | Path | None = None,
-    test_dir: str | Path | None = None,
-    config: TrainConfig | None = None,
-    runtime: Runtime | None = None,
     callback: Callable[[TrainProgress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    clip: ClipBundle | None = None,
+    **options,
 ) -> TrainResult:
-    """:func:`iter_train` driven to the end, each event passed to ``callback``."""
-    run = iter_train(
-        real_dir, out_dir, spec, synthetic_dir=synthetic_dir, test_dir=test_dir, config=config,
-        runtime=runtime, should_stop=should_stop, clip=clip,
-    )  # fmt: skip
+    """:func:`iter_train` (same arguments) driven to the end, each event passed to ``callback``."""
+    run = iter_train(real_dir, out_dir, spec, **options)
     while True:
         try:
             event = next(run)
@@ -502,7 +490,11 @@ def _evaluate(classifier: ClipClassifier, items, config: TrainConfig, zero_shot:
     if items is None:
         return None
     result: EvalResult = evaluate_items(
-        classifier, items, config.eval_batch_size, config.num_workers, zero_shot=zero_shot
+        classifier,
+        items,
+        config.eval_batch_size,
+        config.workers(classifier.device.type == "cuda"),
+        zero_shot=zero_shot,
     )
     return result.to_dict()
 
@@ -552,21 +544,18 @@ def compare(
         if results[name].cancelled:
             break
     first = results["real_only"].metrics
-
-    def final(key: str) -> dict | None:
-        if key not in results or results[key].cancelled:
-            return None
-        test = results[key].metrics["epochs"][-1]["test"]
-        return {"top1": test["top1"], "per_class": test["per_class"], "out_dir": str(results[key].out_dir)}
-
+    finished = {key: r for key, r in results.items() if not r.cancelled}
     report = {
         "class_names": first["class_names"],
         "steps": first["total_steps"],
         "seed": config.seed,
-        "zero_shot": {"top1": first["zero_shot"]["top1"], "per_class": first["zero_shot"]["per_class"]},
-        "real_only": final("real_only"),
-        "real_synthetic": final("real_synthetic"),
-        "cancelled": any(r.cancelled for r in results.values()),
+        "zero_shot": {key: first["zero_shot"][key] for key in ("top1", "per_class")},
+        **{key: None for key in ("real_only", "real_synthetic")},
+        **{
+            key: {k: r.metrics["epochs"][-1]["test"][k] for k in ("top1", "per_class")}
+            for key, r in finished.items()
+        },
+        "cancelled": len(finished) < 2,
     }
     report["table"] = comparison_table(report)
     (Path(out_dir) / "comparison.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
