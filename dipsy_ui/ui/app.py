@@ -1,0 +1,38 @@
+"""The app: header (demo notice, model status) and the six tabs, sharing one Studio."""
+
+import gradio as gr
+
+from ..studio import Session
+from . import curate_tab, data_tab, generate_tab, guidance_tab, similarity_tab, train_tab
+from .common import GPU, progress_callback, readable_errors
+
+CSS = ".dipsy-demo {background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;border-radius:6px}"
+
+
+def build_app(studio) -> gr.Blocks:
+    with gr.Blocks(title="DIPSY Studio") as app:
+        state = gr.State(Session())  # one copy per browser session; see Session.__deepcopy__
+        gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
+                    "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
+        if studio.demo:
+            gr.Markdown("**Demo mode**: tiny self-made models with random weights and the digits data. Everything "
+                        "works offline, but the generated images are noise.", elem_classes=["dipsy-demo"])  # fmt: skip
+        with gr.Row():
+            model_status = gr.Markdown(studio.model_status())
+            load = gr.Button("Load models", scale=0)
+        with gr.Tabs():
+            data_tab.create(studio, state)
+            similarity_tab.create(studio, state)
+            guidance_tab.create(studio, state)
+            generate_tab.create(studio, state)
+            curate_tab.create(studio, state)
+            train_tab.create(studio, state)
+
+        @readable_errors
+        def on_load(progress=gr.Progress()):
+            studio.load_models(progress_callback(progress))
+            return studio.model_status()
+
+        load.click(on_load, None, [model_status], api_name="load_models", **GPU)
+        app.load(studio.model_status, None, [model_status], api_name="model_status")
+    return app

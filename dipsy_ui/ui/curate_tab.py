@@ -1,0 +1,88 @@
+"""Tab 5, Curate: page through the generated images, reject/keep, rank, export the kept set."""
+
+import gradio as gr
+
+from .common import GPU, progress_callback, readable_errors
+
+PAGE_SIZE = 40
+
+
+def create(studio, state):
+    pages_state = gr.State([])  # the files shown on the current page, in order (per session)
+    with gr.Tab("5. Curate", id="curate") as tab:
+        gr.Markdown("Click an image to reject it (crossed out); click again to keep it. Rejected images are "
+                    "never deleted and never used for training.")  # fmt: skip
+        with gr.Row():
+            class_name = gr.Dropdown(label="Class", choices=[], value=None)
+            page = gr.Number(label="Page", value=1, precision=0, minimum=1)
+            page_info = gr.Markdown()
+            show = gr.Button("Show")
+        gallery = gr.Gallery(label="Generated images", columns=10, height=420, allow_preview=False)
+        status = gr.Markdown()
+        with gr.Row():
+            rank = gr.Button("Rank (lowest score first)")
+            threshold = gr.Slider(0, 1, value=0.2, step=0.01, label="Reject below")
+            reject = gr.Button("Reject below threshold", variant="stop")
+        counts = gr.Dataframe(headers=["class", "kept", "rejected"], label="Counts", interactive=False)
+        with gr.Row():
+            export = gr.Button("Export kept images (zip)")
+            download = gr.File(label="Kept set", interactive=False)
+
+    def page_view(session, name, number):
+        session = studio.session(session)
+        if session.run_dir is None:
+            return [], [], "", [], gr.update(), 1
+        items, number, pages = studio.curate_page(session, name or None, number or 1, PAGE_SIZE)
+        return ([(thumb, caption) for thumb, caption, _ in items], [file for _, _, file in items],
+                f"page {number} of {pages}", studio.curate_counts(session), gr.update(), number)  # fmt: skip
+
+    outputs = [gallery, pages_state, page_info, counts, status, page]
+
+    @readable_errors
+    def on_show(session, name, number):
+        return page_view(session, name, number)
+
+    @readable_errors
+    def on_select(session, files, name, number, evt: gr.SelectData):
+        if evt.index is None or evt.index >= len(files):
+            raise ValueError("that image is no longer on this page")
+        message = studio.toggle(session, files[evt.index])
+        view = page_view(session, name, number)
+        return (*view[:4], message, view[5])
+
+    @readable_errors
+    def on_toggle(session, file, name, number):
+        message = studio.toggle(session, file)
+        view = page_view(session, name, number)
+        return (*view[:4], message, view[5])
+
+    @readable_errors
+    def on_rank(session, name, number, progress=gr.Progress()):
+        message = studio.rank(studio.session(session), progress_callback(progress))
+        view = page_view(session, name, 1)
+        return (*view[:4], message, view[5])
+
+    @readable_errors
+    def on_reject(session, name, value, number):
+        message = studio.reject_below(session, name or None, value)
+        view = page_view(session, name, number)
+        return (*view[:4], message, view[5])
+
+    @readable_errors
+    def on_export(session):
+        return studio.export_kept(session)
+
+    def on_open(session):
+        session = studio.session(session)
+        names = [row[0] for row in studio.curate_counts(session)] if session.run_dir is not None else []
+        return gr.update(choices=[("all classes", "")] + [(n, n) for n in names]), *page_view(session, None, 1)
+
+    show.click(on_show, [state, class_name, page], outputs, api_name="curate_page")
+    class_name.input(on_show, [state, class_name, page], outputs, api_visibility="private")
+    gallery.select(on_select, [state, pages_state, class_name, page], outputs, api_visibility="private")
+    file_box = gr.Textbox(visible=False)
+    file_box.submit(on_toggle, [state, file_box, class_name, page], outputs, api_name="curate_toggle")
+    rank.click(on_rank, [state, class_name, page], outputs, api_name="curate_rank", **GPU)
+    reject.click(on_reject, [state, class_name, threshold, page], outputs, api_name="reject_below")
+    export.click(on_export, [state], [download], api_name="export_kept")
+    tab.select(on_open, [state], [class_name, *outputs], api_visibility="private")

@@ -1,0 +1,67 @@
+"""Tab 2, Similarity: CLIP class similarity, negative-class probabilities, overrides."""
+
+import gradio as gr
+
+from .common import GPU, progress_callback, readable_errors
+
+
+def create(studio, state):
+    with gr.Tab("2. Similarity", id="similarity") as tab:
+        gr.Markdown(
+            "Each generated image of a class is steered **away** from a *negative* class. Negatives are drawn "
+            "more often from classes that look similar (CLIP similarity, softmax with a temperature): a low "
+            "temperature concentrates on the most similar classes, a high one spreads evenly."
+        )
+        with gr.Row():
+            compute = gr.Button("Compute similarity", variant="primary")
+            temperature = gr.Slider(0.05, 2.0, value=0.4, step=0.05, label="Temperature")
+        with gr.Row():
+            heatmap = gr.Image(label="Class similarity", type="filepath", interactive=False, height=420)
+            with gr.Column():
+                table = gr.Dataframe(headers=["class", "most likely negatives (probability)", "override"],
+                                     label="Negative-class probabilities", interactive=False, wrap=True)  # fmt: skip
+                with gr.Accordion("Override negatives for one class", open=False):
+                    target = gr.Dropdown(label="Class", choices=[])
+                    pinned = gr.Dropdown(label="Only these negatives (pin)", choices=[], multiselect=True)
+                    excluded = gr.Dropdown(label="Never these negatives (exclude)", choices=[], multiselect=True)
+                    apply = gr.Button("Apply override")
+                status = gr.Markdown()
+
+    def view(session, message=""):
+        session = studio.session(session)
+        names = list(session.similarity.names) if session.similarity is not None else []
+        rows = studio.probability_rows(session) if names else []
+        choices = gr.update(choices=names)
+        return studio.heatmap_path(session), rows, choices, choices, choices, message
+
+    outputs = [heatmap, table, target, pinned, excluded, status]
+
+    @readable_errors
+    def on_compute(session, temp, progress=gr.Progress()):
+        session = studio.session(session)
+        result = studio.compute_similarity(session, temp, progress_callback(progress))
+        return view(session, f"Similarity of {len(result.names)} classes at temperature {temp:g}.")
+
+    @readable_errors
+    def on_temperature(session, temp):
+        session = studio.session(session)
+        if session.similarity is None:
+            return gr.update(), "Compute the similarity first."
+        studio.set_temperature(session, temp)
+        return studio.probability_rows(session), f"Temperature {temp:g}."
+
+    @readable_errors
+    def on_override(session, name, pins, blocks):
+        message = studio.set_override(studio.session(session), name, pins or [], blocks or [])
+        return studio.probability_rows(session), message
+
+    def on_target(session, name):
+        session = studio.session(session)
+        return gr.update(value=session.allowed.get(name, [])), gr.update(value=session.excluded.get(name, []))
+
+    compute.click(on_compute, [state, temperature], outputs, api_name="compute_similarity", **GPU)
+    temperature.change(on_temperature, [state, temperature], [table, status], api_name="set_temperature",
+                       show_progress="hidden")  # fmt: skip
+    apply.click(on_override, [state, target, pinned, excluded], [table, status], api_name="set_override")
+    target.input(on_target, [state, target], [pinned, excluded], api_visibility="private")
+    tab.select(lambda s: view(s)[:5], [state], outputs[:5], api_visibility="private")
