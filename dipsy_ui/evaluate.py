@@ -290,7 +290,7 @@ def predict_probs(
     classifier.eval()
     probs, labels = [], []
     cuda = classifier.device.type == "cuda"
-    with classifier.adapter_disabled() if zero_shot else _nothing(), _autocast(cuda):
+    with classifier.adapter_disabled() if zero_shot else _nothing(), mixed_precision(cuda):
         text = classifier.text_features()
         for images, label in loader:
             logits = classifier(images.to(classifier.device, non_blocking=True), text)
@@ -381,7 +381,7 @@ def _eval_loader(classifier: ClipClassifier, items, batch_size: int, num_workers
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda)
 
 
-def _autocast(cuda: bool):
+def mixed_precision(cuda: bool):
     """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op on the CPU."""
     if not cuda:
         return _nothing()
@@ -403,6 +403,7 @@ def save_plots(out_dir: str | Path, metrics: dict) -> list[Path]:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     out_dir = Path(out_dir)
     written = []
@@ -425,6 +426,7 @@ def save_plots(out_dir: str | Path, metrics: dict) -> list[Path]:
         )
         accuracy_axes.axhline(metrics["zero_shot"]["top1"], ls="--", color="gray", label="zero-shot test")
     accuracy_axes.set(xlabel="epoch", ylabel="top-1", ylim=(0, 1), title="Accuracy")
+    accuracy_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     accuracy_axes.legend()
     figure.savefig(out_dir / "curves.png", dpi=100)
     written.append(out_dir / "curves.png")

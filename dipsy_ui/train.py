@@ -37,12 +37,12 @@ from .evaluate import (
     LabelledImages,
     SplitAttention,
     TrainDataError,
-    _autocast,
     check_classes,
     comparison_table,
     eval_items,
     evaluate_items,
     labelled_images,
+    mixed_precision,
     readable_only,
     save_plots,
     split_attention,
@@ -291,7 +291,7 @@ def train_step(
     device = classifier.device
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    with _autocast(amp):
+    with mixed_precision(amp):
         logits = classifier(images)
     loss = mixed_loss(logits.float(), labels, n_real, lambda_real)
     optimizer.zero_grad(set_to_none=True)

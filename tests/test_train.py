@@ -233,16 +233,25 @@ def test_evaluate_folder_reports_zero_shot_and_fine_tuned(quick_run, digits):
 
 
 def test_same_seed_same_run_and_the_caller_rng_is_left_alone(tiny_spec, digits, tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        torch.manual_seed(123)
-        # the consumer draws random numbers between steps: the run must not notice
-        events = list(e for e in iter_train(digits / "train", tmp_path / name, tiny_spec, config=TrainConfig(**QUICK))
-                      if torch.rand(1) is not None)  # fmt: skip
-        runs.append([e.loss for e in events if e.phase == "step"])
-    assert runs[0] == runs[1] and len(runs[0]) == 3
-    other = train(digits / "train", tmp_path / "c", tiny_spec, config=TrainConfig(**QUICK, seed=1))
-    assert other.metrics["step_loss"] != runs[0]
+    def losses(name: str, caller_seed: int, **settings) -> list[float]:
+        torch.manual_seed(caller_seed)
+        config = TrainConfig(**{**QUICK, **settings})
+        # the consumer draws random numbers between steps: the run must neither notice nor disturb it
+        events = [
+            e
+            for e in iter_train(digits / "train", tmp_path / name, tiny_spec, config=config)
+            if torch.rand(1) is not None
+        ]
+        after = torch.rand(1)
+        torch.manual_seed(caller_seed)
+        assert torch.equal(after, torch.rand(len(events) + 1)[-1:])
+        return [e.loss for e in events if e.phase == "step"]
+
+    first = losses("a", caller_seed=1)
+    assert first == losses("b", caller_seed=2) and len(first) == 3
+    assert losses("c", caller_seed=1, seed=1) != first
+    # with DataLoader workers the augmentation RNG lives in the workers, seeded from the run's seed
+    assert losses("d", caller_seed=3, num_workers=1) == losses("e", caller_seed=4, num_workers=1)
 
 
 # Learning is real ---------------------------------------------------------------------------
