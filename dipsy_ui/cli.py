@@ -206,6 +206,113 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0 if final.kind == "done" else 1
 
 
+def _train_config(args: argparse.Namespace):
+    from .presets import load_preset
+    from .train import TrainConfig
+
+    overrides = {
+        "epochs": args.epochs,
+        "lambda_real": args.lambda_real,
+        "lr": args.lr,
+        "lora_rank": args.lora_rank,
+        "seed": args.seed,
+    }
+    return TrainConfig.from_dict(
+        load_preset(args.preset).train | {k: v for k, v in overrides.items() if v is not None}
+    )
+
+
+def _train_bar():
+    """A progress bar over optimisation steps and the callback that drives it."""
+    from tqdm import tqdm
+
+    bar = tqdm(unit="step", desc="training")
+
+    def on_progress(event, run: str = "") -> None:
+        bar.total = event.total_steps
+        bar.set_description(f"training {run}".strip())
+        bar.n = event.step
+        postfix = f"epoch {event.epoch}/{event.epochs} loss {event.loss:.3f} acc {event.accuracy:.2f}"
+        bar.set_postfix_str(postfix + (f" test {event.test_top1:.3f}" if event.test_top1 is not None else ""))
+
+    return bar, on_progress
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import threading
+
+    from .train import train
+
+    config, stop = _train_config(args), threading.Event()
+    bar, on_progress = _train_bar()
+    try:
+        result = train(
+            args.real,
+            args.out,
+            spec_from_args(args),
+            synthetic_dir=args.synthetic,
+            test_dir=args.test,
+            config=config,
+            runtime=_runtime(args),
+            should_stop=stop,
+            callback=on_progress,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+        print(
+            "\ninterrupted: the adapter of the last finished epoch is in the output folder", file=sys.stderr
+        )
+        return 130
+    finally:
+        bar.close()
+    if result.test_top1 is not None:
+        print(f"test top-1: zero-shot {result.zero_shot_top1:.3f} -> fine-tuned {result.test_top1:.3f}")
+    print(f"Wrote the adapter, metrics.json and plots to {args.out}")
+    return 1 if result.cancelled else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .train import compare
+
+    bar, on_progress = _train_bar()
+    try:
+        report = compare(
+            args.real,
+            args.synthetic,
+            args.test,
+            args.out,
+            spec_from_args(args),
+            config=_train_config(args),
+            runtime=_runtime(args),
+            callback=lambda run, event: on_progress(event, run),
+        )
+    finally:
+        bar.close()
+    print(report["table"])
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    results = evaluate(args.adapter, args.test, _runtime(args))
+    for name, result in results.items():
+        print(f"{name}: top-1 {result.top1:.3f} on {result.count} images")
+    print(
+        "per class (fine-tuned): "
+        + ", ".join(f"{c} {a:.2f}" for c, a in results["fine_tuned"].per_class.items())
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .evaluate import predict
+
+    for prediction in predict(args.adapter, args.images, runtime=_runtime(args)):
+        print(f"{prediction.path}\t{prediction.label}\t{prediction.confidence:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .pipeline import SCHEDULERS
 
@@ -261,6 +368,48 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negatives", choices=["similarity", "uniform", "none"], help="negative-class sampling")
     add_model_arguments(gen)
     gen.set_defaults(run=cmd_generate)
+
+    for name, run, text in (
+        ("train", cmd_train, "LoRA fine-tuning of CLIP on real (+ synthetic) images"),
+        ("compare", cmd_compare, "real-only vs real+synthetic training, same seed and budget"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument(
+            "--real", required=True, type=Path, help="few-shot real images (one subfolder per class)"
+        )
+        sub.add_argument(
+            "--synthetic", type=Path, required=name == "compare", help="synthetic set (manifest honoured)"
+        )
+        sub.add_argument(
+            "--test", type=Path, required=name == "compare", help="test images (one subfolder per class)"
+        )
+        sub.add_argument(
+            "--preset", required=True, help="preset name or .json (its 'train' section and template)"
+        )
+        sub.add_argument("--out", required=True, type=Path)
+        sub.add_argument("--epochs", type=int)
+        sub.add_argument("--lambda-real", type=float, help="weight of the real-image loss (default 0.8)")
+        sub.add_argument("--lr", type=float)
+        sub.add_argument("--lora-rank", type=int)
+        sub.add_argument("--seed", type=int)
+        add_model_arguments(sub)
+        sub.set_defaults(run=run)
+
+    ev = commands.add_parser(
+        "evaluate", help="top-1 of a trained classifier (and zero-shot) on a test folder"
+    )
+    ev.add_argument("--adapter", required=True, type=Path, help="a train output folder")
+    ev.add_argument("--test", required=True, type=Path)
+    ev.add_argument("--device")
+    ev.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    ev.set_defaults(run=cmd_evaluate)
+
+    pr = commands.add_parser("predict", help="classify images with a trained classifier")
+    pr.add_argument("--adapter", required=True, type=Path, help="a train output folder")
+    pr.add_argument("images", nargs="+", type=Path)
+    pr.add_argument("--device")
+    pr.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    pr.set_defaults(run=cmd_predict)
     return parser
 
 

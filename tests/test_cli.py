@@ -68,3 +68,60 @@ def test_unreadable_positive_image_is_a_clear_error(tmp_path, tiny_models, capsy
 def test_make_demo_data(tmp_path):
     assert main(["make-demo-data", str(tmp_path / "demo"), "--shots", "3", "--test-per-class", "2"]) == 0
     assert len(list((tmp_path / "demo" / "train" / "three").glob("*.png"))) == 3
+
+
+def test_train_evaluate_predict(tmp_path, tiny_models, capsys):
+    assert main(["make-demo-data", str(tmp_path / "demo"), "--shots", "2", "--test-per-class", "1"]) == 0
+    demo, out = tmp_path / "demo", tmp_path / "classifier"
+    models = ["--models", str(tiny_models)]
+    args = [
+        "train",
+        "--real",
+        str(demo / "train"),
+        "--test",
+        str(demo / "test"),
+        "--preset",
+        "demo",
+        "--epochs",
+        "1",
+    ]
+    assert main([*args, "--out", str(out), *models]) == 0
+    assert (out / "metrics.json").is_file() and (out / "adapter").is_dir()
+    capsys.readouterr()
+    assert main(["evaluate", "--adapter", str(out), "--test", str(demo / "test")]) == 0
+    assert "fine_tuned: top-1" in capsys.readouterr().out
+    image = next((demo / "test" / "seven").glob("*.png"))
+    assert main(["predict", "--adapter", str(out), str(image)]) == 0
+    path, label, confidence = capsys.readouterr().out.strip().split("\t")
+    assert path == str(image) and label in {
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+    }
+    assert 0 < float(confidence) <= 1
+
+
+def test_train_on_a_single_class_is_a_clear_error(tmp_path, tiny_models, capsys):
+    (tmp_path / "real" / "only").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "real" / "only" / "a.png")
+    code = main(
+        [
+            "train",
+            "--real",
+            str(tmp_path / "real"),
+            "--preset",
+            "demo",
+            "--out",
+            str(tmp_path / "o"),
+            "--models",
+            str(tiny_models),
+        ]
+    )
+    assert code == 2 and "class" in capsys.readouterr().err
