@@ -13,7 +13,7 @@ def create(studio, state):
         gr.Markdown("Click an image to reject it (crossed out); click again to keep it. Rejected images are "
                     "never deleted and never used for training.")  # fmt: skip
         with gr.Row():
-            class_name = gr.Dropdown(label="Class", choices=[], value=None)
+            class_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True, value=None)
             page = gr.Number(label="Page", value=1, precision=0, minimum=1)
             page_info = gr.Markdown()
             show = gr.Button("Show")
@@ -24,6 +24,7 @@ def create(studio, state):
             threshold = gr.Slider(0, 1, value=0.2, step=0.01, label="Reject below")
             reject = gr.Button("Reject below threshold", variant="stop")
         counts = gr.Dataframe(headers=["class", "kept", "rejected"], label="Counts", interactive=False)
+        file_box = gr.Textbox(visible=False)  # the API's way to toggle one image by its manifest file
         with gr.Row():
             export = gr.Button("Export kept images (zip)")
             download = gr.File(label="Kept set", interactive=False)
@@ -80,7 +81,6 @@ def create(studio, state):
     show.click(on_show, [state, class_name, page], outputs, api_name="curate_page")
     class_name.input(on_show, [state, class_name, page], outputs, api_visibility="private")
     gallery.select(on_select, [state, pages_state, class_name, page], outputs, api_visibility="private")
-    file_box = gr.Textbox(visible=False)
     file_box.submit(on_toggle, [state, file_box, class_name, page], outputs, api_name="curate_toggle")
     rank.click(on_rank, [state, class_name, page], outputs, api_name="curate_rank", **GPU)
     reject.click(on_reject, [state, class_name, threshold, page], outputs, api_name="reject_below")

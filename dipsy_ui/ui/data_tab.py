@@ -29,7 +29,7 @@ def create(studio, state):
                     selected = gr.Textbox(label="Selected image", interactive=False)
                     remove_image = gr.Button("Remove selected image")
                 with gr.Row():
-                    remove_name = gr.Dropdown(label="Class", choices=[])
+                    remove_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
                     remove_class = gr.Button("Remove class", variant="stop")
                 report = gr.Textbox(label="Validation report", lines=6, interactive=False)
 

@@ -3,7 +3,7 @@
 import gradio as gr
 
 from ..studio import SAMPLE, WEIGHTS, GuidanceSettings, parse_values
-from .common import GPU, FREE, readable_errors
+from .common import FREE, GPU, readable_errors
 
 HELP = """
 **Text weight** pulls the image towards the class prompt ("A photo of a ..."); higher is more literal.
@@ -18,10 +18,10 @@ def create(studio, state):
     with gr.Tab("3. Guidance", id="guidance") as tab:
         with gr.Row():
             with gr.Column(scale=1):
-                class_name = gr.Dropdown(label="Class", choices=[])
-                positive = gr.Dropdown(label="Positive image", choices=[], value=0)
-                negative_class = gr.Dropdown(label="Negative class", choices=[SAMPLE], value=SAMPLE)
-                negative = gr.Dropdown(label="Negative image", choices=[(SAMPLE, -1)], value=-1)
+                class_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
+                positive = gr.Dropdown(label="Positive image", choices=[], allow_custom_value=True, value=None)
+                negative_class = gr.Dropdown(label="Negative class", choices=[SAMPLE], allow_custom_value=True, value=SAMPLE)
+                negative = gr.Dropdown(label="Negative image", choices=[(SAMPLE, -1)], allow_custom_value=True, value=-1)
                 examples = gr.Gallery(label="The class's images", columns=6, height=140, allow_preview=False)
             with gr.Column(scale=1):
                 w_text = gr.Slider(0, 20, value=7.5, step=0.5, label="Text weight")

@@ -21,9 +21,9 @@ def create(studio, state):
                 table = gr.Dataframe(headers=["class", "most likely negatives (probability)", "override"],
                                      label="Negative-class probabilities", interactive=False, wrap=True)  # fmt: skip
                 with gr.Accordion("Override negatives for one class", open=False):
-                    target = gr.Dropdown(label="Class", choices=[])
-                    pinned = gr.Dropdown(label="Only these negatives (pin)", choices=[], multiselect=True)
-                    excluded = gr.Dropdown(label="Never these negatives (exclude)", choices=[], multiselect=True)
+                    target = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
+                    pinned = gr.Dropdown(label="Only these negatives (pin)", choices=[], allow_custom_value=True, multiselect=True)
+                    excluded = gr.Dropdown(label="Never these negatives (exclude)", choices=[], allow_custom_value=True, multiselect=True)
                     apply = gr.Button("Apply override")
                 status = gr.Markdown()
 

@@ -1,0 +1,209 @@
+"""The app driven through its API with gradio_client, launched in demo mode in this process.
+
+One long flow (data -> similarity -> preview -> generate -> curate -> train -> metrics) asserts on
+what each step produced, then bad input: non-images, empty and hostile class names, cancel and
+resume of a generation run.
+"""
+
+import json
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from dipsy_ui.manifest import read_manifest  # noqa: E402
+
+CLASSES = ["zero", "one", "two"]  # a subset of the demo digits keeps generation and training short
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models, tmp_path_factory):
+    """(url, workspace) of the app in demo mode on the session's tiny models."""
+    import app
+
+    workspace = tmp_path_factory.mktemp("workspace")
+    port = free_port()
+    args = app.parse_args(["--demo", "--models", str(tiny_models), "--workspace", str(workspace),
+                           "--port", str(port)])  # fmt: skip
+    blocks, studio = app.launch(args, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", workspace, studio
+    blocks.close()
+
+
+def session_dir(workspace: Path, client_sessions_before: set) -> Path:
+    created = set((workspace / "sessions").iterdir()) - client_sessions_before
+    assert len(created) == 1, created
+    return created.pop()
+
+
+def sessions(workspace: Path) -> set:
+    folder = workspace / "sessions"
+    return set(folder.iterdir()) if folder.is_dir() else set()
+
+
+def load_three_classes(client: Client) -> list:
+    table, *_ = client.predict(api_name="/load_demo")
+    assert sorted(table_names(table)) == sorted(["zero", "one", "two", "three", "four", "five", "six",
+                                                 "seven", "eight", "nine"])  # fmt: skip
+    assert all(row[1] == 8 for row in table["data"])
+    for name in table_names(table):
+        if name not in CLASSES:
+            table, *_ = client.predict(name, api_name="/remove_class")
+    assert sorted(table_names(table)) == sorted(CLASSES)
+    return table
+
+
+def table_names(table) -> list:
+    return [row[0] for row in table["data"]]
+
+
+def test_full_flow(served, tmp_path):
+    url, workspace, studio = served
+    before = sessions(workspace)
+    client = Client(url, verbose=False)
+
+    # 1. Data: the demo digits, reduced to three classes.
+    load_three_classes(client)
+    root = session_dir(workspace, before)
+    assert sorted(p.name for p in (root / "data").iterdir()) == sorted(CLASSES)
+
+    # 2. Similarity: heatmap and probabilities; the temperature changes them live.
+    heatmap, rows, *_ , status = client.predict(0.4, api_name="/compute_similarity")
+    assert Image.open(heatmap).size[0] > 100
+    assert sorted(row[0] for row in rows["data"]) == sorted(CLASSES)
+    assert "3 classes" in status
+    sharp, _ = client.predict(0.05, api_name="/set_temperature")
+    assert sharp["data"] != rows["data"]
+    pinned, message = client.predict("zero", ["two"], [], api_name="/set_override")
+    zero = next(row for row in pinned["data"] if row[0] == "zero")
+    assert zero[1] == "two 1.00" and "pinned" in zero[2]
+
+    # 3. Guidance: a preview (streamed; the client sees the final image), reproducible by seed.
+    controls = ["one", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 5, True]
+    first, previous, seed, status = client.predict(*controls, api_name="/preview")
+    assert seed == 5 and "Done" in status and previous is None
+    again, previous, _, _ = client.predict(*controls, api_name="/preview")
+    assert Image.open(first).size == (64, 64)
+    assert Image.open(first).tobytes() == Image.open(again).tobytes()
+    assert previous is not None  # the earlier result is shown beside the new one
+    grid, _ = client.predict(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
+    assert Image.open(grid).size == (90 + 2 * 128, 40 + 2 * 128)
+    saved = client.predict("My tuned, settings!", *controls, api_name="/save_preset")
+    preset = json.loads((root / "presets" / "My_tuned_settings.json").read_text())
+    assert preset["generation"]["steps"] == 2 and "saved" in saved.lower()
+
+    # 4. Generate: two images per class (one batch each); the manifest is the source of truth.
+    bar, gallery, _ = client.predict(2, 2, "run-1", api_name="/generate")
+    assert "Done: 6 / 6" in bar
+    records = read_manifest(root / "runs" / "run-1")
+    assert sorted(r["class_name"] for r in records.values()) == sorted(CLASSES * 2)
+    assert len(gallery) == 6 and all(r["steps"] == 2 for r in records.values())
+
+    # 5. Curate: reject one image (by API and visibly in the page), rank, export the kept set.
+    thumbs, info, counts, *_ = client.predict("", 1, api_name="/curate_page")
+    assert info == "page 1 of 1" and len(thumbs) == 6
+    rejected = next(iter(records))
+    _, _, counts, status, _ = client.predict(rejected, "", 1, api_name="/curate_toggle")
+    assert "rejected" in status
+    assert read_manifest(root / "runs" / "run-1")[rejected]["status"] == "rejected"
+    assert sum(row[2] for row in counts["data"]) == 1 and sum(row[1] for row in counts["data"]) == 5
+    *_, status, _ = client.predict("", 1, api_name="/curate_rank")
+    assert "CLIP similarity" in status
+    exported = client.predict(api_name="/export_kept")
+    with zipfile.ZipFile(exported) as archive:
+        assert len(archive.namelist()) == 5 and f"run-1/{rejected}" not in archive.namelist()
+
+    # 6. Train one short epoch with a three-class test set uploaded as a zip; check the metrics.
+    test_zip = tmp_path / "test.zip"
+    demo_test = workspace / "demo-data" / "test"
+    with zipfile.ZipFile(test_zip, "w") as archive:
+        for name in CLASSES:
+            for file in sorted((demo_test / name).iterdir())[:4]:
+                archive.write(file, f"test/{name}/{file.name}")
+    status, _, _, per_class, confusion, metrics = client.predict(
+        1, 0.8, 2, 1e-3, handle_file(str(test_zip)), False, api_name="/train"
+    )
+    assert status.startswith("Done: 1 epoch(s)"), status
+    assert metrics["epochs"] == 1 and 0.0 <= metrics["test_top1"] <= 1.0
+    assert sorted(metrics["per_class"]) == sorted(CLASSES)
+    assert sum(map(sum, metrics["confusion"])) == 12  # every test image counted once
+    assert [row[0] for row in per_class["data"]] == sorted(CLASSES) and Path(confusion).is_file()
+    adapter = client.predict(api_name="/download_adapter")
+    with zipfile.ZipFile(adapter) as archive:
+        assert "classifier/adapter/adapter_model.safetensors" in archive.namelist()
+    # With a classifier, curation ranks by its confidence.
+    *_, status, _ = client.predict("", 1, api_name="/curate_rank")
+    assert "classifier confidence" in status
+
+
+def test_bad_input(served, tmp_path):
+    url, workspace, _ = served
+    before = sessions(workspace)
+    client = Client(url, verbose=False)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(good)
+
+    with pytest.raises(AppError, match="not a readable image"):
+        client.predict("cat", [handle_file(str(text))], api_name="/add_class")
+    with pytest.raises(AppError, match="no images given"):
+        client.predict("cat", [], api_name="/add_class")
+    with pytest.raises(AppError, match="empty"):
+        client.predict("   ", [handle_file(str(good))], api_name="/add_class")
+    with pytest.raises(AppError, match="compute the class similarity first|no data yet"):
+        client.predict("cat", [], [], api_name="/set_override")
+
+    # A hostile name is kept as the display name, and its files stay inside the session folder.
+    hostile = "../../etc/passwd\u202e<script>"
+    table, _, report, *_ = client.predict(hostile, [handle_file(str(good)), handle_file(str(text))],
+                                          api_name="/add_class")  # fmt: skip
+    assert table_names(table) == [hostile]
+    assert "skipped notes.png" in report
+    root = session_dir(workspace, before)
+    stored = list((root / "data").rglob("*.png"))
+    assert len(stored) == 1 and stored[0].resolve().is_relative_to(root.resolve())
+    # A single class cannot have negatives.
+    with pytest.raises(AppError, match="at least 2 classes"):
+        client.predict(0.4, api_name="/compute_similarity")
+
+
+def test_cancel_then_resume(served):
+    url, workspace, _ = served
+    before = sessions(workspace)
+    client = Client(url, verbose=False)
+    load_three_classes(client)
+    root = session_dir(workspace, before)
+    client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 0, True, api_name="/preview")  # 2 steps
+    run = root / "runs" / "run-c"
+
+    job = client.submit(3, 1, "run-c", api_name="/generate")
+    deadline = time.monotonic() + 120
+    while len(read_manifest(run)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client.predict(api_name="/cancel_generation")
+    try:
+        job.result(timeout=120)
+    except Exception:  # a cancelled job may end without a final value
+        pass
+    time.sleep(1)
+    stopped = len(read_manifest(run))
+    assert 1 <= stopped < 9
+
+    bar, gallery, _ = client.predict(3, 1, "run-c", api_name="/resume")
+    assert "Done: 9 / 9" in bar
+    records = read_manifest(run)
+    assert len(records) == 9 and len({r["seed"] for r in records.values()}) == 9
