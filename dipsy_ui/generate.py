@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from .data import FewShotDataset, ImageRecord, resolve_inside
+from .files import write_atomic
 from .images import save_png
 from .manifest import append_lines, read_manifest
 from .models import ModelSpec
@@ -182,9 +183,7 @@ class GenerationJob:
                     "choose another output folder (nothing was changed)"
                 )
             return
-        partial = path.with_name(f".{JOB_FILE}.{os.getpid()}.partial")
-        partial.write_text(json.dumps(mine, indent=1, sort_keys=True), encoding="utf-8")
-        partial.replace(path)
+        write_atomic(path, json.dumps(mine, indent=1, sort_keys=True))
 
     # -- one batch ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ and the classifier all see the same pixels for the same file.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,11 @@ def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str] | No
     """
     from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
+    from .files import write_atomic
+
     info = PngInfo()
     for key, value in (metadata or {}).items():
         info.add_text(key, value)
-    partial = path.with_name(f".{path.name}.partial")
-    image.save(partial, format="PNG", pnginfo=info)
-    partial.replace(path)
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return write_atomic(path, buffer.getvalue())

@@ -14,8 +14,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .files import write_atomic
 from .images import image_digest, to_rgb
 from .models import ClipBundle
 
@@ -49,19 +48,6 @@ def _read_cached(path: Path) -> torch.Tensor | None:
     if array.ndim != 1 or array.dtype != np.float32 or not np.isfinite(array).all():
         return None
     return torch.from_numpy(array)
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def embed_images(
@@ -97,7 +83,7 @@ def embed_images(
                 if paths[index] is not None:
                     buffer = io.BytesIO()
                     np.save(buffer, feature.numpy(), allow_pickle=False)
-                    _write_atomic(paths[index], buffer.getvalue())
+                    write_atomic(paths[index], buffer.getvalue())
     return torch.stack(rows)
 
 
@@ -296,7 +282,7 @@ class SimilarityResult:
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/similarity.json`` atomically; returns its path."""
         path = Path(folder) / SIMILARITY_FILE
-        _write_atomic(path, self.to_json().encode("utf-8"))
+        write_atomic(path, self.to_json().encode("utf-8"))
         return path
 
     @classmethod

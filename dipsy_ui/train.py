@@ -47,6 +47,7 @@ from .evaluate import (
     save_plots,
     split_attention,
 )
+from .files import write_atomic
 from .models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
 from .presets import check_field_types, check_ranges, settings_from_dict
 
@@ -411,8 +412,8 @@ def iter_train(
 
     def checkpoint() -> None:
         classifier.net.save_pretrained(str(out_dir / ADAPTER_DIR), safe_serialization=True)
-        (out_dir / CONFIG_NAME).write_text(json.dumps(saved_config, indent=2), encoding="utf-8")
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        write_atomic(out_dir / CONFIG_NAME, json.dumps(saved_config, indent=2))
+        write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
 
     # 6. Training loop; a consumer that closes the generator early still gets a checkpoint
     start = time.monotonic()
@@ -558,6 +559,6 @@ def compare(
         "cancelled": len(finished) < 2,
     }
     report["table"] = comparison_table(report)
-    (Path(out_dir) / "comparison.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (Path(out_dir) / "comparison.txt").write_text(report["table"] + "\n", encoding="utf-8")
+    write_atomic(Path(out_dir) / "comparison.json", json.dumps(report, indent=2))
+    write_atomic(Path(out_dir) / "comparison.txt", report["table"] + "\n")
     return report
