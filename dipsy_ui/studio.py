@@ -251,8 +251,8 @@ class Studio:
         for file in files:
             try:
                 image = open_image(file)
-            except ImageReadError as error:
-                notes.append(f"skipped {Path(file).name}: not a readable image ({str(error).split('(')[-1].rstrip(')')})")
+            except ImageReadError:
+                notes.append(f"skipped {Path(file).name}: not a readable image")
                 continue
             added += self._store(session, name, image) is not None
         if not session.classes.get(name):

@@ -20,7 +20,7 @@ def build_app(studio) -> gr.Blocks:
         with gr.Row():
             model_status = gr.Markdown(studio.model_status())
             load = gr.Button("Load models", scale=0)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             data_tab.create(studio, state)
             similarity_tab.create(studio, state)
             guidance_tab.create(studio, state)
@@ -34,5 +34,6 @@ def build_app(studio) -> gr.Blocks:
             return studio.model_status()
 
         load.click(on_load, None, [model_status], api_name="load_models", **GPU)
+        tabs.select(studio.model_status, None, [model_status], api_visibility="private")
         app.load(studio.model_status, None, [model_status], api_name="model_status")
     return app

@@ -1,6 +1,7 @@
 """Helpers shared by the tab modules: engine errors as readable UI messages, the GPU queue."""
 
 import functools
+import html
 import inspect
 
 import gradio as gr
@@ -14,9 +15,9 @@ HANDLED = (ValueError, KeyError, OSError, RuntimeError, FileExistsError)
 
 
 def _message(error: BaseException) -> str:
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])
-    return str(error) or error.__class__.__name__
+    """The engine's message, HTML-escaped: toasts render HTML, and messages quote user input."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return html.escape(text or error.__class__.__name__)
 
 
 def readable_errors(fn):

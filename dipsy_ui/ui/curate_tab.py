@@ -8,8 +8,8 @@ PAGE_SIZE = 40
 
 
 def create(studio, state):
-    pages_state = gr.State([])  # the files shown on the current page, in order (per session)
     with gr.Tab("5. Curate", id="curate") as tab:
+        pages_state = gr.State([])  # the files shown on the current page, in order (per session)
         gr.Markdown("Click an image to reject it (crossed out); click again to keep it. Rejected images are "
                     "never deleted and never used for training.")  # fmt: skip
         with gr.Row():
@@ -17,8 +17,8 @@ def create(studio, state):
             page = gr.Number(label="Page", value=1, precision=0, minimum=1)
             page_info = gr.Markdown()
             show = gr.Button("Show")
-        gallery = gr.Gallery(label="Generated images", columns=10, height=420, allow_preview=False)
-        status = gr.Markdown()
+        gallery = gr.Gallery(elem_id="curate-gallery", label="Generated images", columns=10, height=420, allow_preview=False)
+        status = gr.Markdown(elem_id="curate-status")
         with gr.Row():
             rank = gr.Button("Rank (lowest score first)")
             threshold = gr.Slider(0, 1, value=0.2, step=0.01, label="Reject below")

@@ -10,16 +10,16 @@ def create(studio, state):
     with gr.Tab("4. Generate", id="generate") as tab:
         settings = gr.Markdown()
         with gr.Row():
-            per_class = gr.Number(label="Images per class", value=8, precision=0, minimum=1)
-            batch_size = gr.Number(label="Batch size", value=4, precision=0, minimum=1)
+            per_class = gr.Number(elem_id="per-class", label="Images per class", value=8, precision=0, minimum=1)
+            batch_size = gr.Number(elem_id="batch-size", label="Batch size", value=4, precision=0, minimum=1)
             folder = gr.Textbox(label="Output folder (inside your workspace)", value="run-1")
         with gr.Row():
             start = gr.Button("Start", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
             resume = gr.Button("Resume")
-        progress_bar = gr.HTML()
+        progress_bar = gr.HTML(elem_id="generate-progress")
         with gr.Row():
-            gallery = gr.Gallery(label="Generated (newest first)", columns=8, height=360, allow_preview=True)
+            gallery = gr.Gallery(elem_id="generate-gallery", label="Generated (newest first)", columns=8, height=360, allow_preview=True)
             preview = gr.Image(label="Current batch (denoising)", interactive=False, height=200)
 
     def describe(session):

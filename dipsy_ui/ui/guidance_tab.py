@@ -28,7 +28,7 @@ def create(studio, state):
                 w_pos = gr.Slider(0, 20, value=6.0, step=0.5, label="Positive image weight")
                 w_neg = gr.Slider(0, 20, value=6.0, step=0.5, label="Negative image weight")
                 scale = gr.Slider(0, 1.5, value=0.6, step=0.05, label="Adapter scale")
-                steps = gr.Slider(1, 100, value=10, step=1, label="Steps")
+                steps = gr.Slider(1, 100, elem_id="steps", value=10, step=1, label="Steps")
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0)
                     lock = gr.Checkbox(label="Lock seed", value=True)
@@ -39,7 +39,7 @@ def create(studio, state):
         with gr.Row():
             live = gr.Image(label="Preview (live)", type="filepath", interactive=False, height=300)
             previous = gr.Image(label="Previous result", type="filepath", interactive=False, height=300)
-        status = gr.Markdown()
+        status = gr.Markdown(elem_id="guidance-status")
         with gr.Accordion("Sweep: a grid over two weights (same seed)", open=False):
             with gr.Row():
                 x_name = gr.Dropdown(label="Columns", choices=list(WEIGHTS), value="w_pos")

@@ -1,5 +1,7 @@
 """Tab 2, Similarity: CLIP class similarity, negative-class probabilities, overrides."""
 
+import html
+
 import gradio as gr
 
 from .common import GPU, progress_callback, readable_errors
@@ -16,7 +18,7 @@ def create(studio, state):
             compute = gr.Button("Compute similarity", variant="primary")
             temperature = gr.Slider(0.05, 2.0, value=0.4, step=0.05, label="Temperature")
         with gr.Row():
-            heatmap = gr.Image(label="Class similarity", type="filepath", interactive=False, height=420)
+            heatmap = gr.Image(elem_id="heatmap", label="Class similarity", type="filepath", interactive=False, height=420)
             with gr.Column():
                 table = gr.Dataframe(headers=["class", "most likely negatives (probability)", "override"],
                                      label="Negative-class probabilities", interactive=False, wrap=True)  # fmt: skip
@@ -25,7 +27,7 @@ def create(studio, state):
                     pinned = gr.Dropdown(label="Only these negatives (pin)", choices=[], allow_custom_value=True, multiselect=True)
                     excluded = gr.Dropdown(label="Never these negatives (exclude)", choices=[], allow_custom_value=True, multiselect=True)
                     apply = gr.Button("Apply override")
-                status = gr.Markdown()
+                status = gr.Markdown(elem_id="similarity-status")
 
     def view(session, message=""):
         session = studio.session(session)
@@ -53,7 +55,7 @@ def create(studio, state):
     @readable_errors
     def on_override(session, name, pins, blocks):
         message = studio.set_override(studio.session(session), name, pins or [], blocks or [])
-        return studio.probability_rows(session), message
+        return studio.probability_rows(session), html.escape(message)
 
     def on_target(session, name):
         session = studio.session(session)

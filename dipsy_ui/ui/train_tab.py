@@ -11,18 +11,18 @@ def create(studio, state):
         gr.Markdown("Fine-tune CLIP with LoRA on your real images plus the kept synthetic images of the current "
                     "run, and see whether the synthetic images help.")  # fmt: skip
         with gr.Row():
-            epochs = gr.Number(label="Epochs", value=3, precision=0, minimum=1)
+            epochs = gr.Number(elem_id="epochs", label="Epochs", value=3, precision=0, minimum=1)
             lambda_real = gr.Slider(0, 1, value=0.8, step=0.05, label="Lambda (weight of the real images' loss)")
             rank = gr.Number(label="LoRA rank", value=16, precision=0, minimum=1)
             lr = gr.Number(label="Learning rate", value=1e-3)
         with gr.Row():
-            test = gr.File(label="Test set (.zip of class folders, optional)", file_types=[".zip"])
+            test = gr.File(elem_id="test-zip", label="Test set (.zip of class folders, optional)", file_types=[".zip"])
             demo_test = gr.Checkbox(label="Use the demo test set", value=studio.demo)
         with gr.Row():
             start = gr.Button("Train", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
             compare = gr.Button("Compare real-only vs real+synthetic")
-        status = gr.Markdown()
+        status = gr.Markdown(elem_id="train-status")
         with gr.Row():
             loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
             accuracy_plot = gr.LinePlot(x="step", y="accuracy", color="set", title="Accuracy", height=260, y_lim=[0, 1])
@@ -33,6 +33,7 @@ def create(studio, state):
         with gr.Row():
             download_button = gr.Button("Download the adapter")
             download = gr.File(label="Adapter", interactive=False)
+        metrics = gr.JSON(visible=False)  # the run's numbers, for API clients
 
     def config(ep, lam, r, rate):
         return {"epochs": int(ep or 1), "lambda_real": float(lam), "lora_rank": int(r or 1),
@@ -75,7 +76,6 @@ def create(studio, state):
     def on_download(session):
         return studio.adapter_zip(session)
 
-    metrics = gr.JSON(visible=False)
     inputs = [state, epochs, lambda_real, rank, lr, test, demo_test]
     train_event = start.click(on_train, inputs, [status, loss_plot, accuracy_plot, per_class, confusion, metrics],
                               api_name="train", **GPU)  # fmt: skip

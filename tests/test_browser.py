@@ -1,0 +1,175 @@
+"""The app in a real browser: Chromium (Debian's, never downloaded) driven by Playwright through
+the whole flow by clicking and uploading files as a person would.
+
+Needs ``/usr/bin/chromium`` (``apt-get install -y chromium``); skipped without it. A failing
+step leaves a screenshot in the test's tmp folder (its path is in the failure message). With
+``DIPSY_UPDATE_SCREENSHOTS=1`` the screenshots of each tab are written to ``assets/``.
+"""
+
+import os
+import re
+import socket
+import zipfile
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CLASSES = ["zero", "one", "two"]
+TIMEOUT = 120_000  # ms; generation and training on 2 CPU cores
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models, tmp_path_factory):
+    import app
+
+    workspace = tmp_path_factory.mktemp("browser-workspace")
+    port = free_port()
+    args = app.parse_args(["--demo", "--models", str(tiny_models), "--workspace", str(workspace),
+                           "--port", str(port)])  # fmt: skip
+    blocks, _ = app.launch(args, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", workspace
+    blocks.close()
+
+
+@pytest.fixture
+def page(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],  # fmt: skip
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT)
+        yield page
+        browser.close()
+
+
+def zip_classes(source: Path, out: Path, per_class: int | None = None) -> Path:
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in CLASSES:
+            for file in sorted((source / name).iterdir())[:per_class]:
+                archive.write(file, f"{out.stem}/{name}/{file.name}")
+    return out
+
+
+class Steps:
+    """Runs named steps; on failure saves a screenshot and names it in the error."""
+
+    def __init__(self, page, tmp_path: Path):
+        self.page, self.tmp_path = page, tmp_path
+        self.shots = ASSETS if os.environ.get("DIPSY_UPDATE_SCREENSHOTS") else tmp_path
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=False)
+
+    def run(self, name: str, action) -> None:
+        try:
+            action()
+        except Exception as error:
+            path = self.tmp_path / f"failed-{name}.png"
+            self.page.screenshot(path=str(path), full_page=True)
+            raise AssertionError(f"step {name!r} failed ({error}); screenshot: {path}") from error
+
+
+def field(page, elem_id: str, kind: str = "input, textarea"):
+    return page.locator(f"#{elem_id}").locator(kind).first
+
+
+def test_browser_flow(served, page, tmp_path):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT)
+    url, workspace = served
+    steps = Steps(page, tmp_path)
+    bad = tmp_path / "readme.png"
+    bad.write_text("this is not an image")
+
+    def data():
+        page.goto(url)
+        expect(page.get_by_text("Demo mode")).to_be_visible()
+        page.get_by_role("button", name="Load the demo digits").click()
+        expect(page.locator("#data-table")).to_contain_text("seven")
+        expect(field(page, "data-report", "textarea")).to_have_value(re.compile("Loaded 80 images in 10 classes"))
+        steps.shot("tab-data")
+        # The real data: a zip of three class folders, uploaded as a person would.
+        archive = zip_classes(workspace / "demo-data" / "train", tmp_path / "three-digits.zip")
+        page.locator("#dataset-zip input[type=file]").set_input_files(str(archive))
+        page.get_by_role("button", name="Load the zip").click()
+        expect(field(page, "data-report", "textarea")).to_have_value(re.compile("Loaded 24 images in 3 classes"))
+
+    def similarity():
+        page.get_by_role("tab", name="2. Similarity").click()
+        page.get_by_role("button", name="Compute similarity").click()
+        expect(page.locator("#similarity-status")).to_contain_text("Similarity of 3 classes")
+        expect(page.locator("#heatmap img")).to_be_visible()
+        steps.shot("tab-similarity")
+
+    def guidance():
+        page.get_by_role("tab", name="3. Guidance").click()
+        steps_box = field(page, "steps", "input[type=number]")
+        expect(steps_box).to_have_value("10")  # the demo preset's steps, set when the tab opened
+        steps_box.fill("2")
+        steps_box.press("Enter")
+        page.get_by_role("button", name="Preview", exact=True).click()
+        expect(page.locator("#guidance-status")).to_contain_text("Done", timeout=TIMEOUT)
+        steps.shot("tab-guidance")
+
+    def generate():
+        page.get_by_role("tab", name="4. Generate").click()
+        field(page, "per-class", "input").fill("2")
+        field(page, "batch-size", "input").fill("2")
+        page.get_by_role("button", name="Start").click()
+        expect(page.locator("#generate-progress")).to_contain_text("Done: 6 / 6")
+        expect(page.locator("#generate-gallery img")).to_have_count(6)
+        steps.shot("tab-generate")
+
+    def curate():
+        page.get_by_role("tab", name="5. Curate").click()
+        expect(page.locator("#curate-gallery img")).to_have_count(6)
+        page.locator("#curate-gallery img").first.click()
+        expect(page.locator("#curate-status")).to_contain_text("rejected")
+        steps.shot("tab-curate")
+
+    def train():
+        page.get_by_role("tab", name="6. Train").click()
+        field(page, "epochs", "input").fill("1")
+        test_zip = zip_classes(workspace / "demo-data" / "test", tmp_path / "test.zip", per_class=4)
+        page.locator("#test-zip input[type=file]").set_input_files(str(test_zip))
+        page.get_by_role("checkbox", name="Use the demo test set").uncheck()
+        page.get_by_role("button", name="Train", exact=True).click()
+        expect(page.locator("#train-status")).to_contain_text("Done: 1 epoch(s), test top-1")
+        steps.shot("tab-train")
+
+    def bad_input():
+        page.get_by_role("tab", name="1. Data").click()
+        # Bad input: an empty class, a non-image, then a hostile name with a real image.
+        page.get_by_role("button", name="Add class / add images").click()
+        expect(page.get_by_text("the class name is empty")).to_be_visible()
+        field(page, "class-name").fill("<b>evil</b> ../../x")
+        page.locator("#class-files input[type=file]").set_input_files(str(bad))
+        page.get_by_role("button", name="Add class / add images").click()
+        expect(page.get_by_text("not a readable image").first).to_be_visible()
+        expect(page.get_by_text("<b>evil</b>").first).to_be_visible()  # shown as text, never as HTML
+
+    for name, action in [("data", data), ("similarity", similarity), ("guidance", guidance),
+                         ("generate", generate), ("curate", curate), ("train", train), ("bad-input", bad_input)]:  # fmt: skip
+        steps.run(name, action)
+
+    manifests = list((workspace / "sessions").glob("*/runs/run-1/manifest.jsonl"))
+    assert len(manifests) == 1
+    from dipsy_ui.manifest import read_manifest
+
+    statuses = [r["status"] for r in read_manifest(manifests[0].parent).values()]
+    assert statuses.count("rejected") == 1 and len(statuses) == 6
