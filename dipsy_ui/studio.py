@@ -362,7 +362,8 @@ class Studio:
         folder = session.root / "presets"
         folder.mkdir(exist_ok=True)
         path = save_preset(
-            Preset(slug, "saved from the app", session.generation, session.train_settings), folder / f"{slug}.json"
+            Preset(slug, "saved from the app", session.generation, session.train_settings),
+            folder / f"{slug}.json",
         )
         session.preset = str(path)
         return str(path)
@@ -456,10 +457,14 @@ class Studio:
 
         dataset = self.dataset(session)
         if settings.class_name not in dataset.class_names:
-            raise ValueError(f"choose a class (got {settings.class_name!r}); classes: {list(dataset.class_names)}")
+            raise ValueError(
+                f"choose a class (got {settings.class_name!r}); classes: {list(dataset.class_names)}"
+            )
         positives = dataset.images(settings.class_name)
         if not 0 <= settings.positive_index < len(positives):
-            raise ValueError(f"positive image {settings.positive_index} does not exist; the class has {len(positives)}")
+            raise ValueError(
+                f"positive image {settings.positive_index} does not exist; the class has {len(positives)}"
+            )
         generator = torch.Generator().manual_seed(int(settings.seed))
         negative_class = settings.negative_class or SAMPLE
         if negative_class == SAMPLE:
@@ -521,7 +526,9 @@ class Studio:
                 folder = session.root / "previews"
                 folder.mkdir(exist_ok=True)
                 path = folder / f"{int(time.time() * 1000)}-{settings.seed}.png"
-                save_png(value, path, {"dipsy": json.dumps(settings.__dict__ | {"negative_class": negative_class})})
+                save_png(
+                    value, path, {"dipsy": json.dumps(settings.__dict__ | {"negative_class": negative_class})}
+                )
                 yield ("result", str(path))
             else:
                 yield kind, value
@@ -575,7 +582,9 @@ class Studio:
 
         session = self.session(session)
         dataset = self.dataset(session)
-        config = replace(session.generation, images_per_class=int(images_per_class), batch_size=int(batch_size))
+        config = replace(
+            session.generation, images_per_class=int(images_per_class), batch_size=int(batch_size)
+        )
         if config.negatives == "similarity" and session.similarity is None and len(dataset.class_names) > 1:
             self.compute_similarity(session, config.temperature, progress)
         if len(dataset.class_names) < 2:
@@ -643,7 +652,9 @@ class Studio:
             score = session.scores.get(record["file"])
             caption = ("REJECTED" if record["status"] == "rejected" else "kept") + (
                 f" {score:.2f}" if score is not None else "")  # fmt: skip
-            items.append((str(self._thumbnail(run, record["file"], record["status"])), caption, record["file"]))
+            items.append(
+                (str(self._thumbnail(run, record["file"], record["status"])), caption, record["file"])
+            )
         return items, page, pages
 
     @staticmethod
@@ -847,7 +858,9 @@ def labelled_grid(images: list[Image.Image], x_name: str, x_values: list[float],
     for j, y in enumerate(y_values):
         draw.text((4, margin_top + j * cell + cell // 2), f"{y_name}={y:g}", fill="black")
         for i in range(len(x_values)):
-            image = images[j * len(x_values) + i].convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
+            image = (
+                images[j * len(x_values) + i].convert("RGB").resize((cell, cell), Image.Resampling.NEAREST)
+            )
             grid.paste(image, (margin_left + i * cell, margin_top + j * cell))
     return grid
 

@@ -19,7 +19,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CLASSES = ["zero", "one", "two"]
 TIMEOUT = 120_000  # ms; generation and training on 2 CPU cores
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install -y chromium)"
+)
 
 
 def free_port() -> int:
@@ -47,8 +49,14 @@ def page(tmp_path):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"],  # fmt: skip
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],  # fmt: skip
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT)
@@ -72,7 +80,7 @@ class Steps:
         self.shots = ASSETS if os.environ.get("DIPSY_UPDATE_SCREENSHOTS") else tmp_path
 
     def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=False)
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
     def run(self, name: str, action) -> None:
         try:
@@ -101,13 +109,17 @@ def test_browser_flow(served, page, tmp_path):
         expect(page.get_by_text("Demo mode")).to_be_visible()
         page.get_by_role("button", name="Load the demo digits").click()
         expect(page.locator("#data-table")).to_contain_text("seven")
-        expect(field(page, "data-report", "textarea")).to_have_value(re.compile("Loaded 80 images in 10 classes"))
+        expect(field(page, "data-report", "textarea")).to_have_value(
+            re.compile("Loaded 80 images in 10 classes")
+        )
         steps.shot("tab-data")
         # The real data: a zip of three class folders, uploaded as a person would.
         archive = zip_classes(workspace / "demo-data" / "train", tmp_path / "three-digits.zip")
         page.locator("#dataset-zip input[type=file]").set_input_files(str(archive))
         page.get_by_role("button", name="Load the zip").click()
-        expect(field(page, "data-report", "textarea")).to_have_value(re.compile("Loaded 24 images in 3 classes"))
+        expect(field(page, "data-report", "textarea")).to_have_value(
+            re.compile("Loaded 24 images in 3 classes")
+        )
 
     def similarity():
         page.get_by_role("tab", name="2. Similarity").click()

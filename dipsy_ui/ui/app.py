@@ -29,7 +29,7 @@ def build_app(studio) -> gr.Blocks:
             train_tab.create(studio, state)
 
         @readable_errors
-        def on_load(progress=gr.Progress()):
+        def on_load(progress=gr.Progress()):  # noqa: B008
             studio.load_models(progress_callback(progress))
             return studio.model_status()
 

@@ -17,7 +17,9 @@ def create(studio, state):
             page = gr.Number(label="Page", value=1, precision=0, minimum=1)
             page_info = gr.Markdown()
             show = gr.Button("Show")
-        gallery = gr.Gallery(elem_id="curate-gallery", label="Generated images", columns=10, height=420, allow_preview=False)
+        gallery = gr.Gallery(
+            elem_id="curate-gallery", label="Generated images", columns=10, height=420, allow_preview=False
+        )
         status = gr.Markdown(elem_id="curate-status")
         with gr.Row():
             rank = gr.Button("Rank (lowest score first)")
@@ -58,7 +60,7 @@ def create(studio, state):
         return (*view[:4], message, view[5])
 
     @readable_errors
-    def on_rank(session, name, number, progress=gr.Progress()):
+    def on_rank(session, name, number, progress=gr.Progress()):  # noqa: B008
         message = studio.rank(studio.session(session), progress_callback(progress))
         view = page_view(session, name, 1)
         return (*view[:4], message, view[5])
@@ -76,7 +78,9 @@ def create(studio, state):
     def on_open(session):
         session = studio.session(session)
         names = [row[0] for row in studio.curate_counts(session)] if session.run_dir is not None else []
-        return gr.update(choices=[("all classes", "")] + [(n, n) for n in names]), *page_view(session, None, 1)
+        return gr.update(choices=[("all classes", "")] + [(n, n) for n in names]), *page_view(
+            session, None, 1
+        )
 
     show.click(on_show, [state, class_name, page], outputs, api_name="curate_page")
     class_name.input(on_show, [state, class_name, page], outputs, api_visibility="private")

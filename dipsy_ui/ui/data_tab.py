@@ -13,16 +13,31 @@ def create(studio, state):
         )
         with gr.Row():
             with gr.Column(scale=1):
-                class_name = gr.Textbox(elem_id="class-name", label="Class name", placeholder="e.g. Bombay cat")
-                files = gr.File(elem_id="class-files", label="Images of this class", file_count="multiple", file_types=None)
+                class_name = gr.Textbox(
+                    elem_id="class-name", label="Class name", placeholder="e.g. Bombay cat"
+                )
+                files = gr.File(
+                    elem_id="class-files",
+                    label="Images of this class",
+                    file_count="multiple",
+                    file_types=None,
+                )
                 add = gr.Button("Add class / add images", variant="primary")
-                archive = gr.File(elem_id="dataset-zip", label="Or a .zip of class folders (replaces your data)", file_count="single")
+                archive = gr.File(
+                    elem_id="dataset-zip",
+                    label="Or a .zip of class folders (replaces your data)",
+                    file_count="single",
+                )
                 upload = gr.Button("Load the zip")
                 demo = gr.Button("Load the demo digits")
-                preset = gr.Dropdown(label="Preset", choices=studio.preset_choices(None), allow_custom_value=False)
+                preset = gr.Dropdown(
+                    label="Preset", choices=studio.preset_choices(None), allow_custom_value=False
+                )
                 preset_info = gr.Markdown()
             with gr.Column(scale=2):
-                table = gr.Dataframe(elem_id="data-table", headers=["class", "images"], label="Classes", interactive=False)
+                table = gr.Dataframe(
+                    elem_id="data-table", headers=["class", "images"], label="Classes", interactive=False
+                )
                 gallery = gr.Gallery(label="Images (click one to select it)", columns=8, height=320,
                                      allow_preview=False)  # fmt: skip
                 with gr.Row():
@@ -31,7 +46,9 @@ def create(studio, state):
                 with gr.Row():
                     remove_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
                     remove_class = gr.Button("Remove class", variant="stop")
-                report = gr.Textbox(elem_id="data-report", label="Validation report", lines=6, interactive=False)
+                report = gr.Textbox(
+                    elem_id="data-report", label="Validation report", lines=6, interactive=False
+                )
 
     def view(session, message=None):
         session = studio.session(session)

@@ -10,7 +10,9 @@ def create(studio, state):
     with gr.Tab("4. Generate", id="generate") as tab:
         settings = gr.Markdown()
         with gr.Row():
-            per_class = gr.Number(elem_id="per-class", label="Images per class", value=8, precision=0, minimum=1)
+            per_class = gr.Number(
+                elem_id="per-class", label="Images per class", value=8, precision=0, minimum=1
+            )
             batch_size = gr.Number(elem_id="batch-size", label="Batch size", value=4, precision=0, minimum=1)
             folder = gr.Textbox(label="Output folder (inside your workspace)", value="run-1")
         with gr.Row():
@@ -19,7 +21,13 @@ def create(studio, state):
             resume = gr.Button("Resume")
         progress_bar = gr.HTML(elem_id="generate-progress")
         with gr.Row():
-            gallery = gr.Gallery(elem_id="generate-gallery", label="Generated (newest first)", columns=8, height=360, allow_preview=True)
+            gallery = gr.Gallery(
+                elem_id="generate-gallery",
+                label="Generated (newest first)",
+                columns=8,
+                height=360,
+                allow_preview=True,
+            )
             preview = gr.Image(label="Current batch (denoising)", interactive=False, height=200)
 
     def describe(session):
@@ -31,7 +39,7 @@ def create(studio, state):
                 f"(T={c.temperature:g}), seed {c.seed}.")  # fmt: skip
 
     @readable_errors
-    def on_start(session, count, size, name, progress=gr.Progress()):
+    def on_start(session, count, size, name, progress=gr.Progress()):  # noqa: B008
         session = studio.session(session)
         # The bar and ETA come from the job's own events; gr.Progress covers the model loading.
         yield progress_html(0, 1, "Starting..."), gr.update(), None
@@ -39,7 +47,11 @@ def create(studio, state):
             label = f"{event.done} / {event.total} images - ETA {eta_text(event.eta_seconds)}"
             if event.kind == "step":
                 strip = np.concatenate(list(event.preview), axis=1).repeat(4, axis=0).repeat(4, axis=1)
-                yield progress_html(event.done, event.total, f"{label} (step {event.step}/{event.steps})"), gr.update(), strip
+                yield (
+                    progress_html(event.done, event.total, f"{label} (step {event.step}/{event.steps})"),
+                    gr.update(),
+                    strip,
+                )
             elif event.kind == "batch":
                 yield progress_html(event.done, event.total, label), studio.run_files(session), gr.update()
             else:

@@ -19,9 +19,15 @@ def create(studio, state):
         with gr.Row():
             with gr.Column(scale=1):
                 class_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
-                positive = gr.Dropdown(label="Positive image", choices=[], allow_custom_value=True, value=None)
-                negative_class = gr.Dropdown(label="Negative class", choices=[SAMPLE], allow_custom_value=True, value=SAMPLE)
-                negative = gr.Dropdown(label="Negative image", choices=[(SAMPLE, -1)], allow_custom_value=True, value=-1)
+                positive = gr.Dropdown(
+                    label="Positive image", choices=[], allow_custom_value=True, value=None
+                )
+                negative_class = gr.Dropdown(
+                    label="Negative class", choices=[SAMPLE], allow_custom_value=True, value=SAMPLE
+                )
+                negative = gr.Dropdown(
+                    label="Negative image", choices=[(SAMPLE, -1)], allow_custom_value=True, value=-1
+                )
                 examples = gr.Gallery(label="The class's images", columns=6, height=140, allow_preview=False)
             with gr.Column(scale=1):
                 w_text = gr.Slider(0, 20, value=7.5, step=0.5, label="Text weight")
@@ -53,7 +59,19 @@ def create(studio, state):
             save = gr.Button("Save the current settings as a preset")
             saved = gr.Markdown()
 
-    controls = [class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps, seed, lock]
+    controls = [
+        class_name,
+        positive,
+        negative_class,
+        negative,
+        w_text,
+        w_pos,
+        w_neg,
+        scale,
+        steps,
+        seed,
+        lock,
+    ]
 
     def settings(name, pos, neg_class, neg, wt, wp, wn, s, n, sd):
         return GuidanceSettings(name or "", int(pos or 0), neg_class or SAMPLE, -1 if neg is None else int(neg),
@@ -74,7 +92,9 @@ def create(studio, state):
 
     def negative_choices(session, name):
         paths = studio.session(session).classes.get(name, [])
-        return gr.update(choices=[(SAMPLE, -1)] + [(f"image {i + 1}", i) for i in range(len(paths))], value=-1)
+        return gr.update(
+            choices=[(SAMPLE, -1)] + [(f"image {i + 1}", i) for i in range(len(paths))], value=-1
+        )
 
     @readable_errors
     def on_preview(session, *values):
@@ -105,13 +125,30 @@ def create(studio, state):
         studio._remember(session, settings(*rest, sd))
         return f"Saved to `{studio.save_preset(session, name)}` (choose it in the Data tab's preset list)."
 
+    def on_example(evt: gr.SelectData):
+        return gr.update(value=evt.index)  # clicking a thumbnail makes it the positive image
+
     outputs = [live, previous, seed, status]
     preview_event = run.click(on_preview, [state, *controls], outputs, api_name="preview", **GPU)
     for slider in (w_text, w_pos, w_neg, scale, steps):
         slider.release(on_preview, [state, *controls], outputs, api_visibility="private", **GPU)
-    stop.click(lambda s: studio.cancel(s), [state], [status], cancels=[preview_event], api_name="cancel_preview", **FREE)
-    sweep.click(on_sweep, [state, *controls, x_name, x_values, y_name, y_values], [grid, seed], api_name="sweep", **GPU)
+    stop.click(
+        lambda s: studio.cancel(s),
+        [state],
+        [status],
+        cancels=[preview_event],
+        api_name="cancel_preview",
+        **FREE,
+    )
+    sweep.click(
+        on_sweep,
+        [state, *controls, x_name, x_values, y_name, y_values],
+        [grid, seed],
+        api_name="sweep",
+        **GPU,
+    )
     save.click(on_save, [state, preset_name, *controls], [saved], api_name="save_preset")
+    examples.select(on_example, None, [positive], api_visibility="private")
     class_name.input(class_choices, [state, class_name], [positive, examples], api_visibility="private")
     negative_class.input(negative_choices, [state, negative_class], [negative], api_visibility="private")
     tab.select(refresh, [state], [class_name, positive, examples, negative_class, w_text, w_pos, w_neg, scale, steps],

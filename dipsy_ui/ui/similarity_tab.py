@@ -18,14 +18,26 @@ def create(studio, state):
             compute = gr.Button("Compute similarity", variant="primary")
             temperature = gr.Slider(0.05, 2.0, value=0.4, step=0.05, label="Temperature")
         with gr.Row():
-            heatmap = gr.Image(elem_id="heatmap", label="Class similarity", type="filepath", interactive=False, height=420)
+            heatmap = gr.Image(
+                elem_id="heatmap", label="Class similarity", type="filepath", interactive=False, height=420
+            )
             with gr.Column():
                 table = gr.Dataframe(headers=["class", "most likely negatives (probability)", "override"],
                                      label="Negative-class probabilities", interactive=False, wrap=True)  # fmt: skip
                 with gr.Accordion("Override negatives for one class", open=False):
                     target = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
-                    pinned = gr.Dropdown(label="Only these negatives (pin)", choices=[], allow_custom_value=True, multiselect=True)
-                    excluded = gr.Dropdown(label="Never these negatives (exclude)", choices=[], allow_custom_value=True, multiselect=True)
+                    pinned = gr.Dropdown(
+                        label="Only these negatives (pin)",
+                        choices=[],
+                        allow_custom_value=True,
+                        multiselect=True,
+                    )
+                    excluded = gr.Dropdown(
+                        label="Never these negatives (exclude)",
+                        choices=[],
+                        allow_custom_value=True,
+                        multiselect=True,
+                    )
                     apply = gr.Button("Apply override")
                 status = gr.Markdown(elem_id="similarity-status")
 
@@ -39,7 +51,7 @@ def create(studio, state):
     outputs = [heatmap, table, target, pinned, excluded, status]
 
     @readable_errors
-    def on_compute(session, temp, progress=gr.Progress()):
+    def on_compute(session, temp, progress=gr.Progress()):  # noqa: B008
         session = studio.session(session)
         result = studio.compute_similarity(session, temp, progress_callback(progress))
         return view(session, f"Similarity of {len(result.names)} classes at temperature {temp:g}.")

@@ -12,11 +12,15 @@ def create(studio, state):
                     "run, and see whether the synthetic images help.")  # fmt: skip
         with gr.Row():
             epochs = gr.Number(elem_id="epochs", label="Epochs", value=3, precision=0, minimum=1)
-            lambda_real = gr.Slider(0, 1, value=0.8, step=0.05, label="Lambda (weight of the real images' loss)")
+            lambda_real = gr.Slider(
+                0, 1, value=0.8, step=0.05, label="Lambda (weight of the real images' loss)"
+            )
             rank = gr.Number(label="LoRA rank", value=16, precision=0, minimum=1)
             lr = gr.Number(label="Learning rate", value=1e-3)
         with gr.Row():
-            test = gr.File(elem_id="test-zip", label="Test set (.zip of class folders, optional)", file_types=[".zip"])
+            test = gr.File(
+                elem_id="test-zip", label="Test set (.zip of class folders, optional)", file_types=[".zip"]
+            )
             demo_test = gr.Checkbox(label="Use the demo test set", value=studio.demo)
         with gr.Row():
             start = gr.Button("Train", variant="primary")
@@ -25,9 +29,13 @@ def create(studio, state):
         status = gr.Markdown(elem_id="train-status")
         with gr.Row():
             loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
-            accuracy_plot = gr.LinePlot(x="step", y="accuracy", color="set", title="Accuracy", height=260, y_lim=[0, 1])
+            accuracy_plot = gr.LinePlot(
+                x="step", y="accuracy", color="set", title="Accuracy", height=260, y_lim=[0, 1]
+            )
         with gr.Row():
-            per_class = gr.Dataframe(headers=["class", "test accuracy"], label="Per-class accuracy", interactive=False)
+            per_class = gr.Dataframe(
+                headers=["class", "test accuracy"], label="Per-class accuracy", interactive=False
+            )
             confusion = gr.Image(label="Confusion matrix", type="filepath", interactive=False)
         comparison = gr.Textbox(label="Comparison", lines=8, interactive=False)
         with gr.Row():
@@ -40,24 +48,41 @@ def create(studio, state):
                 "lora_alpha": 2 * int(r or 1), "lr": float(rate)}  # fmt: skip
 
     @readable_errors
-    def on_train(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress()):
+    def on_train(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress()):  # noqa: B008
         session = studio.session(session)
         losses, accuracy = [], []
         empty = pd.DataFrame({"step": [], "loss": []})
         yield "Starting...", empty, pd.DataFrame({"step": [], "accuracy": [], "set": []}), [], None, {}
-        for event in studio.train(session, config(ep, lam, r, rate), test_file, use_demo, progress_callback(progress)):
+        for event in studio.train(
+            session, config(ep, lam, r, rate), test_file, use_demo, progress_callback(progress)
+        ):
             if isinstance(event, tuple):
                 result = event[1]
                 epochs = result.metrics["epochs"]
                 test = epochs[-1]["test"] if epochs else None
-                rows = [[name, "-" if v is None else f"{100 * v:.1f}%"] for name, v in test["per_class"].items()] if test else []
-                image = str(result.out_dir / "confusion.png") if test and (result.out_dir / "confusion.png").is_file() else None
+                rows = (
+                    [[name, "-" if v is None else f"{100 * v:.1f}%"] for name, v in test["per_class"].items()]
+                    if test
+                    else []
+                )
+                image = (
+                    str(result.out_dir / "confusion.png")
+                    if test and (result.out_dir / "confusion.png").is_file()
+                    else None
+                )
                 summary = {"cancelled": result.cancelled, "test_top1": result.test_top1,
                            "zero_shot_top1": result.zero_shot_top1, "epochs": len(epochs), "out_dir": str(result.out_dir),
                            "per_class": test["per_class"] if test else None, "confusion": test["confusion"] if test else None}  # fmt: skip
                 word = "Cancelled" if result.cancelled else "Done"
                 top1 = f", test top-1 {100 * result.test_top1:.1f}%" if result.test_top1 is not None else ""
-                yield (f"{word}: {len(epochs)} epoch(s){top1}.", gr.update(), gr.update(), rows, image, summary)
+                yield (
+                    f"{word}: {len(epochs)} epoch(s){top1}.",
+                    gr.update(),
+                    gr.update(),
+                    rows,
+                    image,
+                    summary,
+                )
                 return
             if event.phase == "step":
                 losses.append({"step": event.step, "loss": event.loss})
@@ -68,7 +93,7 @@ def create(studio, state):
             yield text, pd.DataFrame(losses), pd.DataFrame(accuracy), gr.update(), gr.update(), gr.update()
 
     @readable_errors
-    def on_compare(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress(track_tqdm=True)):
+    def on_compare(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
         report = studio.compare(studio.session(session), config(ep, lam, r, rate), test_file, use_demo)
         return report["table"], {k: v for k, v in report.items() if k != "table"}
 
