@@ -350,7 +350,8 @@ class Studio:
     def set_preset(self, session: Session, name: str) -> str:
         session = self.session(session)
         if name not in list_presets():
-            resolve_inside(session.root / "presets", Path(name).name)  # only the user's own files
+            # Only the user's own saved presets, whatever path a client sends.
+            name = str(resolve_inside(session.root / "presets", Path(name).name))
         preset = load_preset(name)
         session.preset = name
         session.generation, session.train_settings = preset.generation, dict(preset.train)

@@ -17,7 +17,7 @@ HANDLED = (ValueError, KeyError, OSError, RuntimeError, FileExistsError)
 def _message(error: BaseException) -> str:
     """The engine's message, HTML-escaped: toasts render HTML, and messages quote user input."""
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return html.escape(text or error.__class__.__name__)
+    return html.escape(text or error.__class__.__name__, quote=False)
 
 
 def readable_errors(fn):
