@@ -13,13 +13,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-
-from dipsy_ui.manifest import read_manifest  # noqa: E402
+from dipsy_ui.manifest import read_manifest
 
 CLASSES = ["zero", "one", "two"]  # a subset of the demo digits keeps generation and training short
 
