@@ -7,7 +7,7 @@ Measures, in one run on one machine, training throughput (images/s) and peak mem
   (full) full fine-tuning of the same CLIP (every weight in AdamW),
 
 on the real ViT-B/16 CLIP architecture built from open_clip's own config with random weights
-(``open_clip.create_model("ViT-B-16", pretrained=None)``: no download). Both use the training
+(``load_clip`` with no pretrained tag: no download). Both use the training
 step of :mod:`dipsy_ui.train` (text features recomputed each step, mixed real + synthetic loss)
 on random 224 px tensors, so image decoding is not measured; the fastest of the timed steps is
 reported (a shared machine only ever slows a step down). Each variant runs in its own
@@ -36,26 +36,16 @@ def _rss_mb() -> float:
 
 def run_variant(variant: str, batch: int, steps: int, warmup: int, classes: int) -> dict:
     """Build ViT-B/16 (random weights), train ``warmup + steps`` steps, time the last ``steps``."""
-    import open_clip
     import torch
 
     from .evaluate import ClipClassifier
-    from .models import ClipBundle, resolve_runtime
+    from .models import ModelSpec, load_clip, resolve_runtime
     from .train import TrainConfig, add_lora, train_step
 
     runtime = resolve_runtime()
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-16", pretrained=None).to(runtime.device)  # no download
-    cfg = model.visual.preprocess_cfg
-    clip = ClipBundle(
-        model=model,
-        preprocess=None,
-        tokenizer=open_clip.get_tokenizer("ViT-B-16"),
-        image_size=224,
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        source="ViT-B-16 (random weights)",
-    )
+    # The ViT-B/16 architecture with random weights: no pretrained tag, so nothing is downloaded.
+    clip = load_clip(ModelSpec(clip="ViT-B-16", clip_pretrained=None), runtime)
     config = TrainConfig(batch_size=batch)
     names = [f"class {i}" for i in range(classes)]
     if variant == "lora":

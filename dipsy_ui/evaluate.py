@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .images import ImageReadError, open_image
 from .manifest import kept_images, manifest_path
-from .models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
+from .models import ClipBundle, ModelSpec, Runtime, load_clip, load_lora_adapter, resolve_runtime
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 ADAPTER_DIR = "adapter"  # peft adapter (adapter_config.json + adapter_model.safetensors)
@@ -237,8 +237,6 @@ class ClipClassifier(torch.nn.Module):
 def load_classifier(folder: str | Path, runtime: Runtime | None = None) -> ClipClassifier:
     """Rebuild a trained classifier: base CLIP through :func:`load_clip`, then its LoRA weights
     (safetensors) from ``folder/adapter``."""
-    from peft import PeftModel
-
     folder = Path(folder)
     config_file, adapter = folder / CONFIG_NAME, folder / ADAPTER_DIR
     if not config_file.is_file() or not (adapter / "adapter_model.safetensors").is_file():
@@ -249,7 +247,7 @@ def load_classifier(folder: str | Path, runtime: Runtime | None = None) -> ClipC
     saved = json.loads(config_file.read_text(encoding="utf-8"))
     clip = load_clip(ModelSpec(**saved["model_spec"]), runtime)
     split_attention(clip.model)
-    peft_model = PeftModel.from_pretrained(clip.model, str(adapter), is_trainable=False)
+    peft_model = load_lora_adapter(clip.model, adapter)
     return ClipClassifier(clip, saved["class_names"], saved["template"], peft_model).eval()
 
 

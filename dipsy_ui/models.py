@@ -237,3 +237,11 @@ def load_clip(spec: ModelSpec, runtime: Runtime | None = None) -> ClipBundle:
         std=tuple(config["std"]),
         source=source,
     )
+
+
+def load_lora_adapter(model: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
+    """Attach a trained LoRA adapter (peft folder, safetensors weights) to ``model``, frozen."""
+    from peft import PeftModel
+
+    with _explained("LoRA adapter", str(folder), "--adapter"):
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=False)

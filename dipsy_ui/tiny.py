@@ -175,17 +175,19 @@ def _tiny_sd_components(shapes: Shapes) -> dict:
 
 def _write_sd(folder: Path, shapes: Shapes) -> UNet2DConditionModel:
     components = _tiny_sd_components(shapes)
-    tokenizer_dir = folder / "tokenizer"
-    write_sd15_tokenizer(tokenizer_dir)
+    vocab, merges = _clip_bpe_vocab_and_merges()
     pipe = StableDiffusionPipeline(
-        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
+        tokenizer=CLIPTokenizer(
+            vocab=vocab, merges=[tuple(merge.split()) for merge in merges], model_max_length=77
+        ),
         safety_checker=None,
         image_encoder=None,
         requires_safety_checker=False,
         **components,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
-    # save_pretrained rewrites the tokenizer in its own format; keep the hub repo's files.
+    # save_pretrained writes the tokenizer in its own format; keep the hub repo's files instead.
+    tokenizer_dir = folder / "tokenizer"
     for stale in tokenizer_dir.iterdir():
         stale.unlink()
     write_sd15_tokenizer(tokenizer_dir)
