@@ -38,7 +38,7 @@ def run_variant(variant: str, batch: int, steps: int, warmup: int, classes: int)
     """Build ViT-B/16 (random weights), train ``warmup + steps`` steps, time the last ``steps``."""
     import torch
 
-    from .evaluate import ClipClassifier
+    from .classifier import ClipClassifier
     from .models import ModelSpec, load_clip, resolve_runtime
     from .train import TrainConfig, add_lora, train_step
 

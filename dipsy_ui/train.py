@@ -28,15 +28,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from torchvision import transforms
 
-from .evaluate import (
+from .classifier import (
     ADAPTER_DIR,
     CONFIG_NAME,
     LORA_TARGETS,
     ClipClassifier,
-    EvalResult,
-    LabelledImages,
     SplitAttention,
     TrainDataError,
+    split_attention,
+)
+from .evaluate import (
+    EvalResult,
+    LabelledImages,
     check_classes,
     comparison_table,
     eval_items,
@@ -45,7 +48,6 @@ from .evaluate import (
     mixed_precision,
     readable_only,
     save_plots,
-    split_attention,
 )
 from .files import write_atomic
 from .models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime

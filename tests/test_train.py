@@ -18,16 +18,9 @@ import torch
 from PIL import Image
 
 from dipsy_ui import evaluate as evaluate_module
+from dipsy_ui.classifier import ClipClassifier, TrainDataError, load_classifier, split_attention
 from dipsy_ui.data import write_demo_data
-from dipsy_ui.evaluate import (
-    ClipClassifier,
-    TrainDataError,
-    evaluate,
-    labelled_images,
-    load_classifier,
-    predict,
-    split_attention,
-)
+from dipsy_ui.evaluate import evaluate, labelled_images, predict
 from dipsy_ui.images import ImageReadError
 from dipsy_ui.manifest import append_lines, set_status
 from dipsy_ui.models import load_clip
