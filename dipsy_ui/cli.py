@@ -152,7 +152,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     )
     from .similarity import top_similar
 
-    for name, neighbours in zip(result.names, top_similar(result.names, result.similarity, k=3), strict=True):
+    for name, neighbours in top_similar(result.names, result.similarity, k=3):
         print(f"{name}: " + ", ".join(f"{other} ({value:.2f})" for other, value in neighbours))
     print(f"Wrote {args.out / 'similarity.json'} and {args.out / 'similarity.png'}")
     return 0

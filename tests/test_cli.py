@@ -125,3 +125,28 @@ def test_train_on_a_single_class_is_a_clear_error(tmp_path, tiny_models, capsys)
         ]
     )
     assert code == 2 and "class" in capsys.readouterr().err
+
+
+def test_similarity_writes_matrix_and_heatmap(tmp_path, tiny_models, capsys):
+    assert main(["make-demo-data", str(tmp_path / "demo"), "--shots", "2", "--test-per-class", "1"]) == 0
+    out = tmp_path / "sim"
+    assert (
+        main(
+            ["similarity", str(tmp_path / "demo" / "train"), "--out", str(out), "--models", str(tiny_models)]
+        )
+        == 0
+    )
+    result = json.loads((out / "similarity.json").read_text())
+    assert len(result["names"]) == 10 and len(result["probabilities"]) == 10
+    assert all(abs(sum(row) - 1) < 1e-9 and row[i] == 0 for i, row in enumerate(result["probabilities"]))
+    assert Image.open(out / "similarity.png").format == "PNG"
+    assert "zero:" in capsys.readouterr().out
+
+
+def test_similarity_of_a_single_class_is_a_clear_error(tmp_path, tiny_models, capsys):
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "data" / "only" / "a.png")
+    code = main(
+        ["similarity", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--models", str(tiny_models)]
+    )
+    assert code == 2 and "at least 2 classes" in capsys.readouterr().err
