@@ -821,7 +821,10 @@ class Studio:
         yield ("result", result)
 
     def compare(self, session: Session, settings: dict, test_upload: str | None = None,
-                use_demo_test: bool = False) -> dict:  # fmt: skip
+                use_demo_test: bool = False) -> Iterator:  # fmt: skip
+        """Real-only vs real+synthetic on the current run's kept images; yields ``(run name,
+        TrainProgress)`` while training ("real_only", then "real_synthetic"), then ``("result",
+        report)`` (:func:`dipsy_ui.train.compare`'s dict; ``report["cancelled"]`` after a cancel)."""
         from .train import TrainConfig, compare
 
         session = self.session(session)
@@ -830,10 +833,16 @@ class Studio:
         if test is None:
             raise ValueError("the comparison needs a test set: upload one or use the demo test set")
         synthetic = self._run(session)
+        real = self.real_dir(session)
         cancel = self._start(session)
-        with self.gpu:
-            return compare(self.real_dir(session), synthetic, test, session.root / "comparisons" / synthetic.name,
-                           self.spec, config=config, runtime=self.runtime, should_stop=cancel)  # fmt: skip
+
+        def work(emit):
+            with self.gpu:
+                return compare(real, synthetic, test, session.root / "comparisons" / synthetic.name, self.spec,
+                               config=config, runtime=self.runtime, should_stop=cancel,
+                               callback=lambda name, event: emit((name, event)))  # fmt: skip
+
+        yield from _in_thread(work, cancel)
 
     def adapter_zip(self, session: Session) -> str:
         session = self.session(session)

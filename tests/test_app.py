@@ -65,6 +65,17 @@ def load_three_classes(client: Client) -> list:
     return table
 
 
+def three_class_test_zip(workspace: Path, tmp_path: Path) -> Path:
+    """Four demo test images of each of CLASSES, zipped as class folders."""
+    test_zip = tmp_path / "test.zip"
+    demo_test = workspace / "demo-data" / "test"
+    with zipfile.ZipFile(test_zip, "w") as archive:
+        for name in CLASSES:
+            for file in sorted((demo_test / name).iterdir())[:4]:
+                archive.write(file, f"test/{name}/{file.name}")
+    return test_zip
+
+
 def table_names(table) -> list:
     return [row[0] for row in table["data"]]
 
@@ -126,12 +137,7 @@ def test_full_flow(served, tmp_path):
         assert len(archive.namelist()) == 5 and f"run-1/{rejected}" not in archive.namelist()
 
     # 6. Train one short epoch with a three-class test set uploaded as a zip; check the metrics.
-    test_zip = tmp_path / "test.zip"
-    demo_test = workspace / "demo-data" / "test"
-    with zipfile.ZipFile(test_zip, "w") as archive:
-        for name in CLASSES:
-            for file in sorted((demo_test / name).iterdir())[:4]:
-                archive.write(file, f"test/{name}/{file.name}")
+    test_zip = three_class_test_zip(workspace, tmp_path)
     status, _, _, per_class, confusion, metrics = client.predict(
         1, 0.8, 2, 1e-3, handle_file(str(test_zip)), False, api_name="/train"
     )
@@ -204,3 +210,40 @@ def test_cancel_then_resume(served):
     assert "Done: 9 / 9" in bar
     records = read_manifest(run)
     assert len(records) == 9 and len({r["seed"] for r in records.values()}) == 9
+
+
+def test_compare(served, tmp_path):
+    """Real-only vs real+synthetic on a tiny budget: both runs and the zero-shot baseline."""
+    url, workspace, _ = served
+    client = Client(url, verbose=False)
+    load_three_classes(client)
+    client.predict(1, 1, "run-compare", api_name="/generate")
+    test_zip = handle_file(str(three_class_test_zip(workspace, tmp_path)))
+    status, _, _, table, metrics = client.predict(1, 0.8, 2, 1e-3, test_zip, False, api_name="/compare")
+    assert status == "Comparison done.", status
+    header = table.splitlines()[0]
+    assert all(run in header for run in ("zero-shot", "real only", "real+synthetic")), table
+    assert not metrics["cancelled"] and metrics["steps"] >= 1
+    for run in ("zero_shot", "real_only", "real_synthetic"):
+        assert 0.0 <= metrics[run]["top1"] <= 1.0 and sorted(metrics[run]["per_class"]) == sorted(CLASSES)
+
+
+def test_cancel_preview(served):
+    """Cancelling a streaming preview stops it with a message, and the next preview works."""
+    url, _, _ = served
+    client = Client(url, verbose=False)
+    load_three_classes(client)
+    job = client.submit("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 100, 0, True, api_name="/preview")
+    deadline = time.monotonic() + 120
+    while not job.outputs() and time.monotonic() < deadline:  # the first streamed step
+        time.sleep(0.05)
+    assert job.outputs(), "the preview never streamed a step"
+    assert client.predict(api_name="/cancel_preview") == "Cancelling..."
+    with contextlib.suppress(Exception):  # a cancelled job may end without a final value
+        job.result(timeout=120)
+    assert job.done()
+    assert all("Done" not in output[3] for output in job.outputs())  # it stopped before the end
+
+    image, _, seed, status = client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 3, True,
+                                            api_name="/preview")  # fmt: skip
+    assert status == "Done (seed 3)." and Path(image).is_file()

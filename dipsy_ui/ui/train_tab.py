@@ -5,6 +5,31 @@ import pandas as pd
 
 from .common import FREE, GPU, eta_text, progress_callback, readable_errors
 
+RUNS = {"real_only": "real only", "real_synthetic": "real+synthetic"}
+
+
+class Curves:
+    """The live loss and accuracy curves of one or more training runs (one colour per run)."""
+
+    def __init__(self):
+        self.losses, self.accuracy = [], []
+
+    def add(self, event, run: str = "train") -> None:
+        if event.phase == "step":
+            self.losses.append({"step": event.step, "loss": event.loss, "run": run})
+            self.accuracy.append({"step": event.step, "accuracy": event.accuracy, "set": f"{run} (running)"})
+        elif event.phase == "epoch" and event.test_top1 is not None:
+            self.accuracy.append({"step": event.step, "accuracy": event.test_top1, "set": f"{run} test"})
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return (pd.DataFrame(self.losses, columns=["step", "loss", "run"]),
+                pd.DataFrame(self.accuracy, columns=["step", "accuracy", "set"]))  # fmt: skip
+
+    @staticmethod
+    def status(event) -> str:
+        return (f"Epoch {event.epoch}/{event.epochs}, step {event.step}/{event.total_steps}, "
+                f"loss {event.loss:.3f}, ETA {eta_text(event.eta_s)}")  # fmt: skip
+
 
 def create(studio, state):
     with gr.Tab("6. Train", id="train"):
@@ -28,7 +53,7 @@ def create(studio, state):
             compare = gr.Button("Compare real-only vs real+synthetic")
         status = gr.Markdown(elem_id="train-status")
         with gr.Row():
-            loss_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=260)
+            loss_plot = gr.LinePlot(x="step", y="loss", color="run", title="Training loss", height=260)
             accuracy_plot = gr.LinePlot(
                 x="step", y="accuracy", color="set", title="Accuracy", height=260, y_lim=[0, 1]
             )
@@ -50,9 +75,8 @@ def create(studio, state):
     @readable_errors
     def on_train(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress()):  # noqa: B008
         session = studio.session(session)
-        losses, accuracy = [], []
-        empty = pd.DataFrame({"step": [], "loss": []})
-        yield "Starting...", empty, pd.DataFrame({"step": [], "accuracy": [], "set": []}), [], None, {}
+        curves = Curves()
+        yield "Starting...", *curves.frames(), [], None, {}
         for event in studio.train(
             session, config(ep, lam, r, rate), test_file, use_demo, progress_callback(progress)
         ):
@@ -75,27 +99,25 @@ def create(studio, state):
                            "per_class": test["per_class"] if test else None, "confusion": test["confusion"] if test else None}  # fmt: skip
                 word = "Cancelled" if result.cancelled else "Done"
                 top1 = f", test top-1 {100 * result.test_top1:.1f}%" if result.test_top1 is not None else ""
-                yield (
-                    f"{word}: {len(epochs)} epoch(s){top1}.",
-                    gr.update(),
-                    gr.update(),
-                    rows,
-                    image,
-                    summary,
-                )
+                yield f"{word}: {len(epochs)} epoch(s){top1}.", gr.update(), gr.update(), rows, image, summary
                 return
-            if event.phase == "step":
-                losses.append({"step": event.step, "loss": event.loss})
-                accuracy.append({"step": event.step, "accuracy": event.accuracy, "set": "train (running)"})
-            elif event.phase == "epoch" and event.test_top1 is not None:
-                accuracy.append({"step": event.step, "accuracy": event.test_top1, "set": "test"})
-            text = f"Epoch {event.epoch}/{event.epochs}, step {event.step}/{event.total_steps}, loss {event.loss:.3f}, ETA {eta_text(event.eta_s)}"
-            yield text, pd.DataFrame(losses), pd.DataFrame(accuracy), gr.update(), gr.update(), gr.update()
+            curves.add(event)
+            yield curves.status(event), *curves.frames(), gr.update(), gr.update(), gr.update()
 
     @readable_errors
-    def on_compare(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        report = studio.compare(studio.session(session), config(ep, lam, r, rate), test_file, use_demo)
-        return report["table"], {k: v for k, v in report.items() if k != "table"}
+    def on_compare(session, ep, lam, r, rate, test_file, use_demo):
+        curves = Curves()
+        yield "Comparing: training real-only first...", *curves.frames(), "", {}
+        for name, value in studio.compare(
+            studio.session(session), config(ep, lam, r, rate), test_file, use_demo
+        ):
+            if name == "result":
+                word = "Comparison cancelled" if value["cancelled"] else "Comparison done"
+                summary = {k: v for k, v in value.items() if k != "table"}
+                yield f"{word}.", gr.update(), gr.update(), value["table"], summary
+                return
+            curves.add(value, RUNS[name])
+            yield f"{RUNS[name]}: {curves.status(value)}", *curves.frames(), gr.update(), gr.update()
 
     @readable_errors
     def on_download(session):
@@ -104,7 +126,8 @@ def create(studio, state):
     inputs = [state, epochs, lambda_real, rank, lr, test, demo_test]
     train_event = start.click(on_train, inputs, [status, loss_plot, accuracy_plot, per_class, confusion, metrics],
                               api_name="train", **GPU)  # fmt: skip
-    compare_event = compare.click(on_compare, inputs, [comparison, metrics], api_name="compare", **GPU)
+    compare_event = compare.click(on_compare, inputs, [status, loss_plot, accuracy_plot, comparison, metrics],
+                                  api_name="compare", **GPU)  # fmt: skip
     cancel.click(lambda s: studio.cancel(s), [state], [status], cancels=[train_event, compare_event],
                  api_name="cancel_training", **FREE)  # fmt: skip
     download_button.click(on_download, [state], [download], api_name="download_adapter")
