@@ -1,0 +1,122 @@
+"""The Studio's Train tab: the LoRA classifier, the real-only vs real+synthetic comparison."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .data import load_dataset, resolve_inside, safe_slug
+from .images import save_png
+from .manifest import kept_images
+from .studio_session import Session, in_thread
+
+
+class TrainMixin:
+    """Classifiers under ``<session>/classifiers/``, comparisons under ``<session>/comparisons/``."""
+
+    def real_dir(self, session: Session) -> Path:
+        """The real images as a folder the trainer reads with the display class names (a
+        manifest maps files to names, so any class name works, not only folder-safe ones)."""
+        from .manifest import MANIFEST_NAME, append_lines
+
+        session = self.session(session)
+        folder = session.root / "data"
+        if not session.classes:
+            raise ValueError("no data yet: add classes in the Data tab")
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+        append_lines(folder, ({"file": str(Path(p).relative_to(folder)).replace("\\", "/"), "class_name": name}
+                              for name, paths in session.classes.items() for p in paths))  # fmt: skip
+        return folder
+
+    def test_dir(self, session: Session, upload: str | None, use_demo: bool) -> Path | None:
+        if upload:
+            path = Path(upload)
+            if path.suffix.lower() == ".zip":
+                target = session.root / "test" / safe_slug(path.stem)
+                shutil.rmtree(target, ignore_errors=True)
+                dataset = load_dataset(path)
+                for cls in dataset.classes:
+                    for i, record in enumerate(cls.images):
+                        out = resolve_inside(target, cls.slug, f"{i:05d}.png")
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        save_png(record.image, out)
+                from .manifest import MANIFEST_NAME, append_lines
+
+                (target / MANIFEST_NAME).unlink(missing_ok=True)
+                append_lines(target, ({"file": f"{c.slug}/{i:05d}.png", "class_name": c.name}
+                                      for c in dataset.classes for i in range(len(c.images))))  # fmt: skip
+                return target
+            raise ValueError("the test set must be a .zip of class folders")
+        if use_demo:
+            return self.demo_data_dir() / "test"
+        return None
+
+    def train(self, session: Session, settings: dict, test_upload: str | None = None,
+              use_demo_test: bool = False, progress: Callable[[float, str], None] = lambda f, m: None):  # fmt: skip
+        """Train a LoRA classifier on real (+ kept synthetic) images; yields TrainProgress, then
+        ("result", TrainResult)."""
+        from .models import load_clip
+        from .train import TrainConfig, iter_train
+
+        session = self.session(session)
+        config = TrainConfig.from_dict(session.train_settings | settings)
+        session.train_settings = session.train_settings | settings
+        real = self.real_dir(session)
+        synthetic = session.run_dir if session.run_dir is not None and kept_images(session.run_dir) else None
+        test = self.test_dir(session, test_upload, use_demo_test)
+        out_dir = session.root / "classifiers" / time.strftime("%Y%m%d-%H%M%S")
+        cancel = self._start(session)
+        progress(0.0, "Loading CLIP for training")
+        clip = load_clip(self.spec, self.runtime)  # a fresh copy: LoRA is injected in place
+        run = iter_train(real, out_dir, self.spec, synthetic_dir=synthetic, test_dir=test, config=config,
+                         runtime=self.runtime, should_stop=cancel, clip=clip)  # fmt: skip
+        while True:
+            try:
+                # The lock per step, not across yields: an abandoned stream must not hold it.
+                with self.gpu:
+                    event = next(run)
+            except StopIteration as done:
+                result = done.value
+                break
+            yield event
+        session.classifier_dir = out_dir
+        session.scores = {}
+        yield ("result", result)
+
+    def compare(self, session: Session, settings: dict, test_upload: str | None = None,
+                use_demo_test: bool = False) -> Iterator:  # fmt: skip
+        """Real-only vs real+synthetic on the current run's kept images; yields ``(run name,
+        TrainProgress)`` while training ("real_only", then "real_synthetic"), then ``("result",
+        report)`` (:func:`dipsy_ui.train.compare`'s dict; ``report["cancelled"]`` after a cancel)."""
+        from .train import TrainConfig, compare
+
+        session = self.session(session)
+        config = TrainConfig.from_dict(session.train_settings | settings)
+        test = self.test_dir(session, test_upload, use_demo_test)
+        if test is None:
+            raise ValueError("the comparison needs a test set: upload one or use the demo test set")
+        synthetic = self._run(session)
+        real = self.real_dir(session)
+        cancel = self._start(session)
+
+        def work(emit):
+            with self.gpu:
+                return compare(real, synthetic, test, session.root / "comparisons" / synthetic.name, self.spec,
+                               config=config, runtime=self.runtime, should_stop=cancel,
+                               callback=lambda name, event: emit((name, event)))  # fmt: skip
+
+        yield from in_thread(work, cancel)
+
+    def adapter_zip(self, session: Session) -> str:
+        session = self.session(session)
+        if session.classifier_dir is None:
+            raise ValueError("train a classifier first")
+        path = session.classifier_dir.with_suffix(".zip")
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(session.classifier_dir.rglob("*")):
+                if file.is_file():
+                    archive.write(file, f"classifier/{file.relative_to(session.classifier_dir)}")
+        return str(path)
