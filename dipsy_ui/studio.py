@@ -18,6 +18,7 @@ user; the UI shows them as they are.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -33,6 +34,9 @@ from .studio_train import TrainMixin
 
 # What the UI imports from here; the tab-specific methods live in the mixins' modules.
 __all__ = ["SAMPLE", "WEIGHTS", "GuidanceSettings", "Session", "Studio", "parse_values"]
+
+RESULTS = ("runs", "classifiers", "comparisons", "exports", "presets")  # kept after the session
+SCRATCH = ("previews", "sweeps", "test")  # session folders nothing refers to once it has ended
 
 
 class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
@@ -112,6 +116,22 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
     def cancel(self, session: Session) -> str:
         self.session(session).cancel_event.set()
         return "Cancelling..."
+
+    def end_session(self, session: Session) -> None:
+        """Tidy up after a browser session has ended (the UI's state ``delete_callback``, which
+        Gradio calls an hour after the tab closes). A new tab is a new session and cannot reach
+        an old folder, so a folder holding no results is deleted; one holding results (runs,
+        classifiers, comparisons, exports, saved presets: GPU time or the user's own choices)
+        is kept for the user to find on disk, minus its scratch files."""
+        if not session.id or session.root is None:
+            return
+        session.cancel_event.set()  # a job still running for the closed tab stops
+        results = [session.root / name for name in RESULTS]
+        if any(folder.is_dir() and any(folder.iterdir()) for folder in results):
+            for name in SCRATCH:
+                shutil.rmtree(session.root / name, ignore_errors=True)
+        else:
+            shutil.rmtree(session.root, ignore_errors=True)
 
     def _start(self, session: Session) -> threading.Event:
         event = session.cancel_event

@@ -247,3 +247,23 @@ def test_cancel_preview(served):
     image, _, seed, status = client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 3, True,
                                             api_name="/preview")  # fmt: skip
     assert status == "Done (seed 3)." and Path(image).is_file()
+
+
+def test_end_session(served, tmp_path):
+    """An ended session's folder goes unless it holds results; those stay, minus the scratch."""
+    _, _, studio = served
+    image = tmp_path / "red.png"
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(image)
+    scratch, kept = studio.session(None), studio.session(None)
+    for session in (scratch, kept):
+        studio.add_images(session, "red", [str(image)])
+        (session.root / "previews").mkdir()
+        (session.root / "previews" / "1.png").write_bytes(image.read_bytes())
+    (kept.root / "runs" / "run-1").mkdir(parents=True)
+
+    studio.end_session(scratch)
+    studio.end_session(kept)
+    assert not scratch.root.exists() and scratch.cancel_event.is_set()
+    assert (kept.root / "runs" / "run-1").is_dir() and (kept.root / "data").is_dir()
+    assert not (kept.root / "previews").exists()
+    studio.end_session(type(kept)())  # a session never used has no folder: nothing to do

@@ -11,7 +11,9 @@ CSS = ".dipsy-demo {background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px
 
 def build_app(studio) -> gr.Blocks:
     with gr.Blocks(title="DIPSY Studio") as app:
-        state = gr.State(Session())  # one copy per browser session; see Session.__deepcopy__
+        # One copy per browser session (see Session.__deepcopy__). No time_to_live: long jobs
+        # mutate the session in place, which would not renew it.
+        state = gr.State(Session(), delete_callback=studio.end_session)
         gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
                     "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
         if studio.demo:
