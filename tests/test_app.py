@@ -215,6 +215,7 @@ def test_cancel_then_resume(served):
 def test_compare(served, tmp_path):
     """Real-only vs real+synthetic on a tiny budget: both runs and the zero-shot baseline."""
     url, workspace, _ = served
+    before = sessions(workspace)
     client = Client(url, verbose=False)
     load_three_classes(client)
     client.predict(1, 1, "run-compare", api_name="/generate")
@@ -226,6 +227,20 @@ def test_compare(served, tmp_path):
     assert not metrics["cancelled"] and metrics["steps"] >= 1
     for run in ("zero_shot", "real_only", "real_synthetic"):
         assert 0.0 <= metrics[run]["top1"] <= 1.0 and sorted(metrics[run]["per_class"]) == sorted(CLASSES)
+
+    # Cancel stops a longer comparison while it streams its curves.
+    job = client.submit(50, 0.8, 2, 1e-3, test_zip, False, api_name="/compare")
+    deadline = time.monotonic() + 120
+    while not any("step" in output[0] for output in job.outputs()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.predict(api_name="/cancel_training") == "Cancelling..."
+    with contextlib.suppress(Exception):  # a cancelled job may end without a final value
+        job.result(timeout=120)
+    assert job.done() and not any(output[0] == "Comparison done." for output in job.outputs())
+    report = session_dir(workspace, before) / "comparisons" / "run-compare" / "comparison.json"
+    while not json.loads(report.read_text())["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.2)  # the training thread stops at its next step and writes the partial report
+    assert json.loads(report.read_text())["cancelled"]
 
 
 def test_cancel_preview(served):
