@@ -153,7 +153,9 @@ class GuidanceMixin:
         prompt = session.generation.prompt(settings.class_name)
         return prompt, positives[settings.positive_index].image, negative, negative_class
 
-    def _remember(self, session: Session, settings: GuidanceSettings) -> None:
+    def remember_guidance(self, session: Session, settings: GuidanceSettings) -> None:
+        """Keep the weights and steps tried in Guidance as the session's generation settings
+        (validated by GenerationConfig, so bad values raise here)."""
         session.generation = replace(
             session.generation, w_text=float(settings.w_text), w_pos=float(settings.w_pos),
             w_neg=float(settings.w_neg), ip_adapter_scale=float(settings.ip_adapter_scale), steps=int(settings.steps),
@@ -164,7 +166,7 @@ class GuidanceMixin:
         import torch
 
         session = self.session(session)
-        self._remember(session, settings)  # validates the weights too
+        self.remember_guidance(session, settings)  # validates the weights too
         prompt, positive, negative, negative_class = self._images_for(session, settings)
         pipe, _ = self.load_models()
         cancel = self._start(session)
@@ -215,7 +217,7 @@ class GuidanceMixin:
             raise ValueError("give at least one value for each sweep axis")
         if len(x_values) * len(y_values) > MAX_SWEEP:
             raise ValueError(f"the sweep grid has {len(x_values) * len(y_values)} cells; at most {MAX_SWEEP}")
-        self._remember(session, settings)
+        self.remember_guidance(session, settings)
         prompt, positive, negative, _ = self._images_for(session, settings)
         pipe, _ = self.load_models()
         config = session.generation

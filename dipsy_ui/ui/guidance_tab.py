@@ -122,7 +122,7 @@ def create(studio, state):
     def on_save(session, name, *values):
         *rest, sd, locked = values
         session = studio.session(session)
-        studio._remember(session, settings(*rest, sd))
+        studio.remember_guidance(session, settings(*rest, sd))
         return f"Saved to `{studio.save_preset(session, name)}` (choose it in the Data tab's preset list)."
 
     def on_example(evt: gr.SelectData):
