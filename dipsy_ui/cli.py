@@ -206,6 +206,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0 if final.kind == "done" else 1
 
 
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .generate import GenerationJob, recorded_run
+    from .images import save_png
+    from .models import load_pipeline
+    from .similarity import SimilarityResult
+
+    config, spec = recorded_run(args.out)
+    if args.models or args.sd or args.ip_adapter:
+        spec = spec_from_args(args)  # the same weights stored elsewhere
+    similarity = SimilarityResult.load(args.out) if config.negatives == "similarity" else None
+    job = GenerationJob(
+        load_pipeline(spec, _runtime(args)), _load_dataset(args.data), config, args.out, spec, similarity
+    )
+    image = job.regenerate(args.file)
+    if args.save:
+        save_png(image, args.save)
+    stored = np.asarray(Image.open(args.out / args.file).convert("RGB"), dtype=np.int16)
+    difference = int(np.abs(np.asarray(image, dtype=np.int16) - stored).max())
+    if difference == 0:
+        print(f"{args.file}: regenerated, identical to the stored image")
+        return 0
+    print(f"{args.file}: regenerated, differs from the stored image by up to {difference}/255 per pixel")
+    return 1
+
+
 def _train_config(args: argparse.Namespace):
     from .presets import load_preset
     from .train import TrainConfig
@@ -368,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negatives", choices=["similarity", "uniform", "none"], help="negative-class sampling")
     add_model_arguments(gen)
     gen.set_defaults(run=cmd_generate)
+
+    regen = commands.add_parser("regenerate", help="recompute one image of a run from its manifest line")
+    regen.add_argument("out", type=Path, help="the run's output folder (with job.json and manifest.jsonl)")
+    regen.add_argument("file", help="the image, relative to the folder (e.g. cat/00012.png)")
+    regen.add_argument("--data", required=True, type=Path, help="the few-shot set the run was generated from")
+    regen.add_argument("--save", type=Path, help="also write the regenerated image here")
+    add_model_arguments(regen)
+    regen.set_defaults(run=cmd_regenerate)
 
     for name, run, text in (
         ("train", cmd_train, "LoRA fine-tuning of CLIP on real (+ synthetic) images"),

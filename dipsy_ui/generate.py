@@ -102,6 +102,16 @@ def _versions() -> dict[str, str]:
     }
 
 
+def recorded_run(out_dir: str | Path) -> tuple[GenerationConfig, ModelSpec]:
+    """The generation settings and model sources a run recorded in ``OUT/job.json``
+    (images per class and batch size are not part of a run's identity: defaults stand in)."""
+    path = Path(out_dir) / JOB_FILE
+    if not path.is_file():
+        raise ValueError(f"{out_dir} holds no generation run ({JOB_FILE} is missing)")
+    job = json.loads(path.read_text(encoding="utf-8"))
+    return GenerationConfig(**job["generation"]), ModelSpec(**job["models"])
+
+
 class GenerationJob:
     """Generate the synthetic set of a few-shot dataset with a loaded DipsyPipeline."""
 
@@ -170,20 +180,23 @@ class GenerationJob:
             else np.round(self.sampler.probabilities.numpy(), 6).tolist(),
         }
 
-    def _claim_folder(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def _check_folder(self) -> bool:
+        """Whether the folder already holds this run; raises if it holds a different one."""
         path = self.out_dir / JOB_FILE
-        mine = self.fingerprint()
-        if path.exists():
-            theirs = json.loads(path.read_text(encoding="utf-8"))
-            if theirs != mine:
-                different = sorted(key for key in mine | theirs if mine.get(key) != theirs.get(key))
-                raise JobConflictError(
-                    f"{self.out_dir} holds images generated with different {', '.join(different)}; "
-                    "choose another output folder (nothing was changed)"
-                )
-            return
-        write_atomic(path, json.dumps(mine, indent=1, sort_keys=True))
+        if not path.exists():
+            return False
+        mine, theirs = self.fingerprint(), json.loads(path.read_text(encoding="utf-8"))
+        if theirs != mine:
+            different = sorted(key for key in mine | theirs if mine.get(key) != theirs.get(key))
+            raise JobConflictError(
+                f"{self.out_dir} holds images generated with different {', '.join(different)}; "
+                "choose another output folder (nothing was changed)"
+            )
+        return True
+
+    def _claim_folder(self) -> None:
+        if not self._check_folder():
+            write_atomic(self.out_dir / JOB_FILE, json.dumps(self.fingerprint(), indent=1, sort_keys=True))
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -310,6 +323,8 @@ class GenerationJob:
     def regenerate(self, file: str) -> Image.Image:
         """Recompute one listed image from its manifest record: the same pixels, bit for bit
         on the same machine (its batch is recomputed as it was generated)."""
+        if not self._check_folder():
+            raise ValueError(f"{self.out_dir} holds no generation run ({JOB_FILE} is missing)")
         records = read_manifest(self.out_dir)
         if file not in records:
             raise ValueError(f"{file} is not in the manifest of {self.out_dir}")

@@ -150,3 +150,39 @@ def test_similarity_of_a_single_class_is_a_clear_error(tmp_path, tiny_models, ca
         ["similarity", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--models", str(tiny_models)]
     )
     assert code == 2 and "at least 2 classes" in capsys.readouterr().err
+
+
+def test_generate_then_regenerate_from_the_manifest(tmp_path, tiny_models, capsys):
+    for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), colour).save(tmp_path / "data" / name / "1.png")
+    preset = tmp_path / "quick.json"
+    preset.write_text(
+        json.dumps(
+            {"generation": {"steps": 2, "height": 64, "width": 64, "images_per_class": 2, "batch_size": 2}}
+        )
+    )
+    out, models = tmp_path / "synth", ["--models", str(tiny_models)]
+    assert (
+        main(["generate", str(tmp_path / "data"), "--preset", str(preset), "--out", str(out), *models]) == 0
+    )
+    assert (out / "similarity.json").is_file() and len((out / "manifest.jsonl").read_text().splitlines()) == 4
+    capsys.readouterr()
+    regen = [
+        "regenerate",
+        str(out),
+        "dog/00001.png",
+        "--data",
+        str(tmp_path / "data"),
+        "--save",
+        str(tmp_path / "again.png"),
+    ]
+    assert main(regen) == 0
+    assert "identical" in capsys.readouterr().out
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(out / "dog/00001.png"))
+    )
+    # A different few-shot set cannot reproduce the run: refused, nothing written.
+    Image.new("RGB", (40, 40), (0, 0, 0)).save(tmp_path / "data" / "dog" / "2.png")
+    assert main([*regen[:-2], "--save", str(tmp_path / "other.png")]) == 2
+    assert "different classes" in capsys.readouterr().err and not (tmp_path / "other.png").exists()
