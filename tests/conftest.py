@@ -38,3 +38,26 @@ def tiny_clip(tiny_spec):
     from dipsy_ui.models import load_clip
 
     return load_clip(tiny_spec)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_app(tiny_models, tmp_path_factory):
+    """(url, workspace, studio) of the app launched in demo mode on the tiny models, one per module."""
+    import app
+
+    workspace = tmp_path_factory.mktemp("workspace")
+    port = free_port()
+    args = app.parse_args(
+        ["--demo", "--models", str(tiny_models), "--workspace", str(workspace), "--port", str(port)]
+    )
+    blocks, studio = app.launch(args, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", workspace, studio
+    blocks.close()

@@ -7,7 +7,6 @@ resume of a generation run.
 
 import contextlib
 import json
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -20,26 +19,6 @@ from PIL import Image
 from dipsy_ui.manifest import read_manifest
 
 CLASSES = ["zero", "one", "two"]  # a subset of the demo digits keeps generation and training short
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tiny_models, tmp_path_factory):
-    """(url, workspace) of the app in demo mode on the session's tiny models."""
-    import app
-
-    workspace = tmp_path_factory.mktemp("workspace")
-    port = free_port()
-    args = app.parse_args(["--demo", "--models", str(tiny_models), "--workspace", str(workspace),
-                           "--port", str(port)])  # fmt: skip
-    blocks, studio = app.launch(args, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", workspace, studio
-    blocks.close()
 
 
 def session_dir(workspace: Path, client_sessions_before: set) -> Path:
@@ -80,8 +59,8 @@ def table_names(table) -> list:
     return [row[0] for row in table["data"]]
 
 
-def test_full_flow(served, tmp_path):
-    url, workspace, studio = served
+def test_full_flow(demo_app, tmp_path):
+    url, workspace, studio = demo_app
     before = sessions(workspace)
     client = Client(url, verbose=False)
 
@@ -154,8 +133,8 @@ def test_full_flow(served, tmp_path):
     assert "classifier confidence" in status
 
 
-def test_bad_input(served, tmp_path):
-    url, workspace, _ = served
+def test_bad_input(demo_app, tmp_path):
+    url, workspace, _ = demo_app
     before = sessions(workspace)
     client = Client(url, verbose=False)
     text = tmp_path / "notes.png"
@@ -186,8 +165,8 @@ def test_bad_input(served, tmp_path):
         client.predict(0.4, api_name="/compute_similarity")
 
 
-def test_cancel_then_resume(served):
-    url, workspace, _ = served
+def test_cancel_then_resume(demo_app):
+    url, workspace, _ = demo_app
     before = sessions(workspace)
     client = Client(url, verbose=False)
     load_three_classes(client)
@@ -212,9 +191,9 @@ def test_cancel_then_resume(served):
     assert len(records) == 9 and len({r["seed"] for r in records.values()}) == 9
 
 
-def test_compare(served, tmp_path):
+def test_compare(demo_app, tmp_path):
     """Real-only vs real+synthetic on a tiny budget: both runs and the zero-shot baseline."""
-    url, workspace, _ = served
+    url, workspace, _ = demo_app
     before = sessions(workspace)
     client = Client(url, verbose=False)
     load_three_classes(client)
@@ -243,9 +222,9 @@ def test_compare(served, tmp_path):
     assert json.loads(report.read_text())["cancelled"]
 
 
-def test_cancel_preview(served):
+def test_cancel_preview(demo_app):
     """Cancelling a streaming preview stops it with a message, and the next preview works."""
-    url, _, _ = served
+    url, _, _ = demo_app
     client = Client(url, verbose=False)
     load_three_classes(client)
     job = client.submit("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 100, 0, True, api_name="/preview")
@@ -264,9 +243,9 @@ def test_cancel_preview(served):
     assert status == "Done (seed 3)." and Path(image).is_file()
 
 
-def test_end_session(served, tmp_path):
+def test_end_session(demo_app, tmp_path):
     """An ended session's folder goes unless it holds results; those stay, minus the scratch."""
-    _, _, studio = served
+    _, _, studio = demo_app
     image = tmp_path / "red.png"
     Image.new("RGB", (16, 16), (200, 0, 0)).save(image)
     scratch, kept = studio.session(None), studio.session(None)

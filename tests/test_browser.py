@@ -9,7 +9,6 @@ step leaves a screenshot in the test's tmp folder (its path is in the failure me
 
 import os
 import re
-import socket
 import zipfile
 from pathlib import Path
 
@@ -20,25 +19,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CLASSES = ["zero", "one", "two"]
 TIMEOUT = 120_000  # ms; generation and training on 2 CPU cores
 
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tiny_models, tmp_path_factory):
-    import app
-
-    workspace = tmp_path_factory.mktemp("browser-workspace")
-    port = free_port()
-    args = app.parse_args(["--demo", "--models", str(tiny_models), "--workspace", str(workspace),
-                           "--port", str(port)])  # fmt: skip
-    blocks, _ = app.launch(args, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", workspace
-    blocks.close()
 
 
 @pytest.fixture
@@ -95,11 +75,11 @@ def field(page, elem_id: str, kind: str = "input, textarea"):
     return page.locator(f"#{elem_id}").locator(kind).first
 
 
-def test_browser_flow(served, page, tmp_path):
+def test_browser_flow(demo_app, page, tmp_path):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT)
-    url, workspace = served
+    url, workspace, _ = demo_app
     steps = Steps(page, tmp_path)
     bad = tmp_path / "readme.png"
     bad.write_text("this is not an image")
