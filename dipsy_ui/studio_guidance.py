@@ -161,52 +161,71 @@ class GuidanceMixin:
             w_neg=float(settings.w_neg), ip_adapter_scale=float(settings.ip_adapter_scale), steps=int(settings.steps),
         )  # fmt: skip
 
-    def preview(self, session: Session, settings: GuidanceSettings) -> Iterator[tuple[str, object]]:
-        """Yields ("step", (k, n, RGB uint8 array)) while denoising, then ("result", image path)."""
-        import torch
-
-        session = self.session(session)
-        self.remember_guidance(session, settings)  # validates the weights too
-        prompt, positive, negative, negative_class = self._images_for(session, settings)
+    def _denoise(self, session: Session, call: dict) -> Iterator[tuple[str, object]]:
+        """One pipeline call in a worker thread under the GPU lock, cancellable with the session's
+        Cancel: yields ("step", (k, n, previews)) while denoising, then ("result", images), or
+        raises ValueError when cancelled."""
         pipe, _ = self.load_models()
         cancel = self._start(session)
-        config = session.generation
+        steps = call["num_inference_steps"]
 
         def work(emit):
             def on_step(p, step, timestep, kwargs):
                 if cancel.is_set():
                     p.request_interrupt()
-                emit(("step", (step + 1, config.steps, kwargs["preview"][0])))
+                emit(("step", (step + 1, steps, kwargs["preview"])))
                 return {}
 
             with self.gpu:
-                pipe.use_scheduler(config.scheduler)
-                out = pipe(prompt, positive, negative, w_text=settings.w_text, w_pos=settings.w_pos,
-                           w_neg=settings.w_neg, ip_adapter_scale=settings.ip_adapter_scale,
-                           num_inference_steps=config.steps, height=config.height, width=config.width,
-                           generator=torch.Generator(pipe._execution_device).manual_seed(int(settings.seed)),
-                           callback_on_step_end=on_step)  # fmt: skip
-            return out.images[0] if out.images else None
+                pipe.use_scheduler(session.generation.scheduler)
+                return pipe(**call, callback_on_step_end=on_step).images
 
         for kind, value in in_thread(work, cancel):
-            if kind == "result":
-                if value is None:
-                    raise ValueError("preview cancelled")
-                folder = session.root / "previews"
-                folder.mkdir(exist_ok=True)
-                path = folder / f"{int(time.time() * 1000)}-{settings.seed}.png"
-                save_png(
-                    value, path, {"dipsy": json.dumps(settings.__dict__ | {"negative_class": negative_class})}
-                )
-                yield ("result", str(path))
-            else:
-                yield kind, value
+            if kind == "result" and value is None:
+                raise ValueError("Cancelled.")
+            yield kind, value
 
-    def sweep(self, session: Session, settings: GuidanceSettings, x_name: str, x_values: list[float],
-              y_name: str, y_values: list[float]) -> str:  # fmt: skip
-        """A labelled grid over two weights for one seed: one batched pipeline call."""
+    def _call(
+        self, session: Session, settings: GuidanceSettings, rows: int, **weights
+    ) -> tuple[dict, str | None]:
+        """Pipeline arguments for ``rows`` images of the chosen class/images, one seed for all,
+        and the negative class used."""
         import torch
 
+        prompt, positive, negative, negative_class = self._images_for(session, settings)
+        pipe, _ = self.load_models()
+        config = session.generation
+        base = {name: getattr(settings, name) for name in WEIGHTS}
+        call = dict(
+            prompt=[prompt] * rows, positive_image=[positive] * rows, negative_image=[negative] * rows,
+            num_inference_steps=config.steps, height=config.height, width=config.width,
+            generator=[torch.Generator(pipe._execution_device).manual_seed(int(settings.seed)) for _ in range(rows)],
+            **(base | weights),
+        )  # fmt: skip
+        return call, negative_class
+
+    def preview(self, session: Session, settings: GuidanceSettings) -> Iterator[tuple[str, object]]:
+        """Yields ("step", (k, n, RGB uint8 array)) while denoising, then ("result", image path)."""
+        session = self.session(session)
+        self.remember_guidance(session, settings)  # validates the weights too
+        call, negative_class = self._call(session, settings, 1)
+        for kind, value in self._denoise(session, call):
+            if kind == "step":
+                step, total, previews = value
+                yield "step", (step, total, previews[0])
+                continue
+            folder = session.root / "previews"
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{int(time.time() * 1000)}-{settings.seed}.png"
+            save_png(
+                value[0], path, {"dipsy": json.dumps(settings.__dict__ | {"negative_class": negative_class})}
+            )
+            yield "result", str(path)
+
+    def sweep(self, session: Session, settings: GuidanceSettings, x_name: str, x_values: list[float],
+              y_name: str, y_values: list[float]) -> Iterator[tuple[str, object]]:  # fmt: skip
+        """A labelled grid over two weights for one seed, as one batched pipeline call: yields
+        ("step", (k, n)) while denoising, then ("result", grid image path)."""
         session = self.session(session)
         for name in (x_name, y_name):
             if name not in WEIGHTS:
@@ -218,25 +237,19 @@ class GuidanceMixin:
         if len(x_values) * len(y_values) > MAX_SWEEP:
             raise ValueError(f"the sweep grid has {len(x_values) * len(y_values)} cells; at most {MAX_SWEEP}")
         self.remember_guidance(session, settings)
-        prompt, positive, negative, _ = self._images_for(session, settings)
-        pipe, _ = self.load_models()
-        config = session.generation
         cells = [(x, y) for y in y_values for x in x_values]
-        weights = {name: [getattr(settings, name)] * len(cells) for name in WEIGHTS}
-        weights[x_name] = [x for x, _ in cells]
-        weights[y_name] = [y for _, y in cells]
-        with self.gpu:
-            pipe.use_scheduler(config.scheduler)
-            device = pipe._execution_device
-            out = pipe([prompt] * len(cells), [positive] * len(cells), [negative] * len(cells), **weights,
-                       num_inference_steps=config.steps, height=config.height, width=config.width,
-                       generator=[torch.Generator(device).manual_seed(int(settings.seed)) for _ in cells])  # fmt: skip
-        grid = labelled_grid(out.images, x_name, x_values, y_name, y_values)
-        folder = session.root / "sweeps"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{int(time.time() * 1000)}-{x_name}-{y_name}.png"
-        save_png(grid, path)
-        return str(path)
+        axes = {x_name: [x for x, _ in cells], y_name: [y for _, y in cells]}
+        call, _ = self._call(session, settings, len(cells), **axes)
+        for kind, value in self._denoise(session, call):
+            if kind == "step":
+                yield "step", value[:2]
+                continue
+            grid = labelled_grid(value, x_name, x_values, y_name, y_values)
+            folder = session.root / "sweeps"
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{int(time.time() * 1000)}-{x_name}-{y_name}.png"
+            save_png(grid, path)
+            yield "result", str(path)
 
 
 def labelled_grid(images: list[Image.Image], x_name: str, x_values: list[float], y_name: str,

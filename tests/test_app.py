@@ -21,6 +21,11 @@ from dipsy_ui.manifest import read_manifest
 CLASSES = ["zero", "one", "two"]  # a subset of the demo digits keeps generation and training short
 
 
+def connect(url: str) -> Client:
+    """A client (one app session) with generous timeouts: a busy 2-core machine answers slowly."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 300})
+
+
 def session_dir(workspace: Path, client_sessions_before: set) -> Path:
     created = set((workspace / "sessions").iterdir()) - client_sessions_before
     assert len(created) == 1, created
@@ -62,7 +67,7 @@ def table_names(table) -> list:
 def test_full_flow(demo_app, tmp_path):
     url, workspace, studio = demo_app
     before = sessions(workspace)
-    client = Client(url, verbose=False)
+    client = connect(url)
 
     # 1. Data: the demo digits, reduced to three classes.
     load_three_classes(client)
@@ -88,7 +93,8 @@ def test_full_flow(demo_app, tmp_path):
     assert Image.open(first).size == (64, 64)
     assert Image.open(first).tobytes() == Image.open(again).tobytes()
     assert previous is not None  # the earlier result is shown beside the new one
-    grid, _ = client.predict(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
+    grid, _, sweep_status = client.predict(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
+    assert sweep_status.startswith("Sweep done")
     assert Image.open(grid).size == (90 + 2 * 128, 40 + 2 * 128)
     saved = client.predict("My tuned, settings!", *controls, api_name="/save_preset")
     preset = json.loads((root / "presets" / "My_tuned_settings.json").read_text())
@@ -136,7 +142,7 @@ def test_full_flow(demo_app, tmp_path):
 def test_bad_input(demo_app, tmp_path):
     url, workspace, _ = demo_app
     before = sessions(workspace)
-    client = Client(url, verbose=False)
+    client = connect(url)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     good = tmp_path / "good.png"
@@ -168,7 +174,7 @@ def test_bad_input(demo_app, tmp_path):
 def test_cancel_then_resume(demo_app):
     url, workspace, _ = demo_app
     before = sessions(workspace)
-    client = Client(url, verbose=False)
+    client = connect(url)
     load_three_classes(client)
     root = session_dir(workspace, before)
     client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 0, True, api_name="/preview")  # 2 steps
@@ -195,7 +201,7 @@ def test_compare(demo_app, tmp_path):
     """Real-only vs real+synthetic on a tiny budget: both runs and the zero-shot baseline."""
     url, workspace, _ = demo_app
     before = sessions(workspace)
-    client = Client(url, verbose=False)
+    client = connect(url)
     load_three_classes(client)
     client.predict(1, 1, "run-compare", api_name="/generate")
     test_zip = handle_file(str(three_class_test_zip(workspace, tmp_path)))
@@ -222,10 +228,11 @@ def test_compare(demo_app, tmp_path):
     assert json.loads(report.read_text())["cancelled"]
 
 
-def test_cancel_preview(demo_app):
-    """Cancelling a streaming preview stops it with a message, and the next preview works."""
+def test_cancel_preview_and_sweep(demo_app):
+    """Cancelling a streaming preview stops it with a message, the next preview works, and a
+    sweep stops on the same Cancel."""
     url, _, _ = demo_app
-    client = Client(url, verbose=False)
+    client = connect(url)
     load_three_classes(client)
     job = client.submit("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 100, 0, True, api_name="/preview")
     deadline = time.monotonic() + 120
@@ -241,6 +248,18 @@ def test_cancel_preview(demo_app):
     image, _, seed, status = client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 3, True,
                                             api_name="/preview")  # fmt: skip
     assert status == "Done (seed 3)." and Path(image).is_file()
+
+    # A sweep streams its progress and stops on the same Cancel.
+    controls = ("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 100, 0, True)
+    job = client.submit(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
+    deadline = time.monotonic() + 120
+    while not job.outputs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.outputs() and job.outputs()[0][2].startswith("Sweep: step"), "the sweep never streamed a step"
+    assert client.predict(api_name="/cancel_preview") == "Cancelling..."
+    with contextlib.suppress(Exception):
+        job.result(timeout=120)
+    assert job.done() and all(not output[2].startswith("Sweep done") for output in job.outputs())
 
 
 def test_end_session(demo_app, tmp_path):

@@ -115,8 +115,13 @@ def create(studio, state):
         *rest, sd, locked, xn, xv, yn, yv = values
         session = studio.session(session)
         sd = studio.resolve_seed(sd, locked)
-        path = studio.sweep(session, settings(*rest, sd), xn, parse_values(xv), yn, parse_values(yv))
-        return path, sd
+        for kind, value in studio.sweep(
+            session, settings(*rest, sd), xn, parse_values(xv), yn, parse_values(yv)
+        ):
+            if kind == "step":
+                yield gr.update(), sd, f"Sweep: step {value[0]}/{value[1]}..."
+            else:
+                yield value, sd, f"Sweep done (seed {sd})."
 
     @readable_errors
     def on_save(session, name, *values):
@@ -132,20 +137,20 @@ def create(studio, state):
     preview_event = run.click(on_preview, [state, *controls], outputs, api_name="preview", **GPU)
     for slider in (w_text, w_pos, w_neg, scale, steps):
         slider.release(on_preview, [state, *controls], outputs, api_visibility="private", **GPU)
+    sweep_event = sweep.click(
+        on_sweep,
+        [state, *controls, x_name, x_values, y_name, y_values],
+        [grid, seed, status],
+        api_name="sweep",
+        **GPU,
+    )
     stop.click(
         lambda s: studio.cancel(s),
         [state],
         [status],
-        cancels=[preview_event],
+        cancels=[preview_event, sweep_event],
         api_name="cancel_preview",
         **FREE,
-    )
-    sweep.click(
-        on_sweep,
-        [state, *controls, x_name, x_values, y_name, y_values],
-        [grid, seed],
-        api_name="sweep",
-        **GPU,
     )
     save.click(on_save, [state, preset_name, *controls], [saved], api_name="save_preset")
     examples.select(on_example, None, [positive], api_visibility="private")
