@@ -24,21 +24,24 @@ def test_generate_one_writes_a_reproducible_png(tmp_path, tiny_models):
     assert record["seed"] == 7 and record["w_neg"] == 6.0 and record["models"]["sd"].endswith("sd")
 
 
+def generate_one(models, folder) -> list[str]:
+    """A generate-one command line for ``folder/pos.png`` -> ``folder/o.png``."""
+    return [
+        "generate-one",
+        "--models",
+        str(models),
+        "--prompt",
+        "x",
+        "--positive",
+        str(folder / "pos.png"),
+        "--out",
+        str(folder / "o.png"),
+    ]
+
+
 def test_missing_models_is_a_clear_error(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "pos.png")
-    code = main(
-        [
-            "generate-one",
-            "--models",
-            str(tmp_path / "absent"),
-            "--prompt",
-            "x",
-            "--positive",
-            str(tmp_path / "pos.png"),
-            "--out",
-            str(tmp_path / "o.png"),
-        ]
-    )
+    code = main(generate_one(tmp_path / "absent", tmp_path))
     err = capsys.readouterr().err
     assert code == 2
     assert "Could not load the Stable Diffusion 1.5 pipeline" in err and "make-tiny-models" in err
@@ -48,19 +51,7 @@ def test_missing_models_is_a_clear_error(tmp_path, capsys):
 
 def test_unreadable_positive_image_is_a_clear_error(tmp_path, tiny_models, capsys):
     (tmp_path / "pos.png").write_text("not an image")
-    code = main(
-        [
-            "generate-one",
-            "--models",
-            str(tiny_models),
-            "--prompt",
-            "x",
-            "--positive",
-            str(tmp_path / "pos.png"),
-            "--out",
-            str(tmp_path / "o.png"),
-        ]
-    )
+    code = main(generate_one(tiny_models, tmp_path))
     assert code == 2
     assert "pos.png" in capsys.readouterr().err
 
