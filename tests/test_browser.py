@@ -20,12 +20,13 @@ CLASSES = ["zero", "one", "two"]
 TIMEOUT = 120_000  # ms; generation and training on 2 CPU cores
 
 
-
 @pytest.fixture
 def page(tmp_path):
     from playwright import sync_api
 
-    assert Path(CHROMIUM).exists(), f"the browser test needs Debian's chromium at {CHROMIUM}: apt-get install -y chromium"
+    assert Path(CHROMIUM).exists(), (
+        f"the browser test needs Debian's chromium at {CHROMIUM}: apt-get install -y chromium"
+    )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
