@@ -26,14 +26,19 @@ def append_lines(out_dir: str | Path, entries: Iterable[dict]) -> None:
     payload = "".join(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n" for entry in entries)
     if not payload:
         return
-    path = manifest_path(out_dir)
-    with open(path, "a", encoding="utf-8") as handle:
+    data = payload.encode("utf-8")
+    # O_APPEND + one os.write: lines from concurrent shards never interleave.
+    descriptor = os.open(manifest_path(out_dir), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(descriptor).st_size
         # A previous crash may have left a torn line without its newline: start on a fresh line.
-        if handle.tell() > 0 and not path.read_bytes().endswith(b"\n"):
-            payload = "\n" + payload
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+        # Only the last byte is read, so appending stays cheap however long the manifest grows.
+        if size and os.pread(descriptor, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, dict]:
