@@ -1,7 +1,7 @@
 """DIPSY Studio, the interactive app.
 
     python app.py            # the paper's models (loaded on first use; --models/--sd/... for local weights)
-    python app.py --demo     # tiny self-made models and the digits data: offline, for trying the app
+    python app.py --demo     # the shipped digit world and the digits data: offline, for trying the app
 
 Only the workspace folder (``--workspace``) is served to the browser.
 """
@@ -16,7 +16,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     from dipsy_ui.cli import add_model_arguments
 
     parser = argparse.ArgumentParser(description="DIPSY Studio: the interactive app")
-    parser.add_argument("--demo", action="store_true", help="tiny self-made models + digits data (offline)")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the digit world (small models trained on digits, shipped in assets/) + digits data (offline)",
+    )
     parser.add_argument("--workspace", default="dipsy-workspace", help="folder for all data, runs and models "
                         "the app writes; the only folder served to the browser (default: ./dipsy-workspace)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")

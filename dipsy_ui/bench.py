@@ -11,7 +11,8 @@ tiny other parts, all loaded through :mod:`dipsy_ui.models`. Each variant runs i
 process so that peak memory is its own. It prints the ratios c/a and c/b, and the largest pixel
 difference between (b) and (c), which implement the same rule.
 
-``training`` runs :mod:`dipsy_ui.bench_train`.
+``training`` runs :mod:`dipsy_ui.bench_train`; ``world`` the world report of
+:mod:`dipsy_ui.world_report` (on the shipped digit world by default).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from .models import WORLD_DIR
 
 VARIANTS = {
     "a": "diffusers CFG + IP-Adapter (2 evals/step, 1 call)",
@@ -189,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "training", help="LoRA vs full fine-tuning throughput (dipsy_ui.bench_train)", add_help=False
     )
+    world = commands.add_parser("world", help="what a models folder can do, read back by a digit classifier")
+    world.add_argument(
+        "--models", type=Path, default=WORLD_DIR, help="models folder (default: the digit world)"
+    )
+    world.add_argument("--preset", default="demo", help="preset whose generation settings are measured")
+    world.add_argument("--per-class", type=int, default=20, help="images per class and measure")
+    world.add_argument("--shots", type=int, default=4, help="few-shot images per class")
+    world.add_argument("--no-classifier", action="store_true", help="skip the zero-shot / real-only training")
+    world.add_argument("--out", type=Path, help="also write the report as JSON here")
     variant = commands.add_parser("_variant")  # internal: one variant in a fresh process
     variant.add_argument("variant", choices=sorted(VARIANTS))
     variant.add_argument("models", type=Path)
@@ -203,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         return bench_train.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "world":
+        from . import world_report
+
+        return world_report.main(
+            args.models, args.preset, args.per_class, args.shots, not args.no_classifier, args.out
+        )
     if args.command == "_variant":
         print(
             json.dumps(run_variant(args.variant, args.models, args.size, args.steps, args.repeats, args.out))

@@ -24,6 +24,9 @@ import torch
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IP_ADAPTER_HUB_ID = "h94/IP-Adapter"
+# The digit world shipped with the repository (``python -m dipsy_ui train-world`` made it): small
+# models in the ``--models DIR`` layout that draw 32x32 digits; what the demo runs on.
+WORLD_DIR = Path(__file__).resolve().parent.parent / "assets" / "digit-world"
 IP_ADAPTER_WEIGHTS = {
     "plus": "ip-adapter-plus_sd15.safetensors",  # Resampler on penultimate CLIP tokens (the paper's)
     "plain": "ip-adapter_sd15.safetensors",  # linear projection of the pooled embedding

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import ModelSpec, Runtime
+from .models import WORLD_DIR, ModelSpec, Runtime
 from .presets import load_preset
 from .studio_data import DataMixin
 from .studio_generate import GenerateMixin
@@ -58,13 +58,8 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
 
     @property
     def spec(self) -> ModelSpec:
-        if self._spec is None:  # demo: the tiny models, written into the workspace on first use
-            from .tiny import make_tiny_models
-
-            folder = self.workspace / "models" / "tiny"
-            if not (folder / "sd" / "model_index.json").is_file():
-                make_tiny_models(folder)
-            self._spec = ModelSpec.from_models_dir(folder)
+        if self._spec is None:  # demo: the digit world shipped with the repository
+            self._spec = ModelSpec.from_models_dir(WORLD_DIR)
         return self._spec
 
     @property
@@ -73,7 +68,7 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
 
     def model_status(self) -> str:
         if self.models_loaded:
-            return f"Models loaded ({'demo tiny models' if self.demo else self.spec.sd})."
+            return f"Models loaded ({'demo models' if self.demo else self.spec.sd})."
         if self.load_error:
             return self.load_error
         return "Models not loaded yet: they load on the first action that needs them."

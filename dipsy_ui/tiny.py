@@ -39,23 +39,23 @@ from transformers import (
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
-IMAGE_ENCODER_WIDTH = 32
-RESAMPLER_DIM = 64
 PLAIN_ADAPTER_TOKENS = 4
 
 
 @dataclass(frozen=True)
 class Shapes:
-    """Sizes of the written SD + IP-Adapter models.
+    """Sizes of the written models (keyword arguments of each model's config).
 
     Widths are tiny by default; everything the loaders infer from shapes follows the real
-    models: the VAE downsamples by 8, the text encoder has CLIP's 49408-token vocabulary and 77
-    positions, the Resampler keeps 4 layers of 64-wide heads (what diffusers' h94 converter
-    assumes). ``SD15_UNET`` swaps in the real SD1.5 U-Net architecture for benchmarks.
+    models: the text encoder has CLIP's 49408-token vocabulary and 77 positions, its width is
+    the U-Net's cross-attention width, the Resampler keeps 4 layers of 64-wide heads (what
+    diffusers' h94 converter assumes). ``SD15_UNET`` swaps in the real SD1.5 U-Net architecture
+    for benchmarks; :mod:`dipsy_ui.world` uses its own shapes for the trained digit world.
     """
 
     cross_attention_dim: int = 32  # text and image token width the U-Net attends to
     resampler_queries: int = 4  # image tokens per adapter image (16 in IP-Adapter Plus)
+    resampler_dim: int = 64  # Resampler width (one 64-wide head in the tiny models)
     unet: dict = field(
         default_factory=lambda: dict(
             sample_size=8,  # latent side; 64x64 pixels at the VAE's factor 8
@@ -67,6 +67,33 @@ class Shapes:
             norm_num_groups=8,
         )
     )
+    vae_channels: tuple[int, ...] = (8, 8, 16, 16)  # one block per entry: downsampling 2**(n-1)
+    text_layers: int = 2
+    text_intermediate: int = 64
+    image_encoder: dict = field(  # CLIPVisionConfig of the adapter's image encoder
+        default_factory=lambda: dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=224,
+            patch_size=32,
+            projection_dim=32,
+        )
+    )
+    clip: dict = field(  # open_clip model_cfg of the classifier backbone
+        default_factory=lambda: {
+            "embed_dim": 32,
+            "quick_gelu": True,
+            "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+        }
+    )
+
+    @property
+    def image_size(self) -> int:
+        """The generator's native image side in pixels."""
+        return self.unet["sample_size"] * 2 ** (len(self.vae_channels) - 1)
 
 
 # diffusers' UNet2DConditionModel defaults are SD1.5's architecture (860M parameters).
@@ -119,13 +146,13 @@ def _tiny_sd_components(shapes: Shapes) -> dict:
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=shapes.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(shapes.vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(shapes.vae_channels),
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=8,
-        sample_size=unet.config.sample_size * 8,
+        sample_size=shapes.image_size,
     )
     # bos/eos/pad ids and the activation as in SD1.5's text_encoder/config.json (eos_token_id=2
     # selects the pooling rule of the original CLIP checkpoint).
@@ -133,9 +160,9 @@ def _tiny_sd_components(shapes: Shapes) -> dict:
         CLIPTextConfig(
             vocab_size=49408,
             hidden_size=shapes.cross_attention_dim,
-            intermediate_size=64,
+            intermediate_size=shapes.text_intermediate,
             num_attention_heads=4,
-            num_hidden_layers=2,
+            num_hidden_layers=shapes.text_layers,
             max_position_embeddings=77,
             hidden_act="quick_gelu",
             bos_token_id=0,
@@ -154,9 +181,10 @@ def _tiny_sd_components(shapes: Shapes) -> dict:
         skip_prk_steps=True,
         steps_offset=1,
     )
+    side = shapes.image_encoder["image_size"]
     feature_extractor = CLIPImageProcessor(
-        size={"shortest_edge": 224},
-        crop_size={"height": 224, "width": 224},
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
         do_center_crop=True,
         do_normalize=True,
         do_resize=True,
@@ -218,10 +246,10 @@ def _ip_attention_weights(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]
 
 def _plus_projection_weights(shapes: Shapes) -> dict[str, torch.Tensor]:
     """An h94 Resampler (IP-Adapter Plus) state dict: 4 layers, head dim 64, FF mult 4."""
-    dim, ff = RESAMPLER_DIM, RESAMPLER_DIM * 4
+    dim, ff = shapes.resampler_dim, shapes.resampler_dim * 4
     weights = {
         "image_proj.latents": _rand(1, shapes.resampler_queries, dim, std=dim**-0.5),
-        "image_proj.proj_in.weight": _rand(dim, IMAGE_ENCODER_WIDTH),
+        "image_proj.proj_in.weight": _rand(dim, shapes.image_encoder["hidden_size"]),
         "image_proj.proj_in.bias": _rand(dim),
         "image_proj.proj_out.weight": _rand(shapes.cross_attention_dim, dim),
         "image_proj.proj_out.bias": _rand(shapes.cross_attention_dim),
@@ -243,7 +271,7 @@ def _plain_projection_weights(shapes: Shapes) -> dict[str, torch.Tensor]:
     """An h94 ``ImageProjection`` state dict: pooled embedding -> 4 tokens."""
     width = shapes.cross_attention_dim
     return {
-        "image_proj.proj.weight": _rand(width * PLAIN_ADAPTER_TOKENS, IMAGE_ENCODER_WIDTH),
+        "image_proj.proj.weight": _rand(width * PLAIN_ADAPTER_TOKENS, shapes.image_encoder["projection_dim"]),
         "image_proj.proj.bias": _rand(width * PLAIN_ADAPTER_TOKENS),
         **_layer_norm("image_proj.norm", width),
     }
@@ -251,31 +279,14 @@ def _plain_projection_weights(shapes: Shapes) -> dict[str, torch.Tensor]:
 
 def _write_ip_adapter(folder: Path, unet: UNet2DConditionModel, shapes: Shapes) -> None:
     models = folder / "models"
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=IMAGE_ENCODER_WIDTH,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            image_size=224,
-            patch_size=32,
-            projection_dim=IMAGE_ENCODER_WIDTH,
-            hidden_act="gelu",
-        )
-    )
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**shapes.image_encoder, hidden_act="gelu"))
     encoder.save_pretrained(models / "image_encoder", safe_serialization=True)
     attention = _ip_attention_weights(unet)
     save_file(_plus_projection_weights(shapes) | attention, models / "ip-adapter-plus_sd15.safetensors")
     save_file(_plain_projection_weights(shapes) | attention, models / "ip-adapter_sd15.safetensors")
 
 
-def _write_clip(folder: Path) -> None:
-    model_cfg = {
-        "embed_dim": 32,
-        "quick_gelu": True,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
+def _write_clip(folder: Path, model_cfg: dict) -> None:
     config = {
         "model_cfg": model_cfg,
         "preprocess_cfg": {"mean": CLIP_MEAN, "std": CLIP_STD, "interpolation": "bicubic"},
@@ -298,5 +309,5 @@ def make_tiny_models(out_dir: str | Path, seed: int = 0, shapes: Shapes | None =
         torch.manual_seed(seed)
         unet = _write_sd(out_dir / "sd", shapes)
         _write_ip_adapter(out_dir / "ip-adapter", unet, shapes)
-        _write_clip(out_dir / "clip")
+        _write_clip(out_dir / "clip", shapes.clip)
     return out_dir

@@ -17,8 +17,10 @@ def build_app(studio) -> gr.Blocks:
         gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
                     "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
         if studio.demo:
-            gr.Markdown("**Demo mode**: tiny self-made models with random weights and the digits data. Everything "
-                        "works offline, but the generated images are noise.", elem_classes=["dipsy-demo"])  # fmt: skip
+            gr.Markdown("**Demo mode**: the digit world, a small model trained on handwritten digits (32x32 "
+                        "pixels, not Stable Diffusion), with its own image adapter and CLIP, and a few-shot digits "
+                        "dataset. Everything works offline; the method and the controls are those used with the "
+                        "real models.", elem_classes=["dipsy-demo"])  # fmt: skip
         with gr.Row():
             model_status = gr.Markdown(studio.model_status())
             load = gr.Button("Load models", scale=0)

@@ -1,0 +1,254 @@
+"""The world report: does a models folder do what DIPSY needs? ``python -m dipsy_ui.bench world``.
+
+A reference digit classifier that never saw a generated image (scikit-learn's SVC on the 8x8
+pixels of the pool digits, :func:`reference_classifier`) reads every generated image back to a
+digit. On the demo preset's settings the report measures, per class and overall:
+
+- text-only recognition: ``w_pos = w_neg = 0`` (plain text classifier-free guidance);
+- image-prompt-only recognition: the empty prompt and a positive image of the class, no negative;
+- DIPSY recognition: the preset's weights, negative classes drawn from the CLIP similarity;
+- the negative effect: positive images of class A, negative images of B, (A, B) the most similar
+  class pair; the share of images read as B at ``w_neg = 0`` and at the preset's ``w_neg``;
+- the class similarity's structure (spread of off-diagonal cosines, negative probabilities at
+  the preset's temperature), the live-preview latency, and the classifier's headroom: zero-shot
+  and real-only few-shot test top-1 on the held-out digits.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import DIGIT_NAMES, digit_image, digits_split, load_digits, write_demo_data
+from .models import ModelSpec, load_clip, load_pipeline, resolve_runtime
+from .presets import load_preset
+from .similarity import compute_similarity
+
+
+def digit_features(images: list[Image.Image]) -> np.ndarray:
+    """Images -> the 8x8 ink features of scikit-learn's digits (0..16, white ink on black)."""
+    rows = []
+    for image in images:
+        gray = image.convert("L").resize((8, 8), Image.Resampling.BOX)
+        rows.append((255 - np.asarray(gray, dtype=np.float64)) * 16 / 255)
+    return np.stack(rows).reshape(len(rows), 64)
+
+
+def reference_classifier(size: int = 32):
+    """An SVC trained on the pool digits, rendered at ``size`` pixels and read back like any
+    generated image (so it judges shapes, not the rendering)."""
+    from sklearn.svm import SVC
+
+    images, labels = load_digits()
+    pool, _ = digits_split()
+    indices = np.sort(np.concatenate(list(pool.values())))
+    features = digit_features([digit_image(images[i], size) for i in indices])
+    return SVC(gamma=0.001, C=10.0).fit(features, labels[indices])
+
+
+def _recognition(predicted: np.ndarray, expected: np.ndarray) -> dict:
+    per_class = {
+        DIGIT_NAMES[label]: round(float(np.mean(predicted[expected == label] == label)), 3)
+        for label in np.unique(expected)
+    }
+    return {"overall": round(float(np.mean(predicted == expected)), 3), "per_class": per_class}
+
+
+class WorldProbe:
+    """Generates images on one models folder with the preset's settings and reads them back."""
+
+    def __init__(self, models: str | Path, preset: str = "demo", shots: int = 4, seed: int = 0):
+        self.spec = ModelSpec.from_models_dir(models)
+        self.runtime = resolve_runtime("cpu", "fp32")
+        self.pipe = load_pipeline(self.spec, self.runtime)
+        self.clip = load_clip(self.spec, self.runtime)
+        self.preset = load_preset(preset)
+        self.config = self.preset.generation
+        self.pipe.use_scheduler(self.config.scheduler)
+        self.reader = reference_classifier(self.config.height)
+        self.seed, self.shots = seed, shots
+        images, _ = load_digits()
+        pool, _ = digits_split()
+        rng = np.random.default_rng(seed)
+        self.fewshot = {
+            name: [digit_image(images[i], self.config.height) for i in rng.permutation(pool[label])[:shots]]
+            for label, name in enumerate(DIGIT_NAMES)
+        }
+
+    def generate(self, prompts, positives, negatives, **weights) -> list[Image.Image]:
+        """One batched pipeline call; image ``i`` uses seed ``self.seed + i``."""
+        settings = {
+            "w_text": self.config.w_text,
+            "w_pos": self.config.w_pos,
+            "w_neg": self.config.w_neg,
+            "ip_adapter_scale": self.config.ip_adapter_scale,
+        } | weights
+        return self.pipe(
+            prompts, positives, negatives, **settings,
+            num_inference_steps=self.config.steps, height=self.config.height, width=self.config.width,
+            generator=[torch.Generator().manual_seed(self.seed + i) for i in range(len(prompts))],
+            augment=self.config.augment,
+        ).images  # fmt: skip
+
+    def read(self, images: list[Image.Image]) -> np.ndarray:
+        return self.reader.predict(digit_features(images))
+
+    def _per_class(self, per_class: int, prompt: bool, negatives, **weights) -> dict:
+        predicted, expected = [], []
+        for label, name in enumerate(DIGIT_NAMES):
+            shots = self.fewshot[name]
+            positives = [shots[i % len(shots)] for i in range(per_class)]
+            negative_images = negatives(name, per_class) if negatives else None
+            text = self.config.prompt(name) if prompt else ""
+            predicted.append(
+                self.read(self.generate([text] * per_class, positives, negative_images, **weights))
+            )
+            expected.append(np.full(per_class, label))
+        return _recognition(np.concatenate(predicted), np.concatenate(expected))
+
+    def similarity(self):
+        return compute_similarity(self.clip, self.fewshot, temperature=self.config.temperature)
+
+    def report(self, per_class: int = 20, classifier: bool = True) -> dict:
+        """Every measure of the module docstring, as a dict."""
+        result = {"models": self.spec.sd, "preset": self.preset.name, "per_class": per_class}
+        similarity = self.similarity()
+        names = similarity.names
+        off_diagonal = similarity.similarity[~torch.eye(len(names), dtype=torch.bool)]
+        probabilities = similarity.probabilities[~torch.eye(len(names), dtype=torch.bool)]
+        result["similarity"] = {
+            "off_diagonal_min": round(float(off_diagonal.min()), 3),
+            "off_diagonal_max": round(float(off_diagonal.max()), 3),
+            "probability_min": round(float(probabilities.min()), 3),
+            "probability_max": round(float(probabilities.max()), 3),
+            "temperature": self.config.temperature,
+        }
+        result["text_only"] = self._per_class(per_class, True, None, w_pos=0.0, w_neg=0.0)
+        result["image_only"] = self._per_class(per_class, False, None, w_neg=0.0)
+        sampler = similarity.sampler()
+        generator = torch.Generator().manual_seed(self.seed)
+
+        def sampled_negatives(name: str, count: int) -> list[Image.Image]:
+            chosen = [sampler.sample(name, generator) for _ in range(count)]
+            return [self.fewshot[c][i % self.shots] for i, c in enumerate(chosen)]
+
+        result["dipsy"] = self._per_class(per_class, True, sampled_negatives)
+        result["negative_effect"] = self.negative_effect(similarity, per_class * 2)
+        result["preview_seconds"] = self.preview_latency()
+        if classifier:
+            result["classifier"] = self.classifier_headroom()
+        return result
+
+    def negative_effect(self, similarity, count: int) -> dict:
+        """Share of images read as the negative class B, at ``w_neg = 0`` and the preset's."""
+        matrix = similarity.similarity.clone().fill_diagonal_(-2)
+        a, b = divmod(int(matrix.argmax()), len(similarity.names))
+        name_a, name_b = similarity.names[a], similarity.names[b]
+        positives = [self.fewshot[name_a][i % self.shots] for i in range(count)]
+        negatives = [self.fewshot[name_b][(i + 1) % self.shots] for i in range(count)]
+        effect = {
+            "positive": name_a,
+            "negative": name_b,
+            "cosine": round(float(similarity.similarity[a, b]), 3),
+        }
+        for key, w_neg in (("without", 0.0), ("with", self.config.w_neg)):
+            read = self.read(
+                self.generate([self.config.prompt(name_a)] * count, positives, negatives, w_neg=w_neg)
+            )
+            effect[key] = {
+                "w_neg": w_neg,
+                "read_as_negative": round(float(np.mean(read == DIGIT_NAMES.index(name_b))), 3),
+                "read_as_positive": round(float(np.mean(read == DIGIT_NAMES.index(name_a))), 3),
+            }
+        return effect
+
+    def preview_latency(self) -> dict:
+        """Seconds to the first streamed frame and to the end of one preview (median of 3)."""
+        first, whole, frames = [], [], []
+
+        def on_step(pipe, step, timestep, kwargs):
+            frames.append(time.perf_counter())
+            return {}
+
+        for _ in range(3):
+            frames.clear()
+            started = time.perf_counter()
+            self.pipe(
+                self.config.prompt("three"), self.fewshot["three"][0], self.fewshot["eight"][0],
+                w_text=self.config.w_text, w_pos=self.config.w_pos, w_neg=self.config.w_neg,
+                ip_adapter_scale=self.config.ip_adapter_scale, num_inference_steps=self.config.steps,
+                height=self.config.height, width=self.config.width, callback_on_step_end=on_step,
+            )  # fmt: skip
+            first.append(frames[0] - started)
+            whole.append(time.perf_counter() - started)
+        return {"steps": self.config.steps, "first_frame": round(float(np.median(first)), 3),
+                "whole": round(float(np.median(whole)), 3)}  # fmt: skip
+
+    def classifier_headroom(self) -> dict:
+        """Zero-shot and real-only test top-1 of the preset's classifier recipe on the demo data."""
+        from .train import TrainConfig, train
+
+        config = replace(TrainConfig.from_dict(self.preset.train), seed=self.seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            data = write_demo_data(
+                Path(scratch) / "data", shots=self.shots, size=self.config.height, seed=self.seed
+            )
+            result = train(data / "train", Path(scratch) / "clf", self.spec, test_dir=data / "test",
+                           config=config, runtime=self.runtime)  # fmt: skip
+        return {
+            "shots": self.shots,
+            "zero_shot_top1": result.zero_shot_top1,
+            "real_only_top1": result.test_top1,
+        }
+
+
+def format_report(report: dict) -> str:
+    """The report as the lines the benchmark prints."""
+    lines = [
+        f"world report: {report['models']} (preset {report['preset']}, {report['per_class']} images per class)"
+    ]
+    for key, label in (("text_only", "text only"), ("image_only", "image prompt only"), ("dipsy", "DIPSY")):
+        row = report[key]
+        classes = " ".join(f"{name}={value:.2f}" for name, value in row["per_class"].items())
+        lines.append(f"  {label:<18} recognition {row['overall']:.1%}   ({classes})")
+    effect = report["negative_effect"]
+    lines.append(
+        f"  negative effect    positive {effect['positive']}, negative {effect['negative']} "
+        f"(cosine {effect['cosine']}): read as {effect['negative']} "
+        f"{effect['without']['read_as_negative']:.1%} at w_neg=0 -> {effect['with']['read_as_negative']:.1%} "
+        f"at w_neg={effect['with']['w_neg']}; read as {effect['positive']} "
+        f"{effect['without']['read_as_positive']:.1%} -> {effect['with']['read_as_positive']:.1%}"
+    )
+    sim = report["similarity"]
+    lines.append(
+        f"  similarity         off-diagonal cosines {sim['off_diagonal_min']} .. {sim['off_diagonal_max']}; "
+        f"negative probabilities at T={sim['temperature']}: {sim['probability_min']} .. {sim['probability_max']}"
+    )
+    preview = report["preview_seconds"]
+    lines.append(
+        f"  preview            {preview['steps']} steps: first frame {preview['first_frame']} s, whole {preview['whole']} s"
+    )
+    if "classifier" in report:
+        clf = report["classifier"]
+        lines.append(
+            f"  classifier         {clf['shots']} shots: zero-shot top-1 {clf['zero_shot_top1']:.1%}, "
+            f"real-only top-1 {clf['real_only_top1']:.1%}"
+        )
+    return "\n".join(lines)
+
+
+def main(
+    models: str | Path, preset: str, per_class: int, shots: int, classifier: bool, out: Path | None
+) -> int:
+    report = WorldProbe(models, preset, shots).report(per_class, classifier)
+    print(format_report(report))
+    if out is not None:
+        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return 0
