@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import platform
 import shutil
 import sys
 import time
@@ -50,10 +51,12 @@ from tqdm.auto import tqdm
 
 from .augment import augment_adapter_image
 from .data import DIGIT_NAMES, digit_image, digits_split, load_digits
+from .files import write_atomic
 from .models import ModelSpec, load_clip, load_stock_pipeline, resolve_runtime
 from .tiny import Shapes, make_tiny_models
 
 RECORD_NAME = "world.json"
+PROGRESS_NAME = "stages.json"  # finished stages of an interrupted run, in <out>.partial
 IMAGE_SIZE = 32
 CAPTION_TEMPLATES = (  # {c}: the digit's name, {n}: its numeral
     "A photo of the handwritten digit {c}",
@@ -138,12 +141,21 @@ class Stage:
         return {"steps": self.steps, "seconds": round(self.seconds, 1), "losses": self.losses}
 
 
-def digit_pool() -> tuple[list[Image.Image], torch.Tensor]:
-    """The pool digits as 32x32 RGB images (the demo data's rendering) and their labels."""
-    images, labels = load_digits()
-    pool, _ = digits_split()
-    indices = np.sort(np.concatenate(list(pool.values())))
-    return [digit_image(images[i], IMAGE_SIZE) for i in indices], torch.as_tensor(labels[indices])
+@dataclass(frozen=True)
+class Pool:
+    """The pool digits (never the held-out ones) as the stages consume them."""
+
+    images: list[Image.Image]  # 32x32 RGB, the demo data's rendering
+    labels: torch.Tensor  # (N,) digit of each image
+    pixels: torch.Tensor  # (N, 3, 32, 32) in [-1, 1]
+
+    @classmethod
+    def load(cls) -> Pool:
+        digits, labels = load_digits()
+        pool, _ = digits_split()
+        indices = np.sort(np.concatenate(list(pool.values())))
+        images = [digit_image(digits[i], IMAGE_SIZE) for i in indices]
+        return cls(images, torch.as_tensor(labels[indices]), to_tensor(images))
 
 
 def captions(label: int, generator: torch.Generator) -> str:
@@ -471,55 +483,106 @@ def _check_target(out_dir: Path) -> None:
         )
 
 
+def _spec(work: Path, variant: str = "plus") -> ModelSpec:
+    return ModelSpec.from_models_dir(work, variant)
+
+
+def _stage_autoencoder(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+    pipe = load_stock_pipeline(_spec(work), runtime, adapter_copies=0)
+    stage = train_vae(pipe.vae, pool.pixels, config, generator)
+    _save_fp16(pipe.vae, work / "sd" / "vae")
+    return stage
+
+
+def _stage_unet(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+    pipe = load_stock_pipeline(_spec(work), runtime, adapter_copies=0)
+    stage = train_unet(pipe, encode_latents(pipe.vae, pool.pixels), pool.labels, config, generator)
+    _save_fp16(pipe.unet, work / "sd" / "unet")
+    _save_fp16(pipe.text_encoder, work / "sd" / "text_encoder")
+    init_adapter_attention(work, pipe.unet)
+    return stage
+
+
+def _stage_adapter(variant: str) -> Callable:
+    def run(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+        spec = _spec(work, variant)
+        pipe = load_stock_pipeline(spec, runtime)
+        pipe.unet.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        steps = config.adapter_steps if variant == "plus" else config.plain_adapter_steps
+        latents = encode_latents(pipe.vae, pool.pixels)
+        stage = train_adapter(
+            pipe, latents, pool.labels, pool.images, steps, variant == "plus", config, generator
+        )
+        weights = {
+            key: value.to(torch.float16).contiguous() for key, value in h94_state_dict(pipe.unet).items()
+        }
+        models = Path(spec.ip_adapter) / spec.ip_adapter_subfolder
+        save_file(weights, models / spec.ip_adapter_weight)
+        _save_fp16(pipe.image_encoder, models / "image_encoder")
+        return stage
+
+    return run
+
+
+def _stage_clip(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+    clip = load_clip(_spec(work), runtime)
+    stage = train_clip(clip, pool.images, pool.labels, config, generator)
+    state = {key: value.to(torch.float16).contiguous() for key, value in clip.model.state_dict().items()}
+    save_file(state, work / "clip" / "open_clip_model.safetensors")
+    return stage
+
+
+# In order; each loads what the previous ones saved, trains, and saves its models.
+STAGES = {
+    "autoencoder": _stage_autoencoder,
+    "unet": _stage_unet,
+    "adapter_plus": _stage_adapter("plus"),
+    "adapter_plain": _stage_adapter("plain"),
+    "clip": _stage_clip,
+}
+
+
+def _finished_stages(work: Path, config: WorldConfig) -> dict[str, dict]:
+    """Stages an interrupted run with the same settings finished in ``work`` (else none)."""
+    path = work / PROGRESS_NAME
+    if not path.is_file():
+        return {}
+    progress = json.loads(path.read_text(encoding="utf-8"))
+    same = progress.get("config") == json.loads(json.dumps(asdict(config)))  # as JSON stores it
+    return progress["stages"] if same else {}
+
+
 def train_world(out_dir: str | Path, config: WorldConfig | None = None, command: str = "") -> dict:
     """Train every model of the digit world into ``out_dir`` (the ``--models DIR`` layout).
 
-    The models are written into ``<out_dir>.partial`` and moved into place at the end, so an
-    interrupted run never leaves a half-trained world where a working one was. Returns the
-    record also written to ``out_dir/world.json``.
+    The models are trained in ``<out_dir>.partial`` and moved into place at the end, so an
+    interrupted run never leaves a half-trained world where a working one was; running the
+    same command again resumes after the last finished stage (each stage draws from its own
+    seed, so a resumed run trains what an uninterrupted one would). Returns the record also
+    written to ``out_dir/world.json``.
     """
     config = config or WorldConfig()
     out_dir = Path(out_dir).expanduser().resolve()
     _check_target(out_dir)
     work = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
+    done = _finished_stages(work, config)
+    if not done:
+        shutil.rmtree(work, ignore_errors=True)
+        make_tiny_models(work, seed=config.seed, shapes=WORLD_SHAPES)
     started = time.perf_counter()
     runtime = resolve_runtime("cpu", "fp32")
-    generator = torch.Generator().manual_seed(config.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        make_tiny_models(work, seed=config.seed, shapes=WORLD_SHAPES)
-        images, labels = digit_pool()
-        pixels = to_tensor(images)
-        stages = {}
-
-        pipe = load_stock_pipeline(ModelSpec.from_models_dir(work), runtime, adapter_copies=0)
-        stages["autoencoder"] = train_vae(pipe.vae, pixels, config, generator)
-        latents = encode_latents(pipe.vae, pixels)
-        stages["unet"] = train_unet(pipe, latents, labels, config, generator)
-        _save_fp16(pipe.vae, work / "sd" / "vae")
-        _save_fp16(pipe.unet, work / "sd" / "unet")
-        _save_fp16(pipe.text_encoder, work / "sd" / "text_encoder")
-        init_adapter_attention(work, pipe.unet)
-
-        for variant, steps in (("plus", config.adapter_steps), ("plain", config.plain_adapter_steps)):
-            pipe = load_stock_pipeline(ModelSpec.from_models_dir(work, variant), runtime)
-            pipe.unet.requires_grad_(False)
-            pipe.text_encoder.requires_grad_(False)
-            stages[f"adapter_{variant}"] = train_adapter(
-                pipe, latents, labels, images, steps, variant == "plus", config, generator
-            )
-            models = work / "ip-adapter" / "models"
-            weights = {
-                key: value.to(torch.float16).contiguous() for key, value in h94_state_dict(pipe.unet).items()
-            }
-            save_file(weights, models / ModelSpec.from_models_dir(work, variant).ip_adapter_weight)
-            _save_fp16(pipe.image_encoder, models / "image_encoder")
-
-        clip = load_clip(ModelSpec.from_models_dir(work), runtime)
-        stages["clip"] = train_clip(clip, images, labels, config, generator)
-        state = {key: value.to(torch.float16).contiguous() for key, value in clip.model.state_dict().items()}
-        save_file(state, work / "clip" / "open_clip_model.safetensors")
+    pool = Pool.load()
+    for index, (name, run) in enumerate(STAGES.items()):
+        if name in done:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed * len(STAGES) + index)  # module init, dropout
+            generator = torch.Generator().manual_seed(config.seed * len(STAGES) + index)
+            done[name] = run(work, pool, config, generator, runtime).to_dict()
+        progress = {"config": asdict(config), "stages": done}
+        write_atomic(work / PROGRESS_NAME, json.dumps(progress, indent=1))
+    (work / PROGRESS_NAME).unlink()
 
     _, test = digits_split()
     record = {
@@ -529,12 +592,14 @@ def train_world(out_dir: str | Path, config: WorldConfig | None = None, command:
         "data": {
             "source": "sklearn.datasets.load_digits",
             "image_size": IMAGE_SIZE,
-            "pool_images": len(images),
+            "pool_images": len(pool.images),
             "held_out_test": {DIGIT_NAMES[label]: indices.tolist() for label, indices in test.items()},
         },
-        "stages": {name: stage.to_dict() for name, stage in stages.items()},
-        "seconds": round(time.perf_counter() - started, 1),
+        "stages": done,
+        "seconds": round(sum(stage["seconds"] for stage in done.values()), 1),
+        "seconds_this_run": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
         "versions": {"torch": torch.__version__, **_library_versions()},
         "files": _file_hashes(work),
     }

@@ -64,10 +64,9 @@ def test_no_model_sees_the_held_out_digits():
     every = np.concatenate([*pool.values(), *test.values()])
     assert sorted(every.tolist()) == list(range(len(images)))  # a partition of the digits
     assert all((labels[test[label]] == label).all() for label in test)
-    from dipsy_ui.world import digit_pool
+    from dipsy_ui.world import Pool
 
-    _, pool_labels = digit_pool()
-    assert len(pool_labels) == len(images) - sum(len(t) for t in test.values())
+    assert len(Pool.load().labels) == len(images) - sum(len(t) for t in test.values())
 
 
 @pytest.mark.parametrize("variant", ["plus", "plain"])
@@ -103,6 +102,31 @@ def test_train_world_refuses_a_folder_that_is_not_a_world(tmp_path):
     (target / "cat.jpg").write_bytes(b"not mine")
     assert main(["train-world", str(target), "--quick"]) == 2
     assert (target / "cat.jpg").read_bytes() == b"not mine"
+
+
+def test_an_interrupted_run_resumes_after_its_last_finished_stage(tmp_path, monkeypatch):
+    from dipsy_ui import world
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    out, originals = tmp_path / "digits", dict(world.STAGES)
+    monkeypatch.setitem(world.STAGES, "adapter_plain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        world.train_world(out, world.WorldConfig.quick())
+    assert not out.exists()  # nothing half-trained where a world is expected
+    progress = json.loads((tmp_path / "digits.partial" / world.PROGRESS_NAME).read_text())
+    assert list(progress["stages"]) == ["autoencoder", "unet", "adapter_plus"]
+
+    ran = []
+    for name, run in originals.items():
+        monkeypatch.setitem(
+            world.STAGES, name, lambda *args, name=name, run=run: ran.append(name) or run(*args)
+        )
+    record = world.train_world(out, world.WorldConfig.quick())
+    assert ran == ["adapter_plain", "clip"]
+    assert list(record["stages"]) == list(world.STAGES)
+    assert (out / world.RECORD_NAME).is_file() and not (tmp_path / "digits.partial").exists()
 
 
 def test_the_reference_reader_reads_held_out_digits():
