@@ -14,9 +14,12 @@ lists nothing half-written; re-running skips what the manifest lists.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
+import platform
 import threading
 import time
 from collections.abc import Callable
@@ -30,12 +33,19 @@ from PIL import Image
 from .data import FewShotDataset, ImageRecord, resolve_inside
 from .files import write_atomic
 from .images import save_png
-from .manifest import append_lines, read_manifest
+from .manifest import append_lines, environment_differences, read_manifest
 from .models import ModelSpec
 from .presets import GenerationConfig
 from .similarity import NegativeSampler, SimilarityResult, uniform_probabilities
 
 JOB_FILE = "job.json"
+
+# A regenerated 8-bit image is the same image up to numerics when its PSNR against the stored one
+# is at least 40 dB: an RMS difference of at most 2.55 levels (1 %), about what JPEG at quality 95
+# leaves and below what the eye sees, while two unrelated images are typically 10-20 dB apart.
+# PSNR rather than the largest difference: a sampler amplifies rounding unevenly, so a few pixels
+# can move by many levels in an image that is otherwise the same.
+TOLERANCE_PSNR_DB = 40.0
 
 
 class JobConflictError(ValueError):
@@ -102,6 +112,92 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def generation_environment(device: torch.device, dtype: torch.dtype) -> dict:
+    """What decides the last bits of an image besides its settings and weights: the device and its
+    model (GPU name or CPU model), the dtype, the CPU's vector instruction set as ATen uses it, the
+    number of CPU threads and the library versions (see :mod:`dipsy_ui.manifest`)."""
+    return {
+        "generator_device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "versions": _versions(),
+    }
+
+
+def compare_pixels(stored: np.ndarray, regenerated: np.ndarray) -> tuple[int, float]:
+    """Largest absolute difference (8-bit levels) and PSNR in dB (infinite when equal) of two
+    uint8 images of the same shape."""
+    if stored.shape != regenerated.shape:
+        raise ValueError(f"images of different shapes: {stored.shape} and {regenerated.shape}")
+    difference = stored.astype(np.float64) - regenerated.astype(np.float64)
+    mse = float(np.mean(difference**2))
+    return int(np.abs(difference).max()), math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+@dataclass(frozen=True)
+class RegenerationReport:
+    """How a regenerated image compares with the stored one (:meth:`GenerationJob.regenerate`)."""
+
+    verdict: str  # "identical", "within tolerance" (PSNR >= TOLERANCE_PSNR_DB) or "different"
+    max_abs_diff: int  # largest difference of one pixel channel, in 8-bit levels
+    psnr: float  # dB; inf when identical
+    differing_env: dict[str, tuple]  # field -> (recorded, now); recorded None: the record predates it
+    image: Image.Image  # the regenerated image
+
+    @classmethod
+    def judge(cls, stored: Image.Image, image: Image.Image, differing_env: dict) -> RegenerationReport:
+        """Compare the regenerated ``image`` with the ``stored`` one and give the verdict."""
+        max_abs_diff, psnr = compare_pixels(np.asarray(stored.convert("RGB")), np.asarray(image))
+        if max_abs_diff == 0:
+            verdict = "identical"
+        elif psnr >= TOLERANCE_PSNR_DB:
+            verdict = "within tolerance"
+        else:
+            verdict = "different"
+        return cls(verdict, max_abs_diff, psnr, differing_env, image)
+
+    @property
+    def cause(self) -> str:
+        """Why the image is not identical (empty when it is): the likely cause, in words."""
+        if self.verdict == "identical":
+            return ""
+        if not self.differing_env:
+            return (
+                "the recorded environment is the same, so the stored file was changed, the weights "
+                "behind the same model sources changed, or a kernel is not deterministic"
+            )
+        named = ", ".join(
+            f"{field} {'unknown' if then is None else then} -> {now}"
+            for field, (then, now) in self.differing_env.items()
+        )
+        if self.verdict == "within tolerance":
+            return f"rounding differs with the environment ({named})"
+        return (
+            f"the environment differs ({named}) and the rounding differences grew over the "
+            "denoising steps; the same environment and batch give identical images"
+        )
+
+    def summary(self) -> str:
+        """One line: the verdict, the size of the difference and its likely cause."""
+        if self.verdict == "identical":
+            return "identical to the stored image"
+        return (
+            f"{self.verdict} of the stored image (largest difference {self.max_abs_diff}/255, "
+            f"PSNR {self.psnr:.1f} dB; tolerance: PSNR >= {TOLERANCE_PSNR_DB:g} dB): {self.cause}"
+        )
+
+
 def recorded_run(out_dir: str | Path) -> tuple[GenerationConfig, ModelSpec]:
     """The generation settings and model sources a run recorded in ``OUT/job.json``
     (images per class and batch size are not part of a run's identity: defaults stand in)."""
@@ -154,16 +250,16 @@ class GenerationJob:
         class, so its composition (which affects the last bits of a batched computation) does
         not depend on the shard or on other classes."""
         size, per_class = self.config.batch_size, self.config.images_per_class
-        digits = max(5, len(str(per_class - 1)))
         everything = []
         for name in self.dataset.class_names:
-            slug = self.dataset.slug(name)
-            items = [
-                JobItem(name, i, f"{slug}/{i:0{digits}d}.png", item_seed(self.config.seed, name, i))
-                for i in range(per_class)
-            ]
+            items = [self._item(name, i) for i in range(per_class)]
             everything += [items[start : start + size] for start in range(0, per_class, size)]
         return everything[self.shard.index :: self.shard.count]
+
+    def _item(self, class_name: str, index: int) -> JobItem:
+        digits = max(5, len(str(self.config.images_per_class - 1)))
+        file = f"{self.dataset.slug(class_name)}/{index:0{digits}d}.png"
+        return JobItem(class_name, index, file, item_seed(self.config.seed, class_name, index))
 
     def fingerprint(self) -> dict:
         """What must match for images in one folder to belong to one run (``job.json``)."""
@@ -230,9 +326,13 @@ class GenerationJob:
                 "positive": positive.source,
                 "negative_class": negative_class,
                 "negative": negative.source if negative else None,
+                # The batch's composition decides the last bits of every image in it.
                 "batch": [member.file for member in batch],
+                "batch_position": position,
             }
-            for item, (positive, negative_class, negative) in zip(batch, picks, strict=True)
+            for position, (item, (positive, negative_class, negative)) in enumerate(
+                zip(batch, picks, strict=True)
+            )
         ]
         output = self.pipe(
             [record["prompt"] for record in records],
@@ -257,12 +357,8 @@ class GenerationJob:
             for key, value in self.config.to_dict().items()
             if key not in ("template", "seed", "images_per_class")
         }
-        return settings | {
-            "generator_device": self.pipe._execution_device.type,
-            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
-            "models": self.spec.to_dict(),
-            "versions": _versions(),
-        }
+        environment = generation_environment(self.pipe._execution_device, self.pipe.unet.dtype)
+        return settings | environment | {"models": self.spec.to_dict()}
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -320,16 +416,39 @@ class GenerationJob:
         on_event(final)
         return final
 
-    def regenerate(self, file: str) -> Image.Image:
-        """Recompute one listed image from its manifest record: the same pixels, bit for bit
-        on the same machine (its batch is recomputed as it was generated)."""
+    def regenerate(self, file: str, batch_size: int | None = None) -> RegenerationReport:
+        """Recompute one listed image from its manifest record and compare it with the stored file.
+
+        By default the image's batch is recomputed as it was generated (the same images in the same
+        order): on the same hardware and software that gives the same pixels, bit for bit. With
+        ``batch_size``, the image is recomputed in the batch a run with that batch size would have
+        put it in (``1``: alone), which matches only within tolerance where the kernels round
+        differently with the batch shape.
+        """
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not self._check_folder():
             raise ValueError(f"{self.out_dir} holds no generation run ({JOB_FILE} is missing)")
         records = read_manifest(self.out_dir)
         if file not in records:
             raise ValueError(f"{file} is not in the manifest of {self.out_dir}")
-        members = [records[member] for member in records[file]["batch"]]
-        batch = [JobItem(r["class_name"], r["index"], r["file"], r["seed"]) for r in members]
+        stored = resolve_inside(self.out_dir, *file.split("/"))
+        if not stored.is_file():
+            raise ValueError(f"{file} is in the manifest of {self.out_dir} but its image is missing")
+        record = records[file]
+        target = JobItem(record["class_name"], record["index"], file, record["seed"])
+        if batch_size is None:
+            members = [records[member] for member in record["batch"]]
+            batch = [JobItem(r["class_name"], r["index"], r["file"], r["seed"]) for r in members]
+        else:
+            start = target.index - target.index % batch_size
+            batch = [
+                target if i == target.index else self._item(target.class_name, i)
+                for i in range(start, start + batch_size)
+            ]
         self.pipe.use_scheduler(self.config.scheduler)
         images, _ = self._generate(batch, None)
-        return images[[item.file for item in batch].index(file)]
+        now = generation_environment(self.pipe._execution_device, self.pipe.unet.dtype)
+        differing = environment_differences(record, now | {"batch": [item.file for item in batch]})
+        with Image.open(stored) as original:
+            return RegenerationReport.judge(original, images[batch.index(target)], differing)

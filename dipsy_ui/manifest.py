@@ -1,7 +1,10 @@
 """The manifest of a synthetic set: ``OUT/manifest.jsonl``, the source of truth for what exists.
 
 One JSON object per line. A *record* line (it has ``class_name``) describes one generated
-image with everything needed to regenerate it; a *status* line (``{"file": ..., "status": ...}``)
+image with everything needed to regenerate it, and where it was generated, to judge a
+regeneration: the files of its batch in order (``batch``, whose length is the batch size) and
+its ``batch_position``, and the environment (``generator_device``, ``device_name``, ``dtype``,
+``cpu_capability``, ``threads``, ``versions``). A *status* line (``{"file": ..., "status": ...}``)
 records a curation decision. Lines are only ever appended, each with a single write, so a crash
 can at worst leave a torn last line, which readers skip. The latest line for a file wins.
 """
@@ -63,6 +66,28 @@ def read_manifest(out_dir: str | Path) -> dict[str, dict]:
         elif entry["file"] in records and entry.get("status") in STATUSES:
             records[entry["file"]]["status"] = entry["status"]
     return records
+
+
+ENVIRONMENT_FIELDS = ("generator_device", "device_name", "dtype", "cpu_capability", "threads")
+
+
+def _environment(entry: dict) -> dict:
+    """An entry's environment as flat fields: one per package version, and the batch size."""
+    versions = {f"versions.{package}": version for package, version in entry.get("versions", {}).items()}
+    batch = {"batch_size": len(entry["batch"])} if "batch" in entry else {}
+    return {field: entry.get(field) for field in ENVIRONMENT_FIELDS} | versions | batch
+
+
+def environment_differences(record: dict, now: dict) -> dict[str, tuple]:
+    """The environment fields (and batch size) in which ``now`` differs from a record:
+    ``{field: (recorded, now)}``, recorded ``None`` where the record was written before the
+    manifest held that field (unknown, so possibly different)."""
+    recorded, current = _environment(record), _environment(now)
+    return {
+        field: (recorded.get(field), value)
+        for field, value in current.items()
+        if recorded.get(field) != value
+    }
 
 
 def set_status(out_dir: str | Path, files: Iterable[str], status: str) -> None:

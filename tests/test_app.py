@@ -91,7 +91,7 @@ def test_full_flow(demo_app, tmp_path):
     assert seed == 5 and "Done" in status and previous is None
     again, previous, _, _ = client.predict(*controls, api_name="/preview")
     assert Image.open(first).size == (64, 64)
-    assert Image.open(first).tobytes() == Image.open(again).tobytes()
+    assert Image.open(first).tobytes() == Image.open(again).tobytes()  # same call, same machine: same bits
     assert previous is not None  # the earlier result is shown beside the new one
     grid, _, sweep_status = client.predict(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
     assert sweep_status.startswith("Sweep done")

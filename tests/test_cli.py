@@ -3,11 +3,13 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dipsy_ui.cli import main
 
 
+@pytest.mark.determinism
 def test_generate_one_writes_a_reproducible_png(tmp_path, tiny_models):
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(
         tmp_path / "pos.png"
@@ -143,6 +145,7 @@ def test_similarity_of_a_single_class_is_a_clear_error(tmp_path, tiny_models, ca
     assert code == 2 and "at least 2 classes" in capsys.readouterr().err
 
 
+@pytest.mark.determinism
 def test_generate_then_regenerate_from_the_manifest(tmp_path, tiny_models, capsys):
     for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
         (tmp_path / "data" / name).mkdir(parents=True)
@@ -169,10 +172,17 @@ def test_generate_then_regenerate_from_the_manifest(tmp_path, tiny_models, capsy
         str(tmp_path / "again.png"),
     ]
     assert main(regen) == 0
-    assert "identical" in capsys.readouterr().out
+    assert capsys.readouterr().out == "dog/00001.png: regenerated, identical to the stored image\n"
     assert np.array_equal(
         np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(out / "dog/00001.png"))
     )
+    # Alone instead of in its batch of 2: at most rounding differences, which must not fail the command.
+    assert main([*regen[:5], "--batch-size", "1"]) == 0
+    assert "different" not in capsys.readouterr().out
+    # A stored image replaced by another one is different: exit code 1 and the likely cause.
+    (out / "dog/00001.png").write_bytes((out / "dog/00000.png").read_bytes())
+    assert main(regen[:5]) == 1
+    assert "dog/00001.png: regenerated, different" in capsys.readouterr().out
     # A different few-shot set cannot reproduce the run: refused, nothing written.
     Image.new("RGB", (40, 40), (0, 0, 0)).save(tmp_path / "data" / "dog" / "2.png")
     assert main([*regen[:-2], "--save", str(tmp_path / "other.png")]) == 2

@@ -1,9 +1,12 @@
-"""The batch job on tiny models: resume after cancel, bit-exact regeneration, sharding across
-processes, refusal to mix settings, bad inputs, hostile class names."""
+"""The batch job on tiny models: resume after cancel, regeneration (bit-exact in the recorded
+batch, within tolerance elsewhere), sharding across processes, refusal to mix settings, bad inputs,
+hostile class names."""
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -11,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dipsy_ui.data import DatasetError, load_folder, load_mapping
-from dipsy_ui.generate import GenerationJob, JobConflictError, Shard, item_seed
+from dipsy_ui.generate import TOLERANCE_PSNR_DB, GenerationJob, JobConflictError, Shard, item_seed
 from dipsy_ui.manifest import MANIFEST_NAME, read_manifest, set_status
 from dipsy_ui.presets import GenerationConfig
 
@@ -92,12 +96,16 @@ def test_rerun_of_a_finished_job_generates_nothing(tiny_pipe, tiny_spec, dataset
     assert before == {file: (out / file).stat().st_mtime_ns for file in listed(out)}
 
 
+@pytest.mark.determinism
 def test_regenerating_from_the_manifest_is_bit_exact(tiny_pipe, tiny_spec, dataset, tmp_path):
     out = tmp_path / "run"
     job = GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec)
     job.run()
+    # Position 1 of a full batch, and the class's last image, alone in a shorter batch.
     for file in ("coyote/00001.png", "grey wolf".replace(" ", "_") + "/00002.png"):
-        assert np.array_equal(np.asarray(job.regenerate(file)), pixels(out / file))
+        report = job.regenerate(file)
+        assert report.verdict == "identical" and report.differing_env == {}
+        assert np.array_equal(np.asarray(report.image), pixels(out / file))
     record = read_manifest(out)["coyote/00001.png"]
     assert record["negative_class"] in {"red fox", "grey wolf"} and record["seed"] == item_seed(
         0, "coyote", 1
@@ -109,6 +117,113 @@ def test_regenerating_from_the_manifest_is_bit_exact(tiny_pipe, tiny_spec, datas
     )
 
 
+FOURS = dataclasses.replace(CONFIG, images_per_class=4, batch_size=4)
+LAST_OF_FOUR = "coyote/00003.png"
+
+
+@pytest.fixture(scope="module")
+def run_of_fours(tiny_pipe, tiny_spec, dataset, tmp_path_factory) -> Path:
+    """A finished run in batches of 4. Tests that change it work on a copy."""
+    out = tmp_path_factory.mktemp("fours") / "run"
+    GenerationJob(tiny_pipe, dataset, FOURS, out, tiny_spec).run()
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "copy"))
+
+
+def rewrite_records(out: Path, change) -> None:
+    """Replace every manifest line by ``change(line as a dict)``."""
+    lines = [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()]
+    (out / MANIFEST_NAME).write_text("".join(json.dumps(change(line)) + "\n" for line in lines))
+
+
+@pytest.mark.determinism
+def test_the_manifest_records_the_batch_and_the_environment(run_of_fours):
+    record = read_manifest(run_of_fours)[LAST_OF_FOUR]
+    assert record["batch"] == [f"coyote/0000{i}.png" for i in range(4)] and record["batch_position"] == 3
+    assert record["generator_device"] == "cpu" and record["dtype"] == "float32"
+    assert record["device_name"] and record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["threads"] == torch.get_num_threads()
+    assert {"torch", "diffusers", "transformers"} <= record["versions"].keys()
+
+
+@pytest.mark.determinism
+def test_regenerated_in_its_recorded_batch_an_image_is_identical(run_of_fours, tiny_pipe, tiny_spec, dataset):
+    report = GenerationJob(tiny_pipe, dataset, FOURS, run_of_fours, tiny_spec).regenerate(LAST_OF_FOUR)
+    assert report.verdict == "identical" and report.differing_env == {}
+    assert report.max_abs_diff == 0 and report.psnr == math.inf
+    assert np.array_equal(np.asarray(report.image), pixels(run_of_fours / LAST_OF_FOUR))
+    assert report.summary() == "identical to the stored image"
+
+
+@pytest.mark.determinism
+def test_regenerated_in_another_batch_an_image_is_within_tolerance(
+    run_of_fours, tiny_pipe, tiny_spec, dataset
+):
+    job = GenerationJob(tiny_pipe, dataset, FOURS, run_of_fours, tiny_spec)
+    alone = job.regenerate(LAST_OF_FOUR, batch_size=1)
+    assert alone.differing_env == {"batch_size": (4, 1)}
+    assert alone.verdict != "different" and alone.psnr >= TOLERANCE_PSNR_DB
+    # Whether another batch shape changes any 8-bit value depends on the CPU's kernels (AVX512
+    # Xeons round differently with the batch shape, other CPUs may not): the verdict must say which.
+    assert alone.verdict == ("within tolerance" if alone.max_abs_diff else "identical")
+    assert job.regenerate(LAST_OF_FOUR, batch_size=3).differing_env == {"batch_size": (4, 3)}
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        job.regenerate(LAST_OF_FOUR, batch_size=0)
+
+
+def test_an_image_generated_on_another_cpu_is_within_tolerance(
+    run_of_fours, tiny_pipe, tiny_spec, dataset, tmp_path
+):
+    out = copy_of(run_of_fours, tmp_path)
+    # Emulate a run made elsewhere: its records name another CPU, and its image differs by one
+    # level in a few channels, as an image rounded by other kernels does.
+    rewrite_records(out, lambda line: line | {"device_name": "a CPU elsewhere", "cpu_capability": "other"})
+    stored = pixels(out / LAST_OF_FOUR).copy()
+    flat, changed = stored.reshape(-1), np.arange(0, 5000, 1000)
+    flat[changed] = np.where(flat[changed] < 255, flat[changed] + 1, flat[changed] - 1)
+    Image.fromarray(stored).save(out / LAST_OF_FOUR)
+    report = GenerationJob(tiny_pipe, dataset, FOURS, out, tiny_spec).regenerate(LAST_OF_FOUR)
+    assert report.verdict == "within tolerance" and report.max_abs_diff == 1
+    assert report.psnr == pytest.approx(10 * math.log10(255**2 * stored.size / len(changed)))
+    assert report.differing_env == {
+        "device_name": ("a CPU elsewhere", read_manifest(run_of_fours)[LAST_OF_FOUR]["device_name"]),
+        "cpu_capability": ("other", torch.backends.cpu.get_cpu_capability()),
+    }
+    assert "cpu_capability other -> " in report.summary()
+
+
+def test_a_manifest_without_the_environment_still_regenerates(
+    run_of_fours, tiny_pipe, tiny_spec, dataset, tmp_path
+):
+    out = copy_of(run_of_fours, tmp_path)
+    added = ("device_name", "cpu_capability", "threads", "batch_position")  # what older manifests lack
+    rewrite_records(out, lambda line: {key: value for key, value in line.items() if key not in added})
+    report = GenerationJob(tiny_pipe, dataset, FOURS, out, tiny_spec).regenerate(LAST_OF_FOUR)
+    assert report.verdict == "identical"
+    assert {field: then for field, (then, now) in report.differing_env.items()} == {
+        "device_name": None,
+        "cpu_capability": None,
+        "threads": None,
+    }
+
+
+def test_a_changed_stored_image_is_different_and_the_cause_is_named(
+    run_of_fours, tiny_pipe, tiny_spec, dataset, tmp_path
+):
+    out = copy_of(run_of_fours, tmp_path)
+    shutil.copyfile(out / "coyote/00002.png", out / LAST_OF_FOUR)  # another seed's image
+    report = GenerationJob(tiny_pipe, dataset, FOURS, out, tiny_spec).regenerate(LAST_OF_FOUR)
+    assert report.verdict == "different" and report.psnr < TOLERANCE_PSNR_DB
+    assert report.differing_env == {} and "the stored file was changed" in report.summary()
+    (out / LAST_OF_FOUR).unlink()
+    with pytest.raises(ValueError, match="image is missing"):
+        GenerationJob(tiny_pipe, dataset, FOURS, out, tiny_spec).regenerate(LAST_OF_FOUR)
+
+
+@pytest.mark.determinism
 def test_two_processes_share_the_work_exactly_once(tiny_models, tiny_pipe, tiny_spec, dataset, tmp_path):
     data = tmp_path / "data"
     for c in dataset.classes:

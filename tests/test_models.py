@@ -51,6 +51,7 @@ def test_clip_loads_from_an_open_clip_folder(tiny_clip):
     assert tiny_clip.image_size == 64 and len(tiny_clip.mean) == 3
 
 
+@pytest.mark.determinism
 def test_make_tiny_models_is_deterministic(tmp_path):
     def digests(root):
         return {
