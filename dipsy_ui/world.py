@@ -5,22 +5,23 @@ real weights (``sd/``, ``ip-adapter/models/``, ``clip/``), models that really dr
 
 1. ``sd/vae``: an AutoencoderKL, 32x32 RGB -> 8x8x4 latents (reconstruction loss + SD's small
    KL term); its ``scaling_factor`` makes the latents unit-variance, as SD's 0.18215 does.
-2. ``sd/unet`` + ``sd/text_encoder``: a UNet2DConditionModel cross-attending to a CLIPTextModel
-   (the real CLIP BPE tokenizer), trained together with the DDPM noise-prediction loss (Ho et al.
-   2020) on captions such as "A photo of the handwritten digit three"; the caption is dropped
-   (empty prompt) 10% of the time so that text classifier-free guidance works.
-3. ``ip-adapter/models``: IP-Adapter Plus (Resampler) and plain adapters in the h94 key layout
-   and their ``image_encoder/``, trained the IP-Adapter way (Ye et al. 2023): the U-Net and text
-   encoder frozen, the image condition an augmented view of the target image itself (the
-   adapter-input augmentation DIPSY applies at generation time), the text dropped half of the
-   time so that the image alone steers. "Adapter off" is the frozen base model exactly, so
-   guidance separates text and image without an image-dropout term. The image encoder is
-   trained with the Plus adapter (no pretrained CLIP vision tower exists here); the plain
-   adapter then trains on it frozen, except its projection head, which only the plain adapter uses.
-4. ``clip/``: an open_clip CLIP for similarity, curation and the classifier, trained with the
-   CLIP contrastive loss over class captions, on only some digits (``WorldConfig.clip_classes``):
-   like real CLIP on fine-grained classes, it knows some classes and has never seen the others,
-   so few-shot classification has room to improve with synthetic images.
+2. ``sd/text_encoder`` + ``ip-adapter/models/image_encoder``: the generator's own small CLIP
+   (CLIPTextModel with the real CLIP BPE tokenizer, CLIPVisionModelWithProjection), trained with
+   the contrastive loss (Radford et al. 2021) on every digit and captions such as "A photo of
+   the handwritten digit three", as SD1.5 and IP-Adapter inherit theirs from CLIP.
+3. ``sd/unet``: a UNet2DConditionModel cross-attending to the frozen text encoder's states,
+   trained with the DDPM noise-prediction loss (Ho et al. 2020, Min-SNR weighted); the caption
+   is dropped (empty prompt) 10% of the time so that text classifier-free guidance works.
+4. ``ip-adapter/models``: IP-Adapter Plus (Resampler) and plain adapters in the h94 key layout,
+   trained the IP-Adapter way (Ye et al. 2023): U-Net and encoders frozen, the image condition
+   an augmented view of the target image itself (the adapter-input augmentation DIPSY applies
+   at generation time), the text dropped half of the time so that the image alone steers.
+   "Adapter off" is the frozen base model exactly, so guidance separates text and image
+   without an image-dropout term.
+5. ``clip/``: an open_clip CLIP for similarity, curation and the classifier, trained with the
+   same contrastive loss on only some digits (``WorldConfig.clip_classes``): like real CLIP on
+   fine-grained classes, it knows some classes and has never seen the others, so few-shot
+   classification has room to improve with synthetic images.
 
 Every model starts as :mod:`dipsy_ui.tiny` writes it (random weights, real layouts) and is
 loaded and trained through :mod:`dipsy_ui.models`, the loader the real weights go through.
@@ -109,9 +110,10 @@ class WorldConfig:
     seed: int = 0
     batch_size: int = 128  # images per step (U-Net, adapters, CLIP)
     vae_batch_size: int = 64
-    vae_steps: int = 800  # autoencoder
-    unet_steps: int = 1100  # U-Net + text encoder
-    adapter_steps: int = 500  # IP-Adapter Plus + image encoder
+    vae_steps: int = 500  # autoencoder
+    generator_clip_steps: int = 400  # text encoder + adapter image encoder (contrastive)
+    unet_steps: int = 1400  # U-Net
+    adapter_steps: int = 500  # IP-Adapter Plus
     plain_adapter_steps: int = 250  # plain IP-Adapter
     clip_steps: int = 500  # open_clip classifier backbone
     lr: float = 1e-3  # AdamW, cosine decay after a 5% warm-up, for every stage
@@ -124,9 +126,8 @@ class WorldConfig:
     @classmethod
     def quick(cls) -> WorldConfig:
         """A few steps per stage: exercises the whole command in seconds (tests, CI)."""
-        return cls(
-            batch_size=16, vae_steps=3, unet_steps=3, adapter_steps=3, plain_adapter_steps=2, clip_steps=3
-        )
+        return cls(batch_size=16, vae_batch_size=16, vae_steps=3, generator_clip_steps=2, unet_steps=3,
+                   adapter_steps=3, plain_adapter_steps=2, clip_steps=3)  # fmt: skip
 
 
 @dataclass
@@ -156,12 +157,6 @@ class Pool:
         indices = np.sort(np.concatenate(list(pool.values())))
         images = [digit_image(digits[i], IMAGE_SIZE) for i in indices]
         return cls(images, torch.as_tensor(labels[indices]), to_tensor(images))
-
-
-def captions(label: int, generator: torch.Generator) -> str:
-    """A random caption naming digit ``label``."""
-    template = CAPTION_TEMPLATES[int(torch.randint(len(CAPTION_TEMPLATES), (), generator=generator))]
-    return template.format(c=DIGIT_NAMES[label], n=label)
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -254,41 +249,54 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def _diffusion_loss(unet, noise_schedule, latents, text_states, generator, **unet_kwargs) -> torch.Tensor:
-    """DDPM's simple loss: predict the noise added at a uniformly drawn timestep (Ho et al. 2020)."""
+    """DDPM's noise-prediction loss at a uniformly drawn timestep (Ho et al. 2020), weighted by
+    min(SNR, 5) / SNR (Min-SNR, Hang et al. 2023), which converges several times faster by not
+    letting the nearly clean timesteps dominate."""
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(noise_schedule.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = noise_schedule.add_noise(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, encoder_hidden_states=text_states, **unet_kwargs).sample
-    return F.mse_loss(prediction, noise)
+    alphas = noise_schedule.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    weight = snr.clamp(max=5.0) / snr
+    return (weight * F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
 
 
-def _prompts(labels: torch.Tensor, dropout: float, generator: torch.Generator) -> list[str]:
-    drop = torch.rand(len(labels), generator=generator) < dropout
-    return [
-        "" if dropped else captions(int(label), generator)
-        for label, dropped in zip(labels, drop, strict=True)
-    ]
+class CaptionStates:
+    """The frozen text encoder's states of every caption (and of the empty prompt), computed once."""
+
+    def __init__(self, pipe):
+        self.texts = [""] + [
+            t.format(c=name, n=d) for d, name in enumerate(DIGIT_NAMES) for t in CAPTION_TEMPLATES
+        ]
+        with torch.no_grad():
+            self.states = pipe.text_encoder(_token_ids(pipe.tokenizer, self.texts))[0]
+
+    def sample(self, labels: torch.Tensor, dropout: float, generator: torch.Generator) -> torch.Tensor:
+        """One random caption of each label's digit, or the empty prompt with probability ``dropout``."""
+        template = torch.randint(len(CAPTION_TEMPLATES), (len(labels),), generator=generator)
+        index = 1 + labels * len(CAPTION_TEMPLATES) + template
+        index[torch.rand(len(labels), generator=generator) < dropout] = 0
+        return self.states[index]
 
 
 def train_unet(pipe, latents, labels, config: WorldConfig, generator: torch.Generator) -> Stage:
-    """The U-Net and the text encoder together, on captioned pool latents."""
+    """The U-Net on captioned pool latents, the text encoder frozen (as in SD1.5)."""
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    captions = CaptionStates(pipe)
     mean, std = latents
     pipe.unet.train().requires_grad_(True)
-    pipe.text_encoder.train().requires_grad_(True)
 
     def loss_at(step: int) -> torch.Tensor:
         batch = _batch(len(mean), config.batch_size, generator)
         x0 = mean[batch] + std[batch] * torch.randn(mean[batch].shape, generator=generator)
-        ids = _token_ids(pipe.tokenizer, _prompts(labels[batch], config.text_dropout, generator))
-        return _diffusion_loss(pipe.unet, noise_schedule, x0, pipe.text_encoder(ids)[0], generator)
+        text = captions.sample(labels[batch], config.text_dropout, generator)
+        return _diffusion_loss(pipe.unet, noise_schedule, x0, text, generator)
 
-    parameters = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
-    stage = _train("U-Net + text encoder", parameters, config.unet_steps, config.lr, loss_at)
+    stage = _train("U-Net", list(pipe.unet.parameters()), config.unet_steps, config.lr, loss_at)
     pipe.unet.eval().requires_grad_(False)
-    pipe.text_encoder.eval().requires_grad_(False)
     return stage
 
 
@@ -361,16 +369,16 @@ def init_adapter_attention(folder: Path, unet) -> None:
 
 def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, plus: bool,
                   config: WorldConfig, generator: torch.Generator) -> Stage:  # fmt: skip
-    """Train the loaded adapter with U-Net and text encoder frozen. Plus also trains the image
-    encoder; plain trains only the encoder's projection head on top (which Plus does not use)."""
+    """Train the loaded adapter (image projection and ``to_k_ip``/``to_v_ip``) with everything
+    else frozen, as IP-Adapter does; Plus reads the encoder's penultimate hidden states, plain
+    its projected embedding (what diffusers feeds each at generation time)."""
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    captions = CaptionStates(pipe)
     mean, std = latents
     projection, processors = _adapter_modules(pipe.unet)
-    encoder = pipe.image_encoder
-    trained = encoder if plus else encoder.visual_projection
-    modules = [projection, trained, *(p for _, p in processors)]
+    modules = [projection, *(p for _, p in processors)]
     for module in modules:
         module.train().requires_grad_(True)
 
@@ -378,32 +386,19 @@ def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, 
         batch = _batch(len(mean), config.batch_size, generator)
         x0 = mean[batch] + std[batch] * torch.randn(mean[batch].shape, generator=generator)
         views = [augment_adapter_image(images[int(i)], generator) for i in batch]
-        pixels = pipe.feature_extractor(views, return_tensors="pt").pixel_values
-        if plus:
-            features = encoder(pixels, output_hidden_states=True).hidden_states[-2]
-        else:
-            features = encoder(pixels).image_embeds
         with torch.no_grad():
-            text = pipe.text_encoder(
-                _token_ids(pipe.tokenizer, _prompts(labels[batch], config.adapter_text_dropout, generator))
-            )[0]
-        return _diffusion_loss(
-            pipe.unet,
-            noise_schedule,
-            x0,
-            text,
-            generator,
-            added_cond_kwargs={"image_embeds": [features[:, None]]},
-        )
+            pixels = pipe.feature_extractor(views, return_tensors="pt").pixel_values
+            if plus:
+                features = pipe.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+            else:
+                features = pipe.image_encoder(pixels).image_embeds
+        text = captions.sample(labels[batch], config.adapter_text_dropout, generator)
+        image_embeds = {"image_embeds": [features[:, None]]}
+        return _diffusion_loss(pipe.unet, noise_schedule, x0, text, generator, added_cond_kwargs=image_embeds)
 
     parameters = [p for module in modules for p in module.parameters()]
-    stage = _train(
-        "IP-Adapter Plus + image encoder" if plus else "IP-Adapter (plain)",
-        parameters,
-        steps,
-        config.lr,
-        loss_at,
-    )
+    name = "IP-Adapter Plus" if plus else "IP-Adapter (plain)"
+    stage = _train(name, parameters, steps, config.lr, loss_at)
     for module in modules:
         module.eval().requires_grad_(False)
     return stage
@@ -412,10 +407,58 @@ def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, 
 # -- 4. CLIP classifier backbone -------------------------------------------------------------------
 
 
+def contrastive_loss(image_features, text_features, logit_scale, targets) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss (Radford et al. 2021) with one caption per class:
+    image -> caption over the classes, and caption -> image over the batch, where every image
+    of the caption's class is a positive (so same-class images are never pushed apart)."""
+    image_features, text_features = F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image_features @ text_features.T
+    present = torch.unique(targets)
+    positives = (targets[None] == present[:, None]).float()
+    return F.cross_entropy(logits, targets) + F.cross_entropy(
+        logits.T[present], positives / positives.sum(1, keepdim=True)
+    )
+
+
+def _class_captions(step: int, classes: list[int]) -> list[str]:
+    template = CAPTION_TEMPLATES[step % len(CAPTION_TEMPLATES)]
+    return [template.format(c=DIGIT_NAMES[d], n=d) for d in classes]
+
+
+def train_generator_clip(pipe, images: list[Image.Image], labels: torch.Tensor, config: WorldConfig,
+                         generator: torch.Generator) -> Stage:  # fmt: skip
+    """The generator's own CLIP, as SD1.5 and IP-Adapter inherit theirs: the text encoder and
+    the adapter's image encoder trained together with the contrastive loss on every digit. The
+    image side sees the adapter-input augmentation, as it will when conditioning generation."""
+    classes = list(range(len(DIGIT_NAMES)))
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    modules = [pipe.text_encoder, pipe.image_encoder]
+    for module in modules:
+        module.train().requires_grad_(True)
+
+    def loss_at(step: int) -> torch.Tensor:
+        batch = _batch(len(images), config.batch_size, generator)
+        views = [augment_adapter_image(images[int(i)], generator) for i in batch]
+        pixels = pipe.feature_extractor(views, return_tensors="pt").pixel_values
+        ids = _token_ids(pipe.tokenizer, _class_captions(step, classes))
+        return contrastive_loss(
+            pipe.image_encoder(pixels).image_embeds,
+            pipe.text_encoder(ids).pooler_output,
+            logit_scale,
+            labels[batch],
+        )
+
+    parameters = [p for module in modules for p in module.parameters()] + [logit_scale]
+    stage = _train("text + image encoders", parameters, config.generator_clip_steps, config.lr * 0.5, loss_at)
+    for module in modules:
+        module.eval().requires_grad_(False)
+    return stage
+
+
 def train_clip(clip, images: list[Image.Image], labels: torch.Tensor, config: WorldConfig,
                generator: torch.Generator) -> Stage:  # fmt: skip
-    """CLIP's symmetric contrastive loss (Radford et al. 2021) between augmented images of the
-    seen digits and one caption per seen class (so no two captions of a batch are the same)."""
+    """The classifier backbone: open_clip's two towers with the contrastive loss, on the seen
+    digits only (``config.clip_classes``)."""
     import torchvision.transforms.v2 as T
 
     seen = [DIGIT_NAMES.index(name) for name in config.clip_classes]
@@ -430,17 +473,9 @@ def train_clip(clip, images: list[Image.Image], labels: torch.Tensor, config: Wo
         batch = _batch(len(pixels), config.batch_size, generator)
         torch.manual_seed(int(torch.randint(2**31, (), generator=generator)))  # torchvision's draws
         views = torch.stack([(augment(pixels[i]) - mean) / std for i in batch])
-        template = CAPTION_TEMPLATES[step % len(CAPTION_TEMPLATES)]
-        text = clip.tokenizer([template.format(c=DIGIT_NAMES[d], n=d) for d in seen])
-        image_features = F.normalize(model.encode_image(views), dim=-1)
-        text_features = F.normalize(model.encode_text(text), dim=-1)
-        logits = model.logit_scale.exp() * image_features @ text_features.T
-        # Image -> caption over the classes, and caption -> image over the images of the batch.
-        present = torch.unique(targets[batch])
-        per_caption = logits.T[present]
-        caption_targets = (targets[batch][None] == present[:, None]).float()
-        return F.cross_entropy(logits, targets[batch]) + F.cross_entropy(
-            per_caption, caption_targets / caption_targets.sum(1, keepdim=True)
+        text = clip.tokenizer(_class_captions(step, seen))
+        return contrastive_loss(
+            model.encode_image(views), model.encode_text(text), model.logit_scale, targets[batch]
         )
 
     stage = _train("CLIP backbone", list(model.parameters()), config.clip_steps, config.lr * 0.5, loss_at)
@@ -494,11 +529,18 @@ def _stage_autoencoder(work: Path, pool: Pool, config: WorldConfig, generator, r
     return stage
 
 
+def _stage_generator_clip(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+    pipe = load_stock_pipeline(_spec(work), runtime)  # the adapter load brings the image encoder
+    stage = train_generator_clip(pipe, pool.images, pool.labels, config, generator)
+    _save_fp16(pipe.text_encoder, work / "sd" / "text_encoder")
+    _save_fp16(pipe.image_encoder, work / "ip-adapter" / "models" / "image_encoder")
+    return stage
+
+
 def _stage_unet(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
     pipe = load_stock_pipeline(_spec(work), runtime, adapter_copies=0)
     stage = train_unet(pipe, encode_latents(pipe.vae, pool.pixels), pool.labels, config, generator)
     _save_fp16(pipe.unet, work / "sd" / "unet")
-    _save_fp16(pipe.text_encoder, work / "sd" / "text_encoder")
     init_adapter_attention(work, pipe.unet)
     return stage
 
@@ -517,9 +559,7 @@ def _stage_adapter(variant: str) -> Callable:
         weights = {
             key: value.to(torch.float16).contiguous() for key, value in h94_state_dict(pipe.unet).items()
         }
-        models = Path(spec.ip_adapter) / spec.ip_adapter_subfolder
-        save_file(weights, models / spec.ip_adapter_weight)
-        _save_fp16(pipe.image_encoder, models / "image_encoder")
+        save_file(weights, Path(spec.ip_adapter) / spec.ip_adapter_subfolder / spec.ip_adapter_weight)
         return stage
 
     return run
@@ -536,6 +576,7 @@ def _stage_clip(work: Path, pool: Pool, config: WorldConfig, generator, runtime)
 # In order; each loads what the previous ones saved, trains, and saves its models.
 STAGES = {
     "autoencoder": _stage_autoencoder,
+    "generator_clip": _stage_generator_clip,
     "unet": _stage_unet,
     "adapter_plus": _stage_adapter("plus"),
     "adapter_plain": _stage_adapter("plain"),

@@ -12,7 +12,7 @@ from dipsy_ui.cli import main
 from dipsy_ui.data import DIGIT_NAMES, digit_image, digits_split, load_digits
 from dipsy_ui.models import WORLD_DIR, ModelSpec, load_clip, load_pipeline, load_stock_pipeline
 from dipsy_ui.presets import load_preset
-from dipsy_ui.world import RECORD_NAME, h94_state_dict
+from dipsy_ui.world import RECORD_NAME, STAGES, h94_state_dict
 from dipsy_ui.world_report import digit_features, reference_classifier
 
 
@@ -50,7 +50,7 @@ def test_the_world_is_written_in_the_real_models_layout_with_its_record(quick_wo
         assert (quick_world / relative).is_file(), relative
     record = json.loads((quick_world / RECORD_NAME).read_text())
     assert record["command"].startswith("python -m dipsy_ui train-world")
-    assert set(record["stages"]) == {"autoencoder", "unet", "adapter_plus", "adapter_plain", "clip"}
+    assert list(record["stages"]) == list(STAGES)
     assert all(len(stage["losses"]) >= 1 and stage["seconds"] >= 0 for stage in record["stages"].values())
     files = {str(p.relative_to(quick_world)) for p in quick_world.rglob("*") if p.is_file()} - {RECORD_NAME}
     assert set(record["files"]) == files
@@ -116,7 +116,7 @@ def test_an_interrupted_run_resumes_after_its_last_finished_stage(tmp_path, monk
         world.train_world(out, world.WorldConfig.quick())
     assert not out.exists()  # nothing half-trained where a world is expected
     progress = json.loads((tmp_path / "digits.partial" / world.PROGRESS_NAME).read_text())
-    assert list(progress["stages"]) == ["autoencoder", "unet", "adapter_plus"]
+    assert list(progress["stages"]) == ["autoencoder", "generator_clip", "unet", "adapter_plus"]
 
     ran = []
     for name, run in originals.items():
