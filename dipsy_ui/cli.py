@@ -353,6 +353,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DIGIT_TEST_PER_CLASS
     from .pipeline import SCHEDULERS
 
     parser = argparse.ArgumentParser(prog="python -m dipsy_ui", description=__doc__.splitlines()[0])
@@ -378,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("make-demo-data", help="write a few-shot digits dataset (no download)")
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--shots", type=int, default=8, help="few-shot images per class")
-    demo.add_argument("--test-per-class", type=int, default=20)
+    demo.add_argument(
+        "--test-per-class", type=int, default=DIGIT_TEST_PER_CLASS, help="held-out test digits per class"
+    )
     demo.set_defaults(run=cmd_make_demo_data)
 
     one = commands.add_parser("generate-one", help="generate one image with dual IP-Adapter guidance")

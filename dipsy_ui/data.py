@@ -351,7 +351,11 @@ def digit_image(ink: np.ndarray, size: int) -> Image.Image:
 
 
 def write_demo_data(
-    out_dir: str | Path, shots: int = 8, test_per_class: int = 20, size: int = 32, seed: int = 0
+    out_dir: str | Path,
+    shots: int = 8,
+    test_per_class: int = DIGIT_TEST_PER_CLASS,
+    size: int = 32,
+    seed: int = 0,
 ) -> Path:
     """Write a ten-class few-shot set from scikit-learn's bundled digits (no download).
 

@@ -148,8 +148,8 @@ def _explained(what: str, source: str, flag: str) -> Iterator[None]:
             "Ways forward:\n"
             f"  1. Use weights on disk: pass {flag} PATH, or --models DIR with a folder holding sd/, "
             "ip-adapter/models/ and clip/ in the hub layouts (see README, 'Models').\n"
-            "  2. Try the tool without real weights: python -m dipsy_ui make-tiny-models DIR, then pass "
-            "--models DIR (or run the app with --demo)."
+            f"  2. Try the tool without real weights: pass --models {WORLD_DIR} (the digit world shipped "
+            "with DIPSY Studio; the app's --demo uses it)."
         ) from error
 
 

@@ -6,7 +6,8 @@ digit. On the demo preset's settings the report measures, per class and overall:
 
 - text-only recognition: ``w_pos = w_neg = 0`` (plain text classifier-free guidance);
 - image-prompt-only recognition: the empty prompt and a positive image of the class, no negative;
-- DIPSY recognition: the preset's weights, negative classes drawn from the CLIP similarity;
+- DIPSY recognition: the preset's weights, negative classes drawn from the CLIP similarity, and
+  the share of images read as their own negative class, with and without the negative term;
 - the negative effect: positive images of class A, negative images of B, (A, B) the most similar
   class pair; the share of images read as B at ``w_neg = 0`` and at the preset's ``w_neg``;
 - the class similarity's structure (spread of off-diagonal cosines, negative probabilities at
@@ -100,18 +101,30 @@ class WorldProbe:
     def read(self, images: list[Image.Image]) -> np.ndarray:
         return self.reader.predict(digit_features(images))
 
-    def _per_class(self, per_class: int, prompt: bool, negatives, **weights) -> dict:
-        predicted, expected = [], []
+    def _per_class(self, per_class: int, prompt: bool, negatives: dict | None = None, **weights) -> dict:
+        """Recognition of ``per_class`` images of every class; with ``negatives`` (class ->
+        negative class of each image) also the share read as the image's negative class."""
+        predicted, expected, negative_labels = [], [], []
         for label, name in enumerate(DIGIT_NAMES):
             shots = self.fewshot[name]
             positives = [shots[i % len(shots)] for i in range(per_class)]
-            negative_images = negatives(name, per_class) if negatives else None
+            chosen = negatives[name] if negatives else None
+            negative_images = (
+                [self.fewshot[c][(i + 1) % self.shots] for i, c in enumerate(chosen)] if chosen else None
+            )
             text = self.config.prompt(name) if prompt else ""
             predicted.append(
                 self.read(self.generate([text] * per_class, positives, negative_images, **weights))
             )
             expected.append(np.full(per_class, label))
-        return _recognition(np.concatenate(predicted), np.concatenate(expected))
+            negative_labels.append([DIGIT_NAMES.index(c) for c in chosen] if chosen else [])
+        predicted, expected = np.concatenate(predicted), np.concatenate(expected)
+        result = _recognition(predicted, expected)
+        if negatives:
+            result["read_as_negative"] = round(
+                float(np.mean(predicted == np.concatenate(negative_labels))), 3
+            )
+        return result
 
     def similarity(self):
         return compute_similarity(self.clip, self.fewshot, temperature=self.config.temperature)
@@ -130,16 +143,15 @@ class WorldProbe:
             "probability_max": round(float(probabilities.max()), 3),
             "temperature": self.config.temperature,
         }
-        result["text_only"] = self._per_class(per_class, True, None, w_pos=0.0, w_neg=0.0)
-        result["image_only"] = self._per_class(per_class, False, None, w_neg=0.0)
-        sampler = similarity.sampler()
-        generator = torch.Generator().manual_seed(self.seed)
-
-        def sampled_negatives(name: str, count: int) -> list[Image.Image]:
-            chosen = [sampler.sample(name, generator) for _ in range(count)]
-            return [self.fewshot[c][i % self.shots] for i, c in enumerate(chosen)]
-
-        result["dipsy"] = self._per_class(per_class, True, sampled_negatives)
+        result["text_only"] = self._per_class(per_class, True, w_pos=0.0, w_neg=0.0)
+        result["image_only"] = self._per_class(per_class, False, w_neg=0.0)
+        # The same sampled negative classes, with and without the negative term.
+        sampler, generator = similarity.sampler(), torch.Generator().manual_seed(self.seed)
+        negatives = {
+            name: [sampler.sample(name, generator) for _ in range(per_class)] for name in DIGIT_NAMES
+        }
+        result["dipsy"] = self._per_class(per_class, True, negatives)
+        result["dipsy_without_negative"] = self._per_class(per_class, True, negatives, w_neg=0.0)
         result["negative_effect"] = self.negative_effect(similarity, per_class * 2)
         result["preview_seconds"] = self.preview_latency()
         if classifier:
@@ -214,10 +226,15 @@ def format_report(report: dict) -> str:
     lines = [
         f"world report: {report['models']} (preset {report['preset']}, {report['per_class']} images per class)"
     ]
-    for key, label in (("text_only", "text only"), ("image_only", "image prompt only"), ("dipsy", "DIPSY")):
+    rows = (("text_only", "text only"), ("image_only", "image prompt only"), ("dipsy", "DIPSY"),
+            ("dipsy_without_negative", "DIPSY, w_neg = 0"))  # fmt: skip
+    for key, label in rows:
         row = report[key]
         classes = " ".join(f"{name}={value:.2f}" for name, value in row["per_class"].items())
-        lines.append(f"  {label:<18} recognition {row['overall']:.1%}   ({classes})")
+        negative = (
+            f", read as its negative {row['read_as_negative']:.1%}" if "read_as_negative" in row else ""
+        )
+        lines.append(f"  {label:<18} recognition {row['overall']:.1%}{negative}   ({classes})")
     effect = report["negative_effect"]
     lines.append(
         f"  negative effect    positive {effect['positive']}, negative {effect['negative']} "

@@ -7,12 +7,16 @@ step leaves a screenshot in the test's tmp folder (its path is in the failure me
 ``DIPSY_UPDATE_SCREENSHOTS=1`` the screenshots of each tab are written to ``assets/``.
 """
 
+import io
 import os
 import re
 import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from dipsy_ui.world_report import digit_features, reference_classifier
 
 CHROMIUM = "/usr/bin/chromium"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -112,11 +116,14 @@ def test_browser_flow(demo_app, page, tmp_path):
     def guidance():
         page.get_by_role("tab", name="3. Guidance").click()
         steps_box = field(page, "steps", "input[type=number]")
-        expect(steps_box).to_have_value("10")  # the demo preset's steps, set when the tab opened
-        steps_box.fill("2")
-        steps_box.press("Enter")
+        expect(steps_box).to_have_value("20")  # the demo preset's steps, set when the tab opened
         page.get_by_role("button", name="Preview", exact=True).click()
         expect(page.locator("#guidance-status")).to_contain_text("Done", timeout=TIMEOUT)
+        # What the page shows is a digit, and the right one: a reference digit classifier that
+        # never saw a generated image reads the displayed preview of class "zero" as a 0.
+        shown = page.request.get(page.locator("#preview img").get_attribute("src")).body()
+        read = reference_classifier().predict(digit_features([Image.open(io.BytesIO(shown))]))
+        assert read.tolist() == [0], f"the preview of 'zero' reads as {read.tolist()}"
         steps.shot("tab-guidance")
 
     def generate():

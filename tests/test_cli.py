@@ -46,7 +46,7 @@ def test_missing_models_is_a_clear_error(tmp_path, capsys):
     code = main(generate_one(tmp_path / "absent", tmp_path))
     err = capsys.readouterr().err
     assert code == 2
-    assert "Could not load the Stable Diffusion 1.5 pipeline" in err and "make-tiny-models" in err
+    assert "Could not load the Stable Diffusion 1.5 pipeline" in err and "digit-world" in err
     assert "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
 

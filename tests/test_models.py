@@ -71,7 +71,7 @@ def test_missing_local_model_is_explained(tmp_path, tiny_spec):
         load_pipeline(replace(tiny_spec, sd=str(missing)))
     message = str(caught.value)
     assert "Stable Diffusion" in message and str(missing) in message
-    assert "--models" in message and "make-tiny-models" in message
+    assert "--models" in message and "digit-world" in message
     assert "Traceback" not in message
 
 

@@ -43,7 +43,9 @@ def create(studio, state):
                     stop = gr.Button("Cancel")
                 gr.Markdown(HELP)
         with gr.Row():
-            live = gr.Image(label="Preview (live)", type="filepath", interactive=False, height=300)
+            live = gr.Image(
+                label="Preview (live)", type="filepath", interactive=False, height=300, elem_id="preview"
+            )
             previous = gr.Image(label="Previous result", type="filepath", interactive=False, height=300)
         status = gr.Markdown(elem_id="guidance-status")
         with gr.Accordion("Sweep: a grid over two weights (same seed)", open=False):
