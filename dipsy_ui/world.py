@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -53,6 +52,7 @@ from tqdm.auto import tqdm
 from .augment import augment_adapter_image
 from .data import DIGIT_NAMES, digit_image, digits_split, load_digits
 from .files import write_atomic
+from .generate import generation_environment
 from .models import ModelSpec, load_clip, load_stock_pipeline, resolve_runtime
 from .tiny import Shapes, make_tiny_models
 
@@ -639,9 +639,8 @@ def train_world(out_dir: str | Path, config: WorldConfig | None = None, command:
         "stages": done,
         "seconds": round(sum(stage["seconds"] for stage in done.values()), 1),
         "seconds_this_run": round(time.perf_counter() - started, 1),
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "versions": {"torch": torch.__version__, **_library_versions()},
+        "environment": generation_environment(runtime.device, runtime.dtype)
+        | {"open_clip": _open_clip_version()},
         "files": _file_hashes(work),
     }
     (work / RECORD_NAME).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -651,10 +650,7 @@ def train_world(out_dir: str | Path, config: WorldConfig | None = None, command:
     return record
 
 
-def _library_versions() -> dict[str, str]:
-    import diffusers
+def _open_clip_version() -> str:
     import open_clip
-    import transformers
 
-    return {"diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "open_clip": open_clip.__version__}  # fmt: skip
+    return open_clip.__version__
