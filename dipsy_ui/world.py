@@ -14,8 +14,8 @@ real weights (``sd/``, ``ip-adapter/models/``, ``clip/``), models that really dr
    is dropped (empty prompt) 10% of the time so that text classifier-free guidance works.
 4. ``ip-adapter/models``: IP-Adapter Plus (Resampler) and plain adapters in the h94 key layout,
    trained the IP-Adapter way (Ye et al. 2023): U-Net and encoders frozen, the image condition
-   an augmented view of the target image itself (the adapter-input augmentation DIPSY applies
-   at generation time), the text dropped half of the time so that the image alone steers.
+   the target image itself or its adapter-input augmentation (what DIPSY feeds at generation
+   time), the text dropped half of the time so that the image alone steers.
    "Adapter off" is the frozen base model exactly, so guidance separates text and image
    without an image-dropout term.
 5. ``clip/``: an open_clip CLIP for similarity, curation and the classifier, trained with the
@@ -113,7 +113,7 @@ class WorldConfig:
     vae_steps: int = 500  # autoencoder
     generator_clip_steps: int = 400  # text encoder + adapter image encoder (contrastive)
     unet_steps: int = 1400  # U-Net
-    adapter_steps: int = 500  # IP-Adapter Plus
+    adapter_steps: int = 600  # IP-Adapter Plus
     plain_adapter_steps: int = 250  # plain IP-Adapter
     clip_steps: int = 500  # open_clip classifier backbone
     lr: float = 1e-3  # AdamW, cosine decay after a 5% warm-up, for every stage
@@ -367,6 +367,15 @@ def init_adapter_attention(folder: Path, unet) -> None:
         save_file(state, path)
 
 
+def adapter_view(image: Image.Image, generator: torch.Generator) -> Image.Image:
+    """The image condition of one training example: half of the time the image itself, half of
+    the time the adapter-input augmentation of it, so that generation works with the batch job's
+    augmentation on (the authors' default) and off (previews of the image as it is)."""
+    if float(torch.rand((), generator=generator)) < 0.5:
+        return image
+    return augment_adapter_image(image, generator)
+
+
 def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, plus: bool,
                   config: WorldConfig, generator: torch.Generator) -> Stage:  # fmt: skip
     """Train the loaded adapter (image projection and ``to_k_ip``/``to_v_ip``) with everything
@@ -385,7 +394,7 @@ def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, 
     def loss_at(step: int) -> torch.Tensor:
         batch = _batch(len(mean), config.batch_size, generator)
         x0 = mean[batch] + std[batch] * torch.randn(mean[batch].shape, generator=generator)
-        views = [augment_adapter_image(images[int(i)], generator) for i in batch]
+        views = [adapter_view(images[int(i)], generator) for i in batch]
         with torch.no_grad():
             pixels = pipe.feature_extractor(views, return_tensors="pt").pixel_values
             if plus:
@@ -429,7 +438,7 @@ def train_generator_clip(pipe, images: list[Image.Image], labels: torch.Tensor, 
                          generator: torch.Generator) -> Stage:  # fmt: skip
     """The generator's own CLIP, as SD1.5 and IP-Adapter inherit theirs: the text encoder and
     the adapter's image encoder trained together with the contrastive loss on every digit. The
-    image side sees the adapter-input augmentation, as it will when conditioning generation."""
+    image side sees what it will see when conditioning generation (:func:`adapter_view`)."""
     classes = list(range(len(DIGIT_NAMES)))
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     modules = [pipe.text_encoder, pipe.image_encoder]
@@ -438,7 +447,7 @@ def train_generator_clip(pipe, images: list[Image.Image], labels: torch.Tensor, 
 
     def loss_at(step: int) -> torch.Tensor:
         batch = _batch(len(images), config.batch_size, generator)
-        views = [augment_adapter_image(images[int(i)], generator) for i in batch]
+        views = [adapter_view(images[int(i)], generator) for i in batch]
         pixels = pipe.feature_extractor(views, return_tensors="pt").pixel_values
         ids = _token_ids(pipe.tokenizer, _class_captions(step, classes))
         return contrastive_loss(
