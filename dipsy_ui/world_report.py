@@ -153,13 +153,15 @@ class WorldProbe:
         result["dipsy"] = self._per_class(per_class, True, negatives)
         result["dipsy_without_negative"] = self._per_class(per_class, True, negatives, w_neg=0.0)
         result["negative_effect"] = self.negative_effect(similarity, per_class * 2)
+        result["negative_effect_images_only"] = self.negative_effect(similarity, per_class * 2, prompt=False)
         result["preview_seconds"] = self.preview_latency()
         if classifier:
             result["classifier"] = self.classifier_headroom()
         return result
 
-    def negative_effect(self, similarity, count: int) -> dict:
-        """Share of images read as the negative class B, at ``w_neg = 0`` and the preset's."""
+    def negative_effect(self, similarity, count: int, prompt: bool = True) -> dict:
+        """Share of images read as the negative class B, at ``w_neg = 0`` and the preset's; with
+        the class prompt, or (``prompt=False``) the empty prompt, where the images alone steer."""
         matrix = similarity.similarity.clone().fill_diagonal_(-2)
         a, b = divmod(int(matrix.argmax()), len(similarity.names))
         name_a, name_b = similarity.names[a], similarity.names[b]
@@ -171,9 +173,8 @@ class WorldProbe:
             "cosine": round(float(similarity.similarity[a, b]), 3),
         }
         for key, w_neg in (("without", 0.0), ("with", self.config.w_neg)):
-            read = self.read(
-                self.generate([self.config.prompt(name_a)] * count, positives, negatives, w_neg=w_neg)
-            )
+            text = self.config.prompt(name_a) if prompt else ""
+            read = self.read(self.generate([text] * count, positives, negatives, w_neg=w_neg))
             effect[key] = {
                 "w_neg": w_neg,
                 "read_as_negative": round(float(np.mean(read == DIGIT_NAMES.index(name_b))), 3),
@@ -235,14 +236,18 @@ def format_report(report: dict) -> str:
             f", read as its negative {row['read_as_negative']:.1%}" if "read_as_negative" in row else ""
         )
         lines.append(f"  {label:<18} recognition {row['overall']:.1%}{negative}   ({classes})")
-    effect = report["negative_effect"]
-    lines.append(
-        f"  negative effect    positive {effect['positive']}, negative {effect['negative']} "
-        f"(cosine {effect['cosine']}): read as {effect['negative']} "
-        f"{effect['without']['read_as_negative']:.1%} at w_neg=0 -> {effect['with']['read_as_negative']:.1%} "
-        f"at w_neg={effect['with']['w_neg']}; read as {effect['positive']} "
-        f"{effect['without']['read_as_positive']:.1%} -> {effect['with']['read_as_positive']:.1%}"
-    )
+    for key, label in (
+        ("negative_effect", "negative effect"),
+        ("negative_effect_images_only", "  empty prompt"),
+    ):
+        effect = report[key]
+        lines.append(
+            f"  {label:<18} positive {effect['positive']}, negative {effect['negative']} "
+            f"(cosine {effect['cosine']}): read as {effect['negative']} "
+            f"{effect['without']['read_as_negative']:.1%} at w_neg=0 -> {effect['with']['read_as_negative']:.1%} "
+            f"at w_neg={effect['with']['w_neg']}; read as {effect['positive']} "
+            f"{effect['without']['read_as_positive']:.1%} -> {effect['with']['read_as_positive']:.1%}"
+        )
     sim = report["similarity"]
     lines.append(
         f"  similarity         off-diagonal cosines {sim['off_diagonal_min']} .. {sim['off_diagonal_max']}; "
