@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dipsy_ui.data import DIGIT_NAMES
 from dipsy_ui.world_report import digit_features, reference_classifier
 
 CHROMIUM = "/usr/bin/chromium"
@@ -120,10 +121,13 @@ def test_browser_flow(demo_app, page, tmp_path):
         page.get_by_role("button", name="Preview", exact=True).click()
         expect(page.locator("#guidance-status")).to_contain_text("Done", timeout=TIMEOUT)
         # What the page shows is a digit, and the right one: a reference digit classifier that
-        # never saw a generated image reads the displayed preview of class "zero" as a 0.
+        # never saw a generated image reads the displayed preview as the chosen class's digit.
+        chosen = field(page, "guidance-class").input_value()
         shown = page.request.get(page.locator("#preview img").get_attribute("src")).body()
         read = reference_classifier().predict(digit_features([Image.open(io.BytesIO(shown))]))
-        assert read.tolist() == [0], f"the preview of 'zero' reads as {read.tolist()}"
+        assert read.tolist() == [DIGIT_NAMES.index(chosen)], (
+            f"the preview of {chosen!r} reads as {read.tolist()}"
+        )
         steps.shot("tab-guidance")
 
     def generate():

@@ -6,7 +6,11 @@ from ..studio import Session
 from . import curate_tab, data_tab, generate_tab, guidance_tab, similarity_tab, train_tab
 from .common import GPU, progress_callback, readable_errors
 
-CSS = ".dipsy-demo {background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;border-radius:6px}"
+# Previews fill their box (a 32x32 demo image would otherwise show as a speck), pixels kept sharp.
+CSS = (
+    ".dipsy-demo {background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;border-radius:6px}\n"
+    "#preview img, #previous img {width:100%;height:100%;object-fit:contain;image-rendering:pixelated}"
+)
 
 
 def build_app(studio) -> gr.Blocks:

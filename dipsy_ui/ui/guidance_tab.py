@@ -18,7 +18,9 @@ def create(studio, state):
     with gr.Tab("3. Guidance", id="guidance") as tab:
         with gr.Row():
             with gr.Column(scale=1):
-                class_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
+                class_name = gr.Dropdown(
+                    label="Class", choices=[], allow_custom_value=True, elem_id="guidance-class"
+                )
                 positive = gr.Dropdown(
                     label="Positive image", choices=[], allow_custom_value=True, value=None
                 )
@@ -46,7 +48,9 @@ def create(studio, state):
             live = gr.Image(
                 label="Preview (live)", type="filepath", interactive=False, height=300, elem_id="preview"
             )
-            previous = gr.Image(label="Previous result", type="filepath", interactive=False, height=300)
+            previous = gr.Image(
+                label="Previous result", type="filepath", interactive=False, height=300, elem_id="previous"
+            )
         status = gr.Markdown(elem_id="guidance-status")
         with gr.Accordion("Sweep: a grid over two weights (same seed)", open=False):
             with gr.Row():
