@@ -58,6 +58,17 @@ def test_the_world_is_written_in_the_real_models_layout_with_its_record(quick_wo
     assert not quick_world.with_name("digits.partial").exists()
 
 
+def test_the_same_settings_on_the_same_machine_give_the_same_weights(quick_world, tmp_path):
+    again = tmp_path / "again"
+    assert main(["train-world", str(again), "--quick", "--threads", "1"]) == 0
+    # Weights only: diffusers writes the folder a model was loaded from into its config.json.
+    def weights(world):
+        files = json.loads((world / RECORD_NAME).read_text())["files"]
+        return {name: digest for name, digest in files.items() if name.endswith(".safetensors")}
+
+    assert len(weights(quick_world)) == 7 and weights(again) == weights(quick_world)
+
+
 def test_no_model_sees_the_held_out_digits():
     pool, test = digits_split()
     images, labels = load_digits()
