@@ -13,6 +13,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -148,12 +149,18 @@ def test_browser_flow(demo_app, page, tmp_path):
 
     def train():
         page.get_by_role("tab", name="6. Train").click()
-        field(page, "epochs", "input").fill("1")
+        field(page, "epochs", "input").fill("3")  # three steps: the curves have lines to draw
         test_zip = zip_classes(workspace / "demo-data" / "test", tmp_path / "test.zip", per_class=4)
         page.locator("#test-zip input[type=file]").set_input_files(str(test_zip))
         page.get_by_role("checkbox", name="Use the demo test set").uncheck()
         page.get_by_role("button", name="Train", exact=True).click()
-        expect(page.locator("#train-status")).to_contain_text("Done: 1 epoch(s), test top-1")
+        expect(page.locator("#train-status")).to_contain_text("Done: 3 epoch(s), test top-1")
+        # The loss curve is drawn: the plot holds line-coloured pixels (vega's default blue),
+        # not only grey axes and grid.
+        plot = Image.open(io.BytesIO(page.locator("#loss-plot").screenshot())).convert("RGB")
+        pixels = np.asarray(plot).astype(int)
+        blue = (pixels[..., 2] > pixels[..., 0] + 40) & (pixels[..., 2] > 120)
+        assert blue.sum() > 100, f"the loss plot shows no line ({blue.sum()} line pixels)"
         steps.shot("tab-train")
 
     def bad_input():

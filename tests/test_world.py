@@ -61,6 +61,7 @@ def test_the_world_is_written_in_the_real_models_layout_with_its_record(quick_wo
 def test_the_same_settings_on_the_same_machine_give_the_same_weights(quick_world, tmp_path):
     again = tmp_path / "again"
     assert main(["train-world", str(again), "--quick", "--threads", "1"]) == 0
+
     # Weights only: diffusers writes the folder a model was loaded from into its config.json.
     def weights(world):
         files = json.loads((world / RECORD_NAME).read_text())["files"]

@@ -22,8 +22,13 @@ class Curves:
             self.accuracy.append({"step": event.step, "accuracy": event.test_top1, "set": f"{run} test"})
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        return (pd.DataFrame(self.losses, columns=["step", "loss", "run"]),
-                pd.DataFrame(self.accuracy, columns=["step", "accuracy", "set"]))  # fmt: skip
+        # Typed columns even when empty: an untyped (object) empty frame makes the plot treat
+        # step and value as categories, and it keeps that axis type for every later update.
+        types = {"step": "int64", "loss": "float64", "accuracy": "float64", "run": "object", "set": "object"}
+        losses = pd.DataFrame(self.losses, columns=["step", "loss", "run"])
+        accuracy = pd.DataFrame(self.accuracy, columns=["step", "accuracy", "set"])
+        return (losses.astype({c: types[c] for c in losses.columns}),
+                accuracy.astype({c: types[c] for c in accuracy.columns}))  # fmt: skip
 
     @staticmethod
     def status(event) -> str:
@@ -53,7 +58,9 @@ def create(studio, state):
             compare = gr.Button("Compare real-only vs real+synthetic")
         status = gr.Markdown(elem_id="train-status")
         with gr.Row():
-            loss_plot = gr.LinePlot(x="step", y="loss", color="run", title="Training loss", height=260)
+            loss_plot = gr.LinePlot(
+                x="step", y="loss", color="run", title="Training loss", height=260, elem_id="loss-plot"
+            )
             accuracy_plot = gr.LinePlot(
                 x="step", y="accuracy", color="set", title="Accuracy", height=260, y_lim=[0, 1]
             )
@@ -76,7 +83,9 @@ def create(studio, state):
     def on_train(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress()):  # noqa: B008
         session = studio.session(session)
         curves = Curves()
-        yield "Starting...", *curves.frames(), [], None, {}
+        # The plots get their first data with the first step: an empty first frame leaves the
+        # line plot without series (no line is ever drawn) in Gradio 6.
+        yield "Starting...", gr.update(), gr.update(), [], None, {}
         for event in studio.train(
             session, config(ep, lam, r, rate), test_file, use_demo, progress_callback(progress)
         ):
@@ -107,7 +116,7 @@ def create(studio, state):
     @readable_errors
     def on_compare(session, ep, lam, r, rate, test_file, use_demo):
         curves = Curves()
-        yield "Comparing: training real-only first...", *curves.frames(), "", {}
+        yield "Comparing: training real-only first...", gr.update(), gr.update(), "", {}
         for name, value in studio.compare(
             studio.session(session), config(ep, lam, r, rate), test_file, use_demo
         ):
