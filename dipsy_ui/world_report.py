@@ -11,7 +11,8 @@ digit. On the demo preset's settings the report measures, per class and overall:
 - the negative effect: positive images of class A, negative images of B, (A, B) the most similar
   class pair; the share of images read as B at ``w_neg = 0`` and at the preset's ``w_neg``;
 - the class similarity's structure (spread of off-diagonal cosines, negative probabilities at
-  the preset's temperature), the live-preview latency, and the classifier's headroom: zero-shot
+  the preset's temperature), how well the Curate tab's CLIP ranking separates images of a class
+  from images of other classes, the live-preview latency, and the classifier's headroom: zero-shot
   and real-only few-shot test top-1 on the held-out digits.
 """
 
@@ -154,6 +155,7 @@ class WorldProbe:
         result["dipsy_without_negative"] = self._per_class(per_class, True, negatives, w_neg=0.0)
         result["negative_effect"] = self.negative_effect(similarity, per_class * 2)
         result["negative_effect_images_only"] = self.negative_effect(similarity, per_class * 2, prompt=False)
+        result["curation_auc"] = self.curation_separation(per_class)
         result["preview_seconds"] = self.preview_latency()
         if classifier:
             result["classifier"] = self.classifier_headroom()
@@ -181,6 +183,25 @@ class WorldProbe:
                 "read_as_positive": round(float(np.mean(read == DIGIT_NAMES.index(name_a))), 3),
             }
         return effect
+
+    def curation_separation(self, per_class: int) -> float:
+        """ROC AUC of the Curate tab's ranking before a classifier exists (CLIP cosine of an image
+        to its class's mean real embedding): how well it scores an image of the class above an
+        image of another class labelled as this one (0.5: no better than chance, 1: perfect)."""
+        from sklearn.metrics import roc_auc_score
+
+        from .similarity import embed_images
+
+        means = torch.stack([embed_images(self.clip, self.fewshot[name]).mean(0) for name in DIGIT_NAMES])
+        images, labels = [], []
+        for label, name in enumerate(DIGIT_NAMES):
+            positives = [self.fewshot[name][i % self.shots] for i in range(per_class)]
+            images += self.generate([self.config.prompt(name)] * per_class, positives, None, w_neg=0.0)
+            labels += [label] * per_class
+        embeddings = torch.nn.functional.normalize(embed_images(self.clip, images), dim=-1)
+        scores = embeddings @ torch.nn.functional.normalize(means, dim=-1).T  # (images, classes)
+        own = torch.nn.functional.one_hot(torch.tensor(labels), len(DIGIT_NAMES))
+        return round(float(roc_auc_score(own.flatten().numpy(), scores.flatten().numpy())), 3)
 
     def preview_latency(self) -> dict:
         """Seconds to the first streamed frame and to the end of one preview (median of 3)."""
@@ -252,6 +273,9 @@ def format_report(report: dict) -> str:
     lines.append(
         f"  similarity         off-diagonal cosines {sim['off_diagonal_min']} .. {sim['off_diagonal_max']}; "
         f"negative probabilities at T={sim['temperature']}: {sim['probability_min']} .. {sim['probability_max']}"
+    )
+    lines.append(
+        f"  curation ranking   ROC AUC {report['curation_auc']} (own class vs other classes' images)"
     )
     preview = report["preview_seconds"]
     lines.append(
