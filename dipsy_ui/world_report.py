@@ -43,16 +43,15 @@ def digit_features(images: list[Image.Image]) -> np.ndarray:
     return np.stack(rows).reshape(len(rows), 64)
 
 
-def reference_classifier(size: int = 32):
-    """An SVC trained on the pool digits, rendered at ``size`` pixels and read back like any
-    generated image (so it judges shapes, not the rendering)."""
+def reference_classifier():
+    """An SVC trained on the pool digits as the world renders them, read back like any generated
+    image (so it judges shapes, not the rendering)."""
     from sklearn.svm import SVC
 
-    images, labels = load_digits()
-    pool, _ = digits_split()
-    indices = np.sort(np.concatenate(list(pool.values())))
-    features = digit_features([digit_image(images[i], size) for i in indices])
-    return SVC(gamma=0.001, C=10.0).fit(features, labels[indices])
+    from .world import Pool
+
+    pool = Pool.load()
+    return SVC(gamma=0.001, C=10.0).fit(digit_features(pool.images), pool.labels.numpy())
 
 
 def _recognition(predicted: np.ndarray, expected: np.ndarray) -> dict:
@@ -74,7 +73,7 @@ class WorldProbe:
         self.preset = load_preset(preset)
         self.config = self.preset.generation
         self.pipe.use_scheduler(self.config.scheduler)
-        self.reader = reference_classifier(self.config.height)
+        self.reader = reference_classifier()
         self.seed, self.shots = seed, shots
         images, _ = load_digits()
         pool, _ = digits_split()
