@@ -79,7 +79,9 @@ def cmd_train_world(args: argparse.Namespace) -> int:
 
     from .world import WorldConfig, train_world
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     config = WorldConfig.quick() if args.quick else WorldConfig()
     command = "python -m dipsy_ui " + shlex.join(args.argv)

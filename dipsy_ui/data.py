@@ -12,6 +12,7 @@ recorded in a :class:`LoadReport` and skipped. Only an input with no usable clas
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -319,6 +320,7 @@ DIGIT_TEST_PER_CLASS = 30  # held-out digits per class: no model of the digit wo
 DIGIT_SPLIT_SEED = 0
 
 
+@functools.cache  # read once per process: the split, the demo data and the world all use it
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled handwritten digits (no download): (N, 8, 8) ink in 0..16, labels."""
     from sklearn.datasets import load_digits as sklearn_digits  # only the digits need scikit-learn
@@ -341,6 +343,16 @@ def digits_split() -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         indices = rng.permutation(np.flatnonzero(labels == label))
         test[label], pool[label] = indices[:DIGIT_TEST_PER_CLASS], indices[DIGIT_TEST_PER_CLASS:]
     return pool, test
+
+
+def fewshot_indices(shots: int, seed: int) -> dict[int, np.ndarray]:
+    """``shots`` pool digits per label, drawn by ``seed``: the demo data's few-shot images."""
+    pool, _ = digits_split()
+    smallest = min(len(indices) for indices in pool.values())
+    if not 1 <= shots <= smallest:
+        raise ValueError(f"shots must be in 1..{smallest}, got {shots}")
+    rng = np.random.default_rng(seed)
+    return {label: rng.permutation(indices)[:shots] for label, indices in pool.items()}
 
 
 def digit_image(ink: np.ndarray, size: int) -> Image.Image:
@@ -374,16 +386,13 @@ def write_demo_data(
     if not 1 <= test_per_class <= DIGIT_TEST_PER_CLASS:
         raise ValueError(f"test_per_class must be in 1..{DIGIT_TEST_PER_CLASS}, got {test_per_class}")
     images, _ = load_digits()
-    pool, test = digits_split()
-    rng = np.random.default_rng(seed)
+    train, (_, test) = fewshot_indices(shots, seed), digits_split()  # raises before anything is removed
     for split in ("train", "test"):
         shutil.rmtree(resolve_inside(out_dir, split), ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / _DEMO_MARKER).write_text("written by dipsy_ui.data.write_demo_data\n")
     for label, class_name in enumerate(DIGIT_NAMES):
-        if not 1 <= shots <= len(pool[label]):
-            raise ValueError(f"shots must be in 1..{len(pool[label])} for digit {label}, got {shots}")
-        chosen = {"train": rng.permutation(pool[label])[:shots], "test": test[label][:test_per_class]}
+        chosen = {"train": train[label], "test": test[label][:test_per_class]}
         for split, indices in chosen.items():
             folder = out_dir / split / class_name
             folder.mkdir(parents=True)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DIGIT_NAMES, digit_image, digits_split, load_digits, write_demo_data
+from .data import DIGIT_NAMES, digit_image, fewshot_indices, load_digits, write_demo_data
 from .models import ModelSpec, load_clip, load_pipeline, resolve_runtime
 from .presets import load_preset
 from .similarity import compute_similarity
@@ -76,11 +76,9 @@ class WorldProbe:
         self.reader = reference_classifier()
         self.seed, self.shots = seed, shots
         images, _ = load_digits()
-        pool, _ = digits_split()
-        rng = np.random.default_rng(seed)
         self.fewshot = {
-            name: [digit_image(images[i], self.config.height) for i in rng.permutation(pool[label])[:shots]]
-            for label, name in enumerate(DIGIT_NAMES)
+            DIGIT_NAMES[label]: [digit_image(images[i], self.config.height) for i in indices]
+            for label, indices in fewshot_indices(shots, seed).items()
         }
 
     def generate(self, prompts, positives, negatives, **weights) -> list[Image.Image]:

@@ -377,3 +377,11 @@ def test_demo_data_rewrites_its_own_folder_but_never_a_foreign_one(tmp_path: Pat
         write_demo_data(foreign)
     assert [p.name for p in foreign.iterdir()] == ["thesis.txt"]
     assert (foreign / "thesis.txt").read_text() == "precious"
+
+
+def test_demo_data_with_impossible_shots_is_refused_before_anything_is_removed(tmp_path):
+    demo = write_demo_data(tmp_path / "demo", shots=2, test_per_class=2)
+    before = sorted(p.relative_to(demo) for p in demo.rglob("*.png"))
+    with pytest.raises(ValueError, match="shots must be in 1.."):
+        write_demo_data(demo, shots=100_000, test_per_class=2)
+    assert sorted(p.relative_to(demo) for p in demo.rglob("*.png")) == before

@@ -141,6 +141,11 @@ def test_an_interrupted_run_resumes_after_its_last_finished_stage(tmp_path, monk
     assert (out / world.RECORD_NAME).is_file() and not (tmp_path / "digits.partial").exists()
 
 
+def test_train_world_refuses_zero_threads_with_a_message(tmp_path, capsys):
+    assert main(["train-world", str(tmp_path / "w"), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
 def test_the_reference_reader_reads_held_out_digits():
     """The judge of the world report is itself good on digits it never saw."""
     images, _ = load_digits()
