@@ -77,7 +77,7 @@ def cmd_train_world(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .world import WorldConfig, train_world
+    from .world.build import WorldConfig, train_world
 
     if args.threads is not None:
         if args.threads < 1:
@@ -248,8 +248,9 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    import dataclasses
+
     from .presets import load_preset
-    from .train import TrainConfig
 
     overrides = {
         "epochs": args.epochs,
@@ -258,8 +259,8 @@ def _train_config(args: argparse.Namespace):
         "lora_rank": args.lora_rank,
         "seed": args.seed,
     }
-    return TrainConfig.from_dict(
-        load_preset(args.preset).train | {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(
+        load_preset(args.preset).train, **{k: v for k, v in overrides.items() if v is not None}
     )
 
 
@@ -282,7 +283,7 @@ def _train_bar():
 def cmd_train(args: argparse.Namespace) -> int:
     import threading
 
-    from .train import train
+    from .classifier.train import train
 
     config, stop = _train_config(args), threading.Event()
     bar, on_progress = _train_bar()
@@ -313,7 +314,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .train import compare
+    from .classifier.train import compare
 
     bar, on_progress = _train_bar()
     try:
@@ -334,7 +335,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .classifier.evaluate import evaluate
 
     results = evaluate(args.adapter, args.test, _runtime(args))
     for name, result in results.items():
@@ -347,7 +348,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .evaluate import predict
+    from .classifier.evaluate import predict
 
     for prediction in predict(args.adapter, args.images, runtime=_runtime(args)):
         print(f"{prediction.path}\t{prediction.label}\t{prediction.confidence:.3f}")
@@ -355,8 +356,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import SCHEDULER_NAMES
     from .data import DIGIT_TEST_PER_CLASS
-    from .pipeline import SCHEDULERS
 
     parser = argparse.ArgumentParser(prog="python -m dipsy_ui", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--w-neg", type=float, default=6.0, help="negative image guidance weight (subtracted)")
     one.add_argument("--scale", type=float, default=0.6, help="IP-Adapter scale")
     one.add_argument("--steps", type=int, default=50)
-    one.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="dpm-solver")
+    one.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm-solver")
     one.add_argument("--height", type=int, help="default: the model's native size (512 for SD1.5)")
     one.add_argument("--width", type=int)
     add_model_arguments(one)

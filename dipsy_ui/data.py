@@ -332,7 +332,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 def digits_split() -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """The fixed split of the digits into a pool and a held-out test set, per label.
 
-    The digit world (:mod:`dipsy_ui.world`) trains every model on the pool only; the demo data
+    The digit world (:mod:`dipsy_ui.world.build`) trains every model on the pool only; the demo data
     draws its few-shot images from the pool and its test images from the held-out set, so demo
     and benchmark test accuracies are measured on digits no model has seen.
     """

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import GenerationConfig
 from .data import FewShotDataset, ImageRecord, resolve_inside
 from .files import write_atomic
 from .images import save_png
 from .manifest import append_lines, environment_differences, read_manifest
 from .models import ModelSpec
-from .presets import GenerationConfig
 from .similarity import NegativeSampler, SimilarityResult, uniform_probabilities
 
 JOB_FILE = "job.json"

@@ -173,13 +173,13 @@ def _load_sd(pipeline_class, spec: ModelSpec, runtime: Runtime | None, adapter_c
 
 
 def load_pipeline(spec: ModelSpec, runtime: Runtime | None = None):
-    """Load SD1.5 into a :class:`~dipsy_ui.pipeline.DipsyPipeline` and attach the IP-Adapter.
+    """Load SD1.5 into a :class:`~dipsy_ui.diffusion.pipeline.DipsyPipeline` and attach the IP-Adapter.
 
     Exactly the public diffusers calls: ``DipsyPipeline.from_pretrained(spec.sd)`` then
     ``pipe.load_ip_adapter(spec.ip_adapter, subfolder=..., weight_name=...)``. The safety
     checker is not loaded (as in the authors' setup; it would also block synthetic data).
     """
-    from .pipeline import DipsyPipeline
+    from .diffusion.pipeline import DipsyPipeline
 
     return _load_sd(DipsyPipeline, spec, runtime, adapter_copies=1)
 

@@ -50,7 +50,7 @@ class Shapes:
     models: the text encoder has CLIP's 49408-token vocabulary and 77 positions, its width is
     the U-Net's cross-attention width, the Resampler keeps 4 layers of 64-wide heads (what
     diffusers' h94 converter assumes). ``SD15_UNET`` swaps in the real SD1.5 U-Net architecture
-    for benchmarks; :mod:`dipsy_ui.world` uses its own shapes for the trained digit world.
+    for benchmarks; :mod:`dipsy_ui.world.build` uses its own shapes for the trained digit world.
     """
 
     cross_attention_dim: int = 32  # text and image token width the U-Net attends to

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dipsy_ui.data import DIGIT_NAMES
-from dipsy_ui.world_report import digit_features, reference_classifier
+from dipsy_ui.world.report import digit_features, reference_classifier
 
 CHROMIUM = "/usr/bin/chromium"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

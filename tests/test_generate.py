@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dipsy_ui.config import GenerationConfig
 from dipsy_ui.data import DatasetError, load_folder, load_mapping
 from dipsy_ui.generate import TOLERANCE_PSNR_DB, GenerationJob, JobConflictError, Shard, item_seed
 from dipsy_ui.manifest import MANIFEST_NAME, read_manifest, set_status
-from dipsy_ui.presets import GenerationConfig
 
 CONFIG = GenerationConfig(
     template="A photo of a {c}",

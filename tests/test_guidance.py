@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dipsy_ui.pipeline import dipsy_guidance
+from dipsy_ui.diffusion.pipeline import dipsy_guidance
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dipsy_ui.ip_attention import DualIPAttnProcessor
+from dipsy_ui.diffusion.ip_attention import DualIPAttnProcessor
+from dipsy_ui.diffusion.pipeline import DipsyPipeline
 from dipsy_ui.models import ModelLoadError, ModelSpec, load_clip, load_pipeline, resolve_runtime
-from dipsy_ui.pipeline import DipsyPipeline
 from dipsy_ui.tiny import make_tiny_models
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from dipsy_ui.diffusion.pipeline import SCHEDULERS
+from dipsy_ui.diffusion.reference import three_call_dipsy
 from dipsy_ui.models import load_pipeline, load_stock_pipeline
-from dipsy_ui.pipeline import SCHEDULERS
-from dipsy_ui.reference import three_call_dipsy
 
 STEPS = 4
 

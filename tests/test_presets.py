@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from dipsy_ui.presets import GenerationConfig, Preset, list_presets, load_preset, save_preset
+from dipsy_ui.config import GenerationConfig, TrainConfig
+from dipsy_ui.presets import Preset, list_presets, load_preset, save_preset
 
 PAPER_DATASETS = {
     "fgvc_aircraft",
@@ -24,7 +25,7 @@ def test_shipped_presets_cover_the_paper_datasets_and_the_demo():
     assert PAPER_DATASETS | {"demo"} <= set(list_presets())
     for name in list_presets():
         preset = load_preset(name)
-        assert "{c}" in preset.generation.template and preset.train["template"] == preset.generation.template
+        assert "{c}" in preset.generation.template and preset.train.template == preset.generation.template
     assert load_preset("pets").generation.prompt("Bombay") == "A photo of a Bombay pet"
     defaults = load_preset("eurosat").generation
     assert (defaults.w_text, defaults.w_pos, defaults.w_neg, defaults.ip_adapter_scale) == (
@@ -70,10 +71,10 @@ def test_unknown_preset_lists_the_shipped_ones():
 
 
 def test_saved_preset_round_trips(tmp_path):
-    preset = Preset("mine", "tuned", GenerationConfig(w_pos=3.5, seed=7), {"epochs": 2})
+    preset = Preset("mine", "tuned", GenerationConfig(w_pos=3.5, seed=7), TrainConfig(epochs=2, lr=3e-3))
     loaded = load_preset(save_preset(preset, tmp_path / "mine.json"))
     assert (
         loaded.generation == preset.generation
-        and loaded.train["epochs"] == 2
+        and loaded.train == preset.train
         and loaded.description == "tuned"
     )

@@ -17,14 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
-from dipsy_ui import evaluate as evaluate_module
-from dipsy_ui.classifier import ClipClassifier, TrainDataError, load_classifier, split_attention
+from dipsy_ui.classifier import evaluate as evaluate_module
+from dipsy_ui.classifier.evaluate import evaluate, labelled_images, predict
+from dipsy_ui.classifier.model import ClipClassifier, TrainDataError, load_classifier, split_attention
+from dipsy_ui.classifier.train import compare, iter_train, train
+from dipsy_ui.config import TrainConfig
 from dipsy_ui.data import write_demo_data
-from dipsy_ui.evaluate import evaluate, labelled_images, predict
 from dipsy_ui.images import ImageReadError
 from dipsy_ui.manifest import append_lines, set_status
 from dipsy_ui.models import load_clip
-from dipsy_ui.train import TrainConfig, compare, iter_train, train
 
 CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Settings that let the random tiny CLIP learn digits in 120 steps: a higher lr than the

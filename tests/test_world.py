@@ -12,8 +12,8 @@ from dipsy_ui.cli import main
 from dipsy_ui.data import DIGIT_NAMES, digit_image, digits_split, load_digits
 from dipsy_ui.models import WORLD_DIR, ModelSpec, load_clip, load_pipeline, load_stock_pipeline
 from dipsy_ui.presets import load_preset
-from dipsy_ui.world import RECORD_NAME, STAGES, h94_state_dict
-from dipsy_ui.world_report import digit_features, reference_classifier
+from dipsy_ui.world.build import RECORD_NAME, STAGES, h94_state_dict
+from dipsy_ui.world.report import digit_features, reference_classifier
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_no_model_sees_the_held_out_digits():
     every = np.concatenate([*pool.values(), *test.values()])
     assert sorted(every.tolist()) == list(range(len(images)))  # a partition of the digits
     assert all((labels[test[label]] == label).all() for label in test)
-    from dipsy_ui.world import Pool
+    from dipsy_ui.world.build import Pool
 
     assert len(Pool.load().labels) == len(images) - sum(len(t) for t in test.values())
 
@@ -117,7 +117,7 @@ def test_train_world_refuses_a_folder_that_is_not_a_world(tmp_path):
 
 
 def test_an_interrupted_run_resumes_after_its_last_finished_stage(tmp_path, monkeypatch):
-    from dipsy_ui import world
+    from dipsy_ui.world import build as world
 
     def interrupted(*args):
         raise KeyboardInterrupt

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .data import class_slugs, resolve_inside, safe_slug
-from .images import open_image
-from .manifest import kept_images, read_manifest, set_status
-from .studio_session import Session, check_name, in_thread
+from ..data import class_slugs, resolve_inside, safe_slug
+from ..images import open_image
+from ..manifest import kept_images, read_manifest, set_status
+from .session import Session, check_name, in_thread
 
 
 class GenerateMixin:
@@ -25,7 +25,7 @@ class GenerateMixin:
     def generate(self, session: Session, images_per_class: int, batch_size: int, folder: str,
                  progress: Callable[[float, str], None] = lambda f, m: None) -> Iterator:  # fmt: skip
         """Run (or resume) the batch job into ``runs/<folder>``; yields JobEvents."""
-        from .generate import GenerationJob
+        from ..generate import GenerationJob
 
         session = self.session(session)
         dataset = self.dataset(session)
@@ -140,7 +140,7 @@ class GenerateMixin:
         records = list(read_manifest(run).values())
         paths = [run / r["file"] for r in records]
         if session.classifier_dir is not None:
-            from .evaluate import predict
+            from ..classifier.evaluate import predict
 
             progress(0.3, "Classifying the synthetic images")
             with self.gpu:
@@ -148,7 +148,7 @@ class GenerateMixin:
             scores = [p.probs.get(r["class_name"], 0.0) for p, r in zip(predictions, records, strict=True)]
             session.score_source = "classifier confidence"
         else:
-            from .similarity import embed_images, similarity_matrix
+            from ..similarity import embed_images, similarity_matrix
 
             _, clip = self.load_models(progress)
             dataset = self.dataset(session)

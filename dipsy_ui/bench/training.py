@@ -1,4 +1,4 @@
-"""Classifier training benchmark: ``python -m dipsy_ui.bench_train`` (or ``python -m dipsy_ui.bench training``).
+"""Classifier training benchmark: ``python -m dipsy_ui.bench.training`` (or ``python -m dipsy_ui.bench training``).
 
 Measures, in one run on one machine, training throughput (images/s) and peak memory of
 
@@ -8,7 +8,7 @@ Measures, in one run on one machine, training throughput (images/s) and peak mem
 
 on the real ViT-B/16 CLIP architecture built from open_clip's own config with random weights
 (``load_clip`` with no pretrained tag: no download). Both use the training
-step of :mod:`dipsy_ui.train` (text features recomputed each step, mixed real + synthetic loss)
+step of :mod:`dipsy_ui.classifier.train` (text features recomputed each step, mixed real + synthetic loss)
 on random 224 px tensors, so image decoding is not measured; the fastest of the timed steps is
 reported (a shared machine only ever slows a step down). Each variant runs in its own
 process; peak memory is that process's peak RSS (``resource.getrusage``) on the CPU, or
@@ -38,9 +38,10 @@ def run_variant(variant: str, batch: int, steps: int, warmup: int, classes: int)
     """Build ViT-B/16 (random weights), train ``warmup + steps`` steps, time the last ``steps``."""
     import torch
 
-    from .classifier import ClipClassifier
-    from .models import ModelSpec, load_clip, resolve_runtime
-    from .train import TrainConfig, add_lora, train_step
+    from ..classifier.model import ClipClassifier
+    from ..classifier.train import add_lora, train_step
+    from ..config import TrainConfig
+    from ..models import ModelSpec, load_clip, resolve_runtime
 
     runtime = resolve_runtime()
     torch.manual_seed(0)
@@ -106,7 +107,15 @@ def bench(batch: int, steps: int, warmup: int, classes: int) -> dict:
     results = {}
     for variant, label in VARIANTS.items():
         print(f"running ({variant}) {label} ...", flush=True)
-        command = [sys.executable, "-m", "dipsy_ui.bench_train", "_variant", variant, "--batch", str(batch)]
+        command = [
+            sys.executable,
+            "-m",
+            "dipsy_ui.bench.training",
+            "_variant",
+            variant,
+            "--batch",
+            str(batch),
+        ]
         command += ["--steps", str(steps), "--warmup", str(warmup), "--classes", str(classes)]
         done = subprocess.run(command, check=True, capture_output=True, text=True)
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -139,7 +148,7 @@ def bench(batch: int, steps: int, warmup: int, classes: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dipsy_ui.bench_train", description=__doc__.splitlines()[0]
+        prog="python -m dipsy_ui.bench.training", description=__doc__.splitlines()[0]
     )
     parser.add_argument("variant", nargs="?", choices=["_variant"], help=argparse.SUPPRESS)
     parser.add_argument("name", nargs="?", choices=sorted(VARIANTS), help=argparse.SUPPRESS)

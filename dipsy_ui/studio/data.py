@@ -7,10 +7,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import ImageReadError, class_slugs, load_dataset, resolve_inside, safe_slug, write_demo_data
-from .images import image_digest, open_image, save_png
-from .presets import Preset, list_presets, load_preset, save_preset
-from .studio_session import Session, check_name
+from ..data import ImageReadError, class_slugs, load_dataset, resolve_inside, safe_slug, write_demo_data
+from ..images import image_digest, open_image, save_png
+from ..presets import Preset, list_presets, load_preset, save_preset
+from .session import Session, check_name
 
 
 class DataMixin:
@@ -149,7 +149,7 @@ class DataMixin:
             name = str(resolve_inside(session.root / "presets", Path(name).name))
         preset = load_preset(name)
         session.preset = name
-        session.generation, session.train_settings = preset.generation, dict(preset.train)
+        session.generation, session.train = preset.generation, preset.train
         return f"Preset {preset.name}: {preset.description or 'no description'}"
 
     def save_preset(self, session: Session, name: str) -> str:
@@ -158,7 +158,7 @@ class DataMixin:
         folder = session.root / "presets"
         folder.mkdir(exist_ok=True)
         path = save_preset(
-            Preset(slug, "saved from the app", session.generation, session.train_settings),
+            Preset(slug, "saved from the app", session.generation, session.train),
             folder / f"{slug}.json",
         )
         session.preset = str(path)

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DIGIT_NAMES, digit_image, fewshot_indices, load_digits, write_demo_data
-from .models import ModelSpec, load_clip, load_pipeline, resolve_runtime
-from .presets import load_preset
-from .similarity import compute_similarity
+from ..data import DIGIT_NAMES, digit_image, fewshot_indices, load_digits, write_demo_data
+from ..models import ModelSpec, load_clip, load_pipeline, resolve_runtime
+from ..presets import load_preset
+from ..similarity import compute_similarity
 
 
 def digit_features(images: list[Image.Image]) -> np.ndarray:
@@ -48,7 +48,7 @@ def reference_classifier():
     image (so it judges shapes, not the rendering)."""
     from sklearn.svm import SVC
 
-    from .world import Pool
+    from .build import Pool
 
     pool = Pool.load()
     return SVC(gamma=0.001, C=10.0).fit(digit_features(pool.images), pool.labels.numpy())
@@ -187,7 +187,7 @@ class WorldProbe:
         image of another class labelled as this one (0.5: no better than chance, 1: perfect)."""
         from sklearn.metrics import roc_auc_score
 
-        from .similarity import embed_images
+        from ..similarity import embed_images
 
         means = torch.stack([embed_images(self.clip, self.fewshot[name]).mean(0) for name in DIGIT_NAMES])
         images, labels = [], []
@@ -224,9 +224,9 @@ class WorldProbe:
 
     def classifier_headroom(self) -> dict:
         """Zero-shot and real-only test top-1 of the preset's classifier recipe on the demo data."""
-        from .train import TrainConfig, train
+        from ..classifier.train import train
 
-        config = replace(TrainConfig.from_dict(self.preset.train), seed=self.seed)
+        config = replace(self.preset.train, seed=self.seed)
         with tempfile.TemporaryDirectory() as scratch:
             data = write_demo_data(
                 Path(scratch) / "data", shots=self.shots, size=self.config.height, seed=self.seed

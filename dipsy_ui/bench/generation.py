@@ -1,6 +1,4 @@
-"""Benchmarks, run as scripts (never as timed tests): ``python -m dipsy_ui.bench generation``.
-
-``generation`` measures, in one run on one machine, seconds per image and peak memory of
+"""The generation benchmark: ``python -m dipsy_ui.bench generation`` measures, in one run on one machine, seconds per image and peak memory of
 
   (a) diffusers' standard two-branch CFG with IP-Adapter (``StableDiffusionPipeline``),
   (b) the authors' three-call DIPSY formulation (adapter loaded twice, scales switched),
@@ -10,14 +8,10 @@ on the real SD1.5 U-Net architecture (random weights, built from config: no down
 tiny other parts, all loaded through :mod:`dipsy_ui.models`. Each variant runs in its own
 process so that peak memory is its own. It prints the ratios c/a and c/b, and the largest pixel
 difference between (b) and (c), which implement the same rule.
-
-``training`` runs :mod:`dipsy_ui.bench_train`; ``world`` the world report of
-:mod:`dipsy_ui.world_report` (on the shipped digit world by default).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,8 +20,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-from .models import WORLD_DIR
 
 VARIANTS = {
     "a": "diffusers CFG + IP-Adapter (2 evals/step, 1 call)",
@@ -81,8 +73,8 @@ def run_variant(variant: str, models: Path, size: int, steps: int, repeats: int,
     import torch
     from PIL import Image
 
-    from .models import ModelSpec, load_pipeline, load_stock_pipeline, resolve_runtime
-    from .reference import three_call_dipsy
+    from ..diffusion.reference import three_call_dipsy
+    from ..models import ModelSpec, load_pipeline, load_stock_pipeline, resolve_runtime
 
     runtime = resolve_runtime()
     spec = ModelSpec.from_models_dir(models)
@@ -142,7 +134,7 @@ def bench_generation(size: int, steps: int, repeats: int, models: Path | None) -
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         if models is None:
-            from .tiny import SD15_UNET, make_tiny_models
+            from ..tiny import SD15_UNET, make_tiny_models
 
             print("building the SD1.5 U-Net architecture with random weights (no download) ...", flush=True)
             models = make_tiny_models(scratch / "models", shapes=SD15_UNET)
@@ -175,60 +167,3 @@ def bench_generation(size: int, steps: int, repeats: int, models: Path | None) -
     print(f"peak memory ratio c/a = {ratios['c/a_memory']:.2f}, c/b = {ratios['c/b_memory']:.2f}")
     print(f"max |image(b) - image(c)| = {max_diff:.2e} (pixel values in [0, 1])")
     return {"results": results, "ratios": ratios, "max_diff_b_c": max_diff}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dipsy_ui.bench", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    generation = commands.add_parser(
-        "generation", help="(a) diffusers CFG vs (b) authors' loop vs (c) DipsyPipeline"
-    )
-    generation.add_argument("--size", type=int, default=256, help="image side in pixels")
-    generation.add_argument("--steps", type=int, default=4)
-    generation.add_argument("--repeats", type=int, default=2)
-    generation.add_argument(
-        "--models", type=Path, help="models folder (default: SD1.5 U-Net, random weights)"
-    )
-    commands.add_parser(
-        "training", help="LoRA vs full fine-tuning throughput (dipsy_ui.bench_train)", add_help=False
-    )
-    world = commands.add_parser("world", help="what a models folder can do, read back by a digit classifier")
-    world.add_argument(
-        "--models", type=Path, default=WORLD_DIR, help="models folder (default: the digit world)"
-    )
-    world.add_argument("--preset", default="demo", help="preset whose generation settings are measured")
-    world.add_argument("--per-class", type=int, default=20, help="images per class and measure")
-    world.add_argument("--shots", type=int, default=4, help="few-shot images per class")
-    world.add_argument("--no-classifier", action="store_true", help="skip the zero-shot / real-only training")
-    world.add_argument("--out", type=Path, help="also write the report as JSON here")
-    variant = commands.add_parser("_variant")  # internal: one variant in a fresh process
-    variant.add_argument("variant", choices=sorted(VARIANTS))
-    variant.add_argument("models", type=Path)
-    variant.add_argument("out", type=Path)
-    variant.add_argument("--size", type=int, required=True)
-    variant.add_argument("--steps", type=int, required=True)
-    variant.add_argument("--repeats", type=int, required=True)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "training":
-        from . import bench_train
-
-        return bench_train.main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "world":
-        from . import world_report
-
-        return world_report.main(
-            args.models, args.preset, args.per_class, args.shots, not args.no_classifier, args.out
-        )
-    if args.command == "_variant":
-        print(
-            json.dumps(run_variant(args.variant, args.models, args.size, args.steps, args.repeats, args.out))
-        )
-    else:
-        bench_generation(args.size, args.steps, args.repeats, args.models)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

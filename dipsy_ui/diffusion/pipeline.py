@@ -33,8 +33,8 @@ from diffusers.models.embeddings import ImageProjection
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
+from ..images import image_digest, to_rgb
 from .augment import augment_adapter_image
-from .images import image_digest, to_rgb
 from .ip_attention import DualIPImageProjection, IPRouting, install_dual_ip_attention
 from .preview import latent_preview, predicted_x0
 

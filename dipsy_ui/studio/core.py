@@ -24,13 +24,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .models import WORLD_DIR, ModelSpec, Runtime
-from .presets import load_preset
-from .studio_data import DataMixin
-from .studio_generate import GenerateMixin
-from .studio_guidance import SAMPLE, WEIGHTS, GuidanceMixin, GuidanceSettings, parse_values
-from .studio_session import Session
-from .studio_train import TrainMixin
+from ..models import WORLD_DIR, ModelSpec, Runtime
+from ..presets import load_preset
+from .data import DataMixin
+from .generate import GenerateMixin
+from .guidance import SAMPLE, WEIGHTS, GuidanceMixin, GuidanceSettings, parse_values
+from .session import Session
+from .train import TrainMixin
 
 # What the UI imports from here; the tab-specific methods live in the mixins' modules.
 __all__ = ["SAMPLE", "WEIGHTS", "GuidanceSettings", "Session", "Studio", "parse_values"]
@@ -75,7 +75,7 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
 
     def load_models(self, progress: Callable[[float, str], None] = lambda f, m: None):
         """(pipeline, clip), loaded once; raises ModelLoadError with the loader's message."""
-        from .models import ModelLoadError, load_clip, load_pipeline
+        from ..models import ModelLoadError, load_clip, load_pipeline
 
         with self._load_lock:
             if self._pipe is None:
@@ -105,7 +105,7 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
             session.root.mkdir(parents=True, exist_ok=True)
             session.preset = "demo" if self.demo else "pets"
             preset = load_preset(session.preset)
-            session.generation, session.train_settings = preset.generation, dict(preset.train)
+            session.generation, session.train = preset.generation, preset.train
         return session
 
     def cancel(self, session: Session) -> str:

@@ -1,6 +1,6 @@
 """Labelled image lists, evaluation and prediction for the CLIP + LoRA classifier.
 
-The model itself is in :mod:`dipsy_ui.classifier`, training in :mod:`dipsy_ui.train`; this module
+The model itself is in :mod:`dipsy_ui.classifier.model`, training in :mod:`dipsy_ui.classifier.train`; this module
 holds what both training and inference use to read images and measure the classifier.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .classifier import ClipClassifier, TrainDataError, load_classifier
-from .data import IMAGE_SUFFIXES
-from .images import ImageReadError, open_image
-from .manifest import kept_images, manifest_path
-from .models import Runtime, resolve_runtime
+from ..data import IMAGE_SUFFIXES
+from ..images import ImageReadError, open_image
+from ..manifest import kept_images, manifest_path
+from ..models import Runtime, resolve_runtime
+from .model import ClipClassifier, TrainDataError, load_classifier
 
 # 1. Labelled image lists -------------------------------------------------------------------
 
@@ -299,7 +299,7 @@ def save_plots(out_dir: str | Path, metrics: dict) -> list[Path]:
 
 
 def comparison_table(report: dict, per_class_limit: int = 20) -> str:
-    """A short text table of :func:`dipsy_ui.train.compare`'s dict: runs side by side."""
+    """A short text table of :func:`dipsy_ui.classifier.train.compare`'s dict: runs side by side."""
     runs = [("zero-shot", report["zero_shot"]), ("real only", report["real_only"]),
             ("real+synthetic", report["real_synthetic"])]  # fmt: skip
     width = max(12, *(len(n) for n in report["class_names"][:per_class_limit])) + 2

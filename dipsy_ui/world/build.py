@@ -49,12 +49,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .augment import augment_adapter_image
-from .data import DIGIT_NAMES, digit_image, digits_split, load_digits
-from .files import write_atomic
-from .generate import generation_environment
-from .models import ModelSpec, load_clip, load_stock_pipeline, resolve_runtime
-from .tiny import Shapes, make_tiny_models
+from ..data import DIGIT_NAMES, digit_image, digits_split, load_digits
+from ..diffusion.augment import augment_adapter_image
+from ..files import write_atomic
+from ..generate import generation_environment
+from ..models import ModelSpec, load_clip, load_stock_pipeline, resolve_runtime
+from ..tiny import Shapes, make_tiny_models
 
 RECORD_NAME = "world.json"
 PROGRESS_NAME = "stages.json"  # finished stages of an interrupted run, in <out>.partial

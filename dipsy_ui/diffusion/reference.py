@@ -4,7 +4,7 @@ Their code release computes Eq. 9 with THREE U-Net calls per step, each on a bat
 IP-Adapter is loaded twice (one copy for the positive, one for the negative image) and the
 global adapter scales are switched between calls; half of two of the outputs is thrown away
 (6 evaluations per step, 4 used). It is kept here as an independent reference: the tests check
-that :class:`~dipsy_ui.pipeline.DipsyPipeline` reproduces it, and the generation benchmark
+that :class:`~dipsy_ui.diffusion.pipeline.DipsyPipeline` reproduces it, and the generation benchmark
 measures what the single batched call saves.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .models import ClipBundle, ModelSpec, Runtime, load_clip, load_lora_adapter
+from ..models import ClipBundle, ModelSpec, Runtime, load_clip, load_lora_adapter
 
 ADAPTER_DIR = "adapter"  # peft adapter (adapter_config.json + adapter_model.safetensors)
 CONFIG_NAME = "train_config.json"  # TrainConfig, class names, template and the ModelSpec

@@ -6,12 +6,13 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from .data import load_dataset, resolve_inside, safe_slug
-from .images import save_png
-from .manifest import kept_images
-from .studio_session import Session, in_thread
+from ..data import load_dataset, resolve_inside, safe_slug
+from ..images import save_png
+from ..manifest import kept_images
+from .session import Session, in_thread
 
 
 class TrainMixin:
@@ -20,7 +21,7 @@ class TrainMixin:
     def real_dir(self, session: Session) -> Path:
         """The real images as a folder the trainer reads with the display class names (a
         manifest maps files to names, so any class name works, not only folder-safe ones)."""
-        from .manifest import MANIFEST_NAME, append_lines
+        from ..manifest import MANIFEST_NAME, append_lines
 
         session = self.session(session)
         folder = session.root / "data"
@@ -43,7 +44,7 @@ class TrainMixin:
                         out = resolve_inside(target, cls.slug, f"{i:05d}.png")
                         out.parent.mkdir(parents=True, exist_ok=True)
                         save_png(record.image, out)
-                from .manifest import MANIFEST_NAME, append_lines
+                from ..manifest import MANIFEST_NAME, append_lines
 
                 (target / MANIFEST_NAME).unlink(missing_ok=True)
                 append_lines(target, ({"file": f"{c.slug}/{i:05d}.png", "class_name": c.name}
@@ -58,12 +59,11 @@ class TrainMixin:
               use_demo_test: bool = False, progress: Callable[[float, str], None] = lambda f, m: None):  # fmt: skip
         """Train a LoRA classifier on real (+ kept synthetic) images; yields TrainProgress, then
         ("result", TrainResult)."""
-        from .models import load_clip
-        from .train import TrainConfig, iter_train
+        from ..classifier.train import iter_train
+        from ..models import load_clip
 
         session = self.session(session)
-        config = TrainConfig.from_dict(session.train_settings | settings)
-        session.train_settings = session.train_settings | settings
+        config = session.train = replace(session.train, **settings)
         real = self.real_dir(session)
         synthetic = session.run_dir if session.run_dir is not None and kept_images(session.run_dir) else None
         test = self.test_dir(session, test_upload, use_demo_test)
@@ -90,11 +90,11 @@ class TrainMixin:
                 use_demo_test: bool = False) -> Iterator:  # fmt: skip
         """Real-only vs real+synthetic on the current run's kept images; yields ``(run name,
         TrainProgress)`` while training ("real_only", then "real_synthetic"), then ``("result",
-        report)`` (:func:`dipsy_ui.train.compare`'s dict; ``report["cancelled"]`` after a cancel)."""
-        from .train import TrainConfig, compare
+        report)`` (:func:`dipsy_ui.classifier.train.compare`'s dict; ``report["cancelled"]`` after a cancel)."""
+        from ..classifier.train import compare
 
         session = self.session(session)
-        config = TrainConfig.from_dict(session.train_settings | settings)
+        config = replace(session.train, **settings)
         test = self.test_dir(session, test_upload, use_demo_test)
         if test is None:
             raise ValueError("the comparison needs a test set: upload one or use the demo test set")

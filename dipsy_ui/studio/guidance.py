@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
-from .images import save_png
-from .studio_session import Session, in_thread
+from ..images import save_png
+from .session import Session, in_thread
 
 WEIGHTS = ("w_text", "w_pos", "w_neg", "ip_adapter_scale")
 SAMPLE = "sample"
@@ -39,7 +39,7 @@ class GuidanceMixin:
 
     def compute_similarity(self, session: Session, temperature: float | None = None,
                            progress: Callable[[float, str], None] = lambda f, m: None):  # fmt: skip
-        from .similarity import compute_similarity, save_heatmap
+        from ..similarity import compute_similarity, save_heatmap
 
         session = self.session(session)
         dataset = self.dataset(session)
@@ -69,7 +69,7 @@ class GuidanceMixin:
         return session.similarity
 
     def set_temperature(self, session: Session, temperature: float) -> None:
-        from .similarity import apply_override, negative_probabilities
+        from ..similarity import apply_override, negative_probabilities
 
         session = self.session(session)
         result = self._require_similarity(session)
@@ -138,7 +138,7 @@ class GuidanceMixin:
             if len(dataset.class_names) < 2:
                 negative_class = None
             else:
-                from .similarity import NegativeSampler, uniform_probabilities
+                from ..similarity import NegativeSampler, uniform_probabilities
 
                 sampler = (session.similarity.sampler() if session.similarity is not None
                            else NegativeSampler(list(dataset.class_names), uniform_probabilities(len(dataset.class_names))))  # fmt: skip

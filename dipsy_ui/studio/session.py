@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .presets import GenerationConfig
+from ..config import GenerationConfig, TrainConfig
 
 
 def check_name(name: str, what: str) -> str:
@@ -35,7 +35,7 @@ class Session:
     report: str = ""  # the last loaded dataset's validation report
     preset: str = "demo"
     generation: GenerationConfig | None = None  # the current generation settings
-    train_settings: dict = field(default_factory=dict)
+    train: TrainConfig | None = None  # the current classifier-training settings
     similarity: object | None = None  # SimilarityResult for the current classes
     allowed: dict[str, list[str]] = field(default_factory=dict)
     excluded: dict[str, list[str]] = field(default_factory=dict)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,15 +27,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from torchvision import transforms
 
-from .classifier import (
-    ADAPTER_DIR,
-    CONFIG_NAME,
-    LORA_TARGETS,
-    ClipClassifier,
-    SplitAttention,
-    TrainDataError,
-    split_attention,
-)
+from ..config import TrainConfig
+from ..files import write_atomic
+from ..models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
 from .evaluate import (
     EvalResult,
     LabelledImages,
@@ -49,74 +42,15 @@ from .evaluate import (
     readable_only,
     save_plots,
 )
-from .files import write_atomic
-from .models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
-from .presets import check_field_types, check_ranges, settings_from_dict
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; defaults are the paper's recipe. Loadable from a preset's "train" section."""
-
-    epochs: int = 10  # passes over the synthetic set (over the real set when there is none)
-    steps_per_epoch: int | None = None  # None: ceil(epoch set size / batch_size); set to match two runs
-    batch_size: int = 64  # images per batch; with a synthetic set each step takes one batch of each
-    lr: float = 1e-4  # AdamW peak learning rate
-    weight_decay: float = 1e-4  # AdamW weight decay
-    warmup_fraction: float = 0.1  # share of all steps spent in the linear warm-up before cosine decay
-    lora_rank: int = 16  # LoRA rank r
-    lora_alpha: int = 32  # LoRA alpha (scaling alpha / r)
-    lora_dropout: float = 0.1  # dropout on the LoRA branch input
-    lambda_real: float = 0.8  # loss = lambda * CE(real) + (1 - lambda) * CE(synthetic)
-    template: str = "A photo of a {c}"  # class prompt; {c} is replaced by the class name
-    crop_scale_min: float = 0.25  # RandomResizedCrop keeps (crop_scale_min .. 1) of the image area
-    randaugment_ops: int = 2  # RandAugment operations per image (0: off)
-    randaugment_magnitude: int = 9  # RandAugment magnitude, 0..30
-    seed: int = 0  # LoRA init, data order and augmentation; same seed + data + config = same run
-    num_workers: int | None = None  # DataLoader workers; None: 4 with CUDA, 0 (decode in-process) on the CPU
-    eval_batch_size: int = 128  # batch size for test-set evaluation
-    amp: bool = True  # mixed precision (bf16, else fp16) on CUDA; ignored on the CPU
-
-    def __post_init__(self):
-        check_field_types(self, "train")
-        check_ranges(
-            self,
-            "train",
-            {
-                "epochs": self.epochs >= 1,
-                "steps_per_epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-                "batch_size": self.batch_size >= 1,
-                "lr": 0 < self.lr <= 1,
-                "weight_decay": 0 <= self.weight_decay <= 1,
-                "warmup_fraction": 0 <= self.warmup_fraction < 1,
-                "lora_rank": self.lora_rank >= 1,
-                "lora_alpha": self.lora_alpha >= 1,
-                "lora_dropout": 0 <= self.lora_dropout < 1,
-                "lambda_real": 0 <= self.lambda_real <= 1,
-                "template": "{c}" in self.template,
-                "crop_scale_min": 0 < self.crop_scale_min <= 1,
-                "randaugment_ops": self.randaugment_ops >= 0,
-                "randaugment_magnitude": 0 <= self.randaugment_magnitude <= 30,
-                "seed": 0 <= self.seed < 2**63,
-                "num_workers": self.num_workers is None or self.num_workers >= 0,
-                "eval_batch_size": self.eval_batch_size >= 1,
-            },
-        )
-
-    @classmethod
-    def from_dict(cls, settings: dict) -> TrainConfig:
-        """Build from a preset's "train" section; unknown keys and bad values raise ValueError."""
-        return settings_from_dict(cls, settings, "train")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def workers(self, cuda: bool) -> int:
-        """DataLoader worker processes: the setting, or 4 with CUDA (decoding must keep up with
-        the GPU) and 0 on the CPU (where workers would compete with the model for the cores)."""
-        return (
-            self.num_workers if self.num_workers is not None else (min(4, os.cpu_count() or 1) if cuda else 0)
-        )
+from .model import (
+    ADAPTER_DIR,
+    CONFIG_NAME,
+    LORA_TARGETS,
+    ClipClassifier,
+    SplitAttention,
+    TrainDataError,
+    split_attention,
+)
 
 
 @dataclass(frozen=True)
@@ -530,7 +464,7 @@ def compare(
     Both runs use the synthetic set's epoch length, so they also share the learning-rate
     schedule and evaluation points. Writes ``out_dir/real-only`` and ``out_dir/real+synthetic``;
     returns a dict (top-1 and per-class of the zero-shot, real-only and real+synthetic
-    classifiers) whose ``"table"`` entry is :func:`~dipsy_ui.evaluate.comparison_table`'s text.
+    classifiers) whose ``"table"`` entry is :func:`~dipsy_ui.classifier.evaluate.comparison_table`'s text.
     """
     config = config or TrainConfig()
     if config.steps_per_epoch is None:

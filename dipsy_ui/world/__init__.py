@@ -1,0 +1,3 @@
+"""The digit world: small models trained on handwritten digits in the real models' formats
+(:mod:`.build`, ``python -m dipsy_ui train-world``) and the report that reads their images back
+(:mod:`.report`, ``python -m dipsy_ui.bench world``)."""
