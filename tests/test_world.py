@@ -12,7 +12,8 @@ from dipsy_ui.cli import main
 from dipsy_ui.data import DIGIT_NAMES, digit_image, digits_split, load_digits
 from dipsy_ui.models import WORLD_DIR, ModelSpec, load_clip, load_pipeline, load_stock_pipeline
 from dipsy_ui.presets import load_preset
-from dipsy_ui.world.build import RECORD_NAME, STAGES, h94_state_dict
+from dipsy_ui.world.adapters import h94_state_dict
+from dipsy_ui.world.build import RECORD_NAME, STAGES
 from dipsy_ui.world.report import digit_features, reference_classifier
 
 
@@ -58,16 +59,27 @@ def test_the_world_is_written_in_the_real_models_layout_with_its_record(quick_wo
     assert not quick_world.with_name("digits.partial").exists()
 
 
-def test_the_same_settings_on_the_same_machine_give_the_same_weights(quick_world, tmp_path):
+def test_no_saved_config_names_the_temporary_build_folder(quick_world):
+    """diffusers writes the folder a model was loaded from (``<out>.partial``) into its
+    config.json; the saved configs leave it out."""
+    partial = quick_world.name + ".partial"
+    for path in quick_world.rglob("*.json"):
+        assert partial not in path.read_text(encoding="utf-8"), path
+    configs = list(quick_world.rglob("config.json"))
+    assert len(configs) == 4  # vae, unet, text encoder, image encoder
+    assert not any("_name_or_path" in json.loads(path.read_text()) for path in configs)
+
+
+def test_the_same_settings_on_the_same_machine_give_the_same_files(quick_world, tmp_path):
+    """Every file, configs included: none records the folder it was built in."""
     again = tmp_path / "again"
     assert main(["train-world", str(again), "--quick", "--threads", "1"]) == 0
 
-    # Weights only: diffusers writes the folder a model was loaded from into its config.json.
-    def weights(world):
-        files = json.loads((world / RECORD_NAME).read_text())["files"]
-        return {name: digest for name, digest in files.items() if name.endswith(".safetensors")}
+    def files(world):
+        return json.loads((world / RECORD_NAME).read_text())["files"]
 
-    assert len(weights(quick_world)) == 7 and weights(again) == weights(quick_world)
+    weights = [name for name in files(quick_world) if name.endswith(".safetensors")]
+    assert len(weights) == 7 and files(again) == files(quick_world)
 
 
 def test_no_model_sees_the_held_out_digits():
@@ -76,7 +88,7 @@ def test_no_model_sees_the_held_out_digits():
     every = np.concatenate([*pool.values(), *test.values()])
     assert sorted(every.tolist()) == list(range(len(images)))  # a partition of the digits
     assert all((labels[test[label]] == label).all() for label in test)
-    from dipsy_ui.world.build import Pool
+    from dipsy_ui.world.config import Pool
 
     assert len(Pool.load().labels) == len(images) - sum(len(t) for t in test.values())
 

@@ -48,7 +48,7 @@ def reference_classifier():
     image (so it judges shapes, not the rendering)."""
     from sklearn.svm import SVC
 
-    from .build import Pool
+    from .config import Pool
 
     pool = Pool.load()
     return SVC(gamma=0.001, C=10.0).fit(digit_features(pool.images), pool.labels.numpy())
