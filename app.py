@@ -59,10 +59,12 @@ def launch(args: argparse.Namespace, **kwargs):
 
 
 def main(argv=None) -> int:
+    from dipsy_ui.errors import DipsyError
+
     args = parse_args(argv)
     try:
         launch(args)
-    except (ValueError, OSError) as error:
+    except (DipsyError, OSError) as error:  # OSError: the port is taken, the workspace unwritable
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

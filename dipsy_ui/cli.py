@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from .models import IP_ADAPTER_WEIGHTS, ModelLoadError, ModelSpec
+from .errors import DipsyError, UsageError
+from .models import IP_ADAPTER_WEIGHTS, ModelSpec
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +82,7 @@ def cmd_train_world(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     config = WorldConfig.quick() if args.quick else WorldConfig()
     command = "python -m dipsy_ui " + shlex.join(args.argv)
@@ -494,23 +495,15 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; user-fixable errors become a message on stderr and exit code 2."""
-    from .data import DatasetError
-    from .images import ImageReadError
-
+    """Run one command. A :class:`~dipsy_ui.errors.DipsyError` (something the user can fix)
+    becomes one line on stderr and exit code 2; any other exception is a bug and propagates
+    with its traceback."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     try:
         return args.run(args)
-    except (
-        ModelLoadError,
-        DatasetError,
-        ImageReadError,
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-    ) as error:
+    except DipsyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

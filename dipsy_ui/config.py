@@ -15,6 +15,8 @@ import types
 import typing
 from dataclasses import asdict, dataclass, fields
 
+from .errors import SettingsError
+
 # Samplers the pipeline can switch to (dipsy_ui.diffusion.pipeline.SCHEDULERS maps them to classes).
 SCHEDULER_NAMES = ("dpm-solver", "ddim", "pndm", "euler", "euler-ancestral", "unipc")
 # How a negative class is drawn for each positive image: "similarity" (softmax of CLIP similarity
@@ -34,24 +36,24 @@ def check_field_types(instance, section: str) -> None:
             object.__setattr__(instance, f.name, value := float(value))
         kinds = tuple(kind for kind in allowed if isinstance(kind, type))
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise ValueError(f"{section} setting {f.name!r} must be {hint}, got {value!r}")
+            raise SettingsError(f"{section} setting {f.name!r} must be {hint}, got {value!r}")
 
 
 def check_ranges(instance, section: str, checks: dict[str, bool]) -> None:
     """Raise for the first failed range check, naming the key and its value."""
     for key, ok in checks.items():
         if not ok:
-            raise ValueError(f"{section} setting {key!r} is out of range: {getattr(instance, key)!r}")
+            raise SettingsError(f"{section} setting {key!r} is out of range: {getattr(instance, key)!r}")
 
 
 def settings_from_dict(cls, settings: dict, section: str):
     """Build a settings dataclass from a dict; unknown keys raise ValueError naming them."""
     if not isinstance(settings, dict):
-        raise ValueError(f"the {section!r} section must be a JSON object, got {type(settings).__name__}")
+        raise SettingsError(f"the {section!r} section must be a JSON object, got {type(settings).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ValueError(f"unknown {section} setting(s) {unknown}; known settings: {sorted(known)}")
+        raise SettingsError(f"unknown {section} setting(s) {unknown}; known settings: {sorted(known)}")
     return cls(**settings)
 
 

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dipsy_ui.images import ImageReadError, image_digest, open_image, to_rgb
+from .errors import DatasetError, UsageError
+from .images import ImageReadError, image_digest, open_image, to_rgb
 
 # Files in a folder or zip with any other extension are skipped with a reason, not decoded:
 # datasets routinely carry README, labels.csv or .json files, and reporting each of those as a
@@ -46,14 +47,6 @@ _DEMO_MARKER = ".dipsy-demo"
 
 ImageLike = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
 Reader = Callable[[], Image.Image]  # decodes one image lazily, raising ImageReadError
-
-
-class DatasetError(ValueError):
-    """The input cannot be used as a dataset (or for the requested purpose); the message says why."""
-
-    def __init__(self, message: str, report: LoadReport | None = None):
-        super().__init__(message)
-        self.report = report  # what was found before giving up, for showing to the user
 
 
 @dataclass(frozen=True)
@@ -163,7 +156,7 @@ class FewShotDataset:
 
     def _get(self, name: str) -> FewShotClass:
         if name not in self._by_name:
-            raise KeyError(f"no class {name!r} in the dataset; classes are {list(self.class_names)}")
+            raise UsageError(f"no class {name!r} in the dataset; classes are {list(self.class_names)}")
         return self._by_name[name]
 
 
@@ -197,7 +190,7 @@ def class_slugs(names: Iterable[str]) -> dict[str, str]:
     taken: set[str] = set()
     for name in names:
         if name in slugs:
-            raise ValueError(f"duplicate class name {name!r}")
+            raise DatasetError(f"duplicate class name {name!r}")
         base = safe_slug(name)
         slug, attempt = base, 1
         while slug.casefold() in taken:
@@ -214,10 +207,10 @@ def resolve_inside(root: str | Path, *parts: str) -> Path:
     """``root / parts...`` resolved, raising ``ValueError`` unless it lies strictly below ``root``."""
     base = Path(root).resolve()
     if any("\x00" in part for part in parts):
-        raise ValueError(f"path part contains a NUL character: {parts!r}")
+        raise DatasetError(f"path part contains a NUL character: {parts!r}")
     target = base.joinpath(*parts).resolve()
     if target == base or not target.is_relative_to(base):
-        raise ValueError(f"{parts!r} does not name a path inside {base}")
+        raise DatasetError(f"{parts!r} does not name a path inside {base}")
     return target
 
 
@@ -350,7 +343,7 @@ def fewshot_indices(shots: int, seed: int) -> dict[int, np.ndarray]:
     pool, _ = digits_split()
     smallest = min(len(indices) for indices in pool.values())
     if not 1 <= shots <= smallest:
-        raise ValueError(f"shots must be in 1..{smallest}, got {shots}")
+        raise UsageError(f"shots must be in 1..{smallest}, got {shots}")
     rng = np.random.default_rng(seed)
     return {label: rng.permutation(indices)[:shots] for label, indices in pool.items()}
 
@@ -380,11 +373,11 @@ def write_demo_data(
     if out_dir.exists() and (
         not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / _DEMO_MARKER).is_file())
     ):
-        raise FileExistsError(
+        raise UsageError(
             f"{out_dir} exists and is not an empty folder or a DIPSY demo dataset; choose another folder"
         )
     if not 1 <= test_per_class <= DIGIT_TEST_PER_CLASS:
-        raise ValueError(f"test_per_class must be in 1..{DIGIT_TEST_PER_CLASS}, got {test_per_class}")
+        raise UsageError(f"test_per_class must be in 1..{DIGIT_TEST_PER_CLASS}, got {test_per_class}")
     images, _ = load_digits()
     train, (_, test) = fewshot_indices(shots, seed), digits_split()  # raises before anything is removed
     for split in ("train", "test"):

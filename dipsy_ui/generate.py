@@ -32,6 +32,7 @@ from PIL import Image
 
 from .config import GenerationConfig
 from .data import FewShotDataset, ImageRecord, resolve_inside
+from .errors import JobConflictError, UsageError
 from .files import write_atomic
 from .images import save_png
 from .manifest import append_lines, environment_differences, read_manifest
@@ -46,10 +47,6 @@ JOB_FILE = "job.json"
 # PSNR rather than the largest difference: a sampler amplifies rounding unevenly, so a few pixels
 # can move by many levels in an image that is otherwise the same.
 TOLERANCE_PSNR_DB = 40.0
-
-
-class JobConflictError(ValueError):
-    """The output folder holds a run made with different settings."""
 
 
 def item_seed(base_seed: int, class_name: str, index: int) -> int:
@@ -203,7 +200,7 @@ def recorded_run(out_dir: str | Path) -> tuple[GenerationConfig, ModelSpec]:
     (images per class and batch size are not part of a run's identity: defaults stand in)."""
     path = Path(out_dir) / JOB_FILE
     if not path.is_file():
-        raise ValueError(f"{out_dir} holds no generation run ({JOB_FILE} is missing)")
+        raise UsageError(f"{out_dir} holds no generation run ({JOB_FILE} is missing)")
     job = json.loads(path.read_text(encoding="utf-8"))
     return GenerationConfig(**job["generation"]), ModelSpec(**job["models"])
 
@@ -426,15 +423,15 @@ class GenerationJob:
         differently with the batch shape.
         """
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         if not self._check_folder():
-            raise ValueError(f"{self.out_dir} holds no generation run ({JOB_FILE} is missing)")
+            raise UsageError(f"{self.out_dir} holds no generation run ({JOB_FILE} is missing)")
         records = read_manifest(self.out_dir)
         if file not in records:
-            raise ValueError(f"{file} is not in the manifest of {self.out_dir}")
+            raise UsageError(f"{file} is not in the manifest of {self.out_dir}")
         stored = resolve_inside(self.out_dir, *file.split("/"))
         if not stored.is_file():
-            raise ValueError(f"{file} is in the manifest of {self.out_dir} but its image is missing")
+            raise UsageError(f"{file} is in the manifest of {self.out_dir} but its image is missing")
         record = records[file]
         target = JobItem(record["class_name"], record["index"], file, record["seed"])
         if batch_size is None:

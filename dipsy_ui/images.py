@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-class ImageReadError(ValueError):
-    """A file could not be read as an image; the message says which file and why."""
+from .errors import ImageReadError
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .errors import UsageError
+
 MANIFEST_NAME = "manifest.jsonl"
 STATUSES = ("kept", "rejected")
 
@@ -98,7 +100,7 @@ def set_status(out_dir: str | Path, files: Iterable[str], status: str) -> None:
     files = list(files)
     unknown = [file for file in files if file not in known]
     if unknown:
-        raise ValueError(f"not in the manifest of {out_dir}: {unknown[:5]}")
+        raise UsageError(f"not in the manifest of {out_dir}: {unknown[:5]}")
     append_lines(out_dir, ({"file": file, "status": status} for file in files))
 
 

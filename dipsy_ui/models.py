@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelLoadError, SettingsError
+
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IP_ADAPTER_HUB_ID = "h94/IP-Adapter"
 # The digit world shipped with the repository (``python -m dipsy_ui train-world`` made it): small
@@ -49,7 +51,7 @@ class ModelSpec:
         """The spec for a folder holding ``sd/``, ``ip-adapter/`` and ``clip/`` (the layout
         written by ``make-tiny-models``, and how real weights can be kept locally)."""
         if ip_adapter_variant not in IP_ADAPTER_WEIGHTS:
-            raise ValueError(
+            raise SettingsError(
                 f"ip_adapter_variant must be one of {sorted(IP_ADAPTER_WEIGHTS)}, got {ip_adapter_variant!r}"
             )
         root = Path(root).expanduser().resolve()
@@ -87,7 +89,7 @@ def resolve_runtime(
         device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA GPU is available; use --device cpu")
+        raise SettingsError("device='cuda' was requested but no CUDA GPU is available; use --device cpu")
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
@@ -99,16 +101,11 @@ def resolve_runtime(
             "float32": torch.float32,
         }
         if dtype not in names:
-            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+            raise SettingsError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
         dtype = names[dtype]
     if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("dtype=fp16 is not supported on the CPU; use fp32 (or bf16)")
+        raise SettingsError("dtype=fp16 is not supported on the CPU; use fp32 (or bf16)")
     return Runtime(device=device, dtype=dtype)
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded. The message is written for the user: which model, where it
-    was looked for, and what to do; the library's own exception is chained as the cause."""
 
 
 def _is_local(source: str) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import GenerationConfig, TrainConfig, settings_from_dict
+from .errors import SettingsError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -52,24 +53,24 @@ def load_preset(name_or_path: str | Path) -> Preset:
     if path.suffix != ".json":
         path = PRESETS_DIR / f"{name_or_path}.json"
         if not path.is_file():
-            raise ValueError(
+            raise SettingsError(
                 f"unknown preset {str(name_or_path)!r}; shipped presets: {', '.join(list_presets())}"
             )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
-            raise ValueError("a preset must be a JSON object")
+            raise SettingsError("a preset must be a JSON object")
         unknown = sorted(set(data) - {"description", "generation", "train"})
         if unknown:
-            raise ValueError(f"unknown preset key(s) {unknown}; known: description, generation, train")
+            raise SettingsError(f"unknown preset key(s) {unknown}; known: description, generation, train")
         generation = settings_from_dict(GenerationConfig, data.get("generation", {}), "generation")
         train = data.get("train", {})
         if not isinstance(train, dict):
-            raise ValueError("the 'train' section must be a JSON object")
+            raise SettingsError("the 'train' section must be a JSON object")
         # The classifier's class prompts use the generation template unless the preset says otherwise.
         train = TrainConfig.from_dict({"template": generation.template} | train)
     except (OSError, json.JSONDecodeError, ValueError, TypeError) as error:
-        raise ValueError(f"preset {path}: {error}") from error
+        raise SettingsError(f"preset {path}: {error}") from error
     return Preset(
         name=path.stem, description=str(data.get("description", "")), generation=generation, train=train
     )
@@ -79,7 +80,7 @@ def save_preset(preset: Preset, path: str | Path) -> Path:
     """Write a preset JSON (e.g. the settings tuned in the app); validated by reloading."""
     path = Path(path)
     if path.suffix != ".json":
-        raise ValueError(f"a preset file must end in .json, got {path.name!r}")
+        raise SettingsError(f"a preset file must end in .json, got {path.name!r}")
     path.write_text(preset.to_json() + "\n", encoding="utf-8")
     load_preset(path)
     return path

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .errors import DatasetError, SettingsError, UsageError
 from .files import write_atomic
 from .images import image_digest, to_rgb
 from .models import ClipBundle
@@ -93,7 +94,7 @@ def class_embeddings(
     """Class names (in the given order) and the mean raw embedding per class, ``(C, D)``."""
     empty = [name for name, images in classes.items() if not images]
     if empty:
-        raise ValueError(f"classes without images: {empty}")
+        raise DatasetError(f"classes without images: {empty}")
     names = list(classes)
     # One call for all classes so batches are full regardless of the number of shots.
     embeddings = embed_images(clip, [image for name in names for image in classes[name]], cache_dir=cache_dir)
@@ -136,7 +137,7 @@ def negative_probabilities(
     except (TypeError, ValueError):
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        raise SettingsError(f"temperature must be a finite number > 0, got {temperature!r}")
     logits = similarity.double() / value
     # Softmax, zeroing the diagonal and renormalising equals a softmax over the off-diagonal
     # entries only. Masking first keeps small T exact: the diagonal (S = 1) would otherwise
@@ -169,10 +170,10 @@ def apply_override(
     ]
     unknown = sorted({name for name in mentioned if name not in index})
     if unknown:
-        raise ValueError(f"unknown class names in the negative-class override: {unknown}")
+        raise SettingsError(f"unknown class names in the negative-class override: {unknown}")
     pinned_self = sorted(name for name, row in allowed.items() if name in row)
     if pinned_self:
-        raise ValueError(f"a class cannot be its own negative: {pinned_self}")
+        raise SettingsError(f"a class cannot be its own negative: {pinned_self}")
     mask = torch.ones_like(probabilities, dtype=torch.bool)
     for name, row in allowed.items():
         mask[index[name]] = False
@@ -183,7 +184,7 @@ def apply_override(
     totals = result.sum(dim=1, keepdim=True)
     empty = [names[i] for i in torch.nonzero(totals[:, 0] <= 0)[:, 0].tolist()]
     if empty:
-        raise ValueError(f"the override leaves no possible negative class for: {empty}")
+        raise SettingsError(f"the override leaves no possible negative class for: {empty}")
     # Rows without an override keep their exact values (renormalising would move the last bits).
     return torch.where(mask.all(dim=1, keepdim=True), probabilities.double(), result / totals)
 
@@ -222,7 +223,7 @@ class NegativeSampler:
     def sample(self, class_name: str, generator: torch.Generator) -> str:
         """The negative class for one image of ``class_name``."""
         if class_name not in self._index:
-            raise ValueError(f"unknown class {class_name!r}; known: {self.names}")
+            raise UsageError(f"unknown class {class_name!r}; known: {self.names}")
         return self.names[sample_negative(self.probabilities[self._index[class_name]], generator)]
 
 
@@ -259,7 +260,7 @@ class SimilarityResult:
         data = json.loads(text)
         missing = sorted({"names", "similarity", "probabilities", "temperature"} - set(data))
         if missing:
-            raise ValueError(f"similarity data lacks keys: {missing}")
+            raise DatasetError(f"similarity data lacks keys: {missing}")
         names = list(data["names"])
         shape = (len(names), len(names))
         matrices = {
@@ -267,7 +268,7 @@ class SimilarityResult:
         }
         for key, matrix in matrices.items():
             if matrix.shape != shape:
-                raise ValueError(
+                raise DatasetError(
                     f"{key} must be {shape[0]}x{shape[1]} for {len(names)} names, got {tuple(matrix.shape)}"
                 )
         return cls(

@@ -22,6 +22,7 @@ from dipsy_ui.data import (
     safe_slug,
     write_demo_data,
 )
+from dipsy_ui.errors import UsageError
 from dipsy_ui.images import image_digest, open_image
 
 
@@ -373,7 +374,7 @@ def test_demo_data_rewrites_its_own_folder_but_never_a_foreign_one(tmp_path: Pat
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="choose another folder"):
+    with pytest.raises(UsageError, match="choose another folder"):
         write_demo_data(foreign)
     assert [p.name for p in foreign.iterdir()] == ["thesis.txt"]
     assert (foreign / "thesis.txt").read_text() == "precious"

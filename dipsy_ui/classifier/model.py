@@ -16,14 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..errors import TrainDataError
 from ..models import ClipBundle, ModelSpec, Runtime, load_clip, load_lora_adapter
 
 ADAPTER_DIR = "adapter"  # peft adapter (adapter_config.json + adapter_model.safetensors)
 CONFIG_NAME = "train_config.json"  # TrainConfig, class names, template and the ModelSpec
-
-
-class TrainDataError(ValueError):
-    """A training, test or predict input cannot be used; the message says what and what to do."""
 
 
 class SplitAttention(torch.nn.Module):

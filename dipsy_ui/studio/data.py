@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data import ImageReadError, class_slugs, load_dataset, resolve_inside, safe_slug, write_demo_data
+from ..errors import UsageError
 from ..images import image_digest, open_image, save_png
 from ..presets import Preset, list_presets, load_preset, save_preset
 from .session import Session, check_name
@@ -41,7 +42,7 @@ class DataMixin:
         session = self.session(session)
         name = check_name(name, "class name")
         if not files:
-            raise ValueError(f"no images given for class {name!r}; drop one or more image files")
+            raise UsageError(f"no images given for class {name!r}; drop one or more image files")
         added, notes = 0, []
         for file in files:
             try:
@@ -53,7 +54,7 @@ class DataMixin:
         if not session.classes.get(name):
             session.classes.pop(name, None)
             session.slugs.pop(name, None)
-            raise ValueError(f"class {name!r} was not added: none of the {len(files)} file(s) is a readable image. "
+            raise UsageError(f"class {name!r} was not added: none of the {len(files)} file(s) is a readable image. "
                              + "; ".join(notes[:5]))  # fmt: skip
         self._data_changed(session)
         session.notes = notes
@@ -94,7 +95,7 @@ class DataMixin:
     def remove_class(self, session: Session, name: str) -> str:
         session = self.session(session)
         if name not in session.classes:
-            raise ValueError(f"there is no class {name!r}")
+            raise UsageError(f"there is no class {name!r}")
         shutil.rmtree(resolve_inside(session.root, "data", session.slugs[name]), ignore_errors=True)
         del session.classes[name], session.slugs[name]
         self._data_changed(session)
@@ -110,7 +111,7 @@ class DataMixin:
                     del session.classes[name], session.slugs[name]
                 self._data_changed(session)
                 return f"Removed an image from {name!r}."
-        raise ValueError("that image is not in your data (already removed?)")
+        raise UsageError("that image is not in your data (already removed?)")
 
     def class_table(self, session: Session) -> list[list]:
         return [[name, len(paths)] for name, paths in self.session(session).classes.items()]
@@ -121,7 +122,7 @@ class DataMixin:
     def dataset(self, session: Session):
         session = self.session(session)
         if not session.classes:
-            raise ValueError("no data yet: add classes in the Data tab (or load the demo data)")
+            raise UsageError("no data yet: add classes in the Data tab (or load the demo data)")
         return load_dataset({name: list(paths) for name, paths in session.classes.items()})
 
     def report(self, session: Session) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ..data import class_slugs, resolve_inside, safe_slug
+from ..errors import UsageError
 from ..images import open_image
 from ..manifest import kept_images, read_manifest, set_status
 from .session import Session, check_name, in_thread
@@ -67,7 +68,7 @@ class GenerateMixin:
         session = self.session(session)
         path = self.run_dir(session, folder)
         if not path.is_dir():
-            raise ValueError(f"there is no run {folder!r}")
+            raise UsageError(f"there is no run {folder!r}")
         session.run_dir, session.scores = path, {}
         return f"{len(read_manifest(path))} images in {folder}"
 
@@ -76,7 +77,7 @@ class GenerateMixin:
     def _run(self, session: Session) -> Path:
         session = self.session(session)
         if session.run_dir is None or not (session.run_dir / "manifest.jsonl").is_file():
-            raise ValueError("no generated images yet: run the Generate tab first (or open a run)")
+            raise UsageError("no generated images yet: run the Generate tab first (or open a run)")
         return session.run_dir
 
     def curate_counts(self, session: Session) -> list[list]:
@@ -127,7 +128,7 @@ class GenerateMixin:
         run = self._run(session)
         records = read_manifest(run)
         if file not in records:
-            raise ValueError(f"{file} is not in the run's manifest")
+            raise UsageError(f"{file} is not in the run's manifest")
         status = "kept" if records[file]["status"] == "rejected" else "rejected"
         set_status(run, [file], status)
         return f"{file}: {status}"
@@ -172,7 +173,7 @@ class GenerateMixin:
         session = self.session(session)
         run = self._run(session)
         if not session.scores:
-            raise ValueError("rank the images first")
+            raise UsageError("rank the images first")
         records = read_manifest(run)
         files = [f for f, s in session.scores.items() if s < threshold and f in records
                  and (not class_name or records[f]["class_name"] == class_name)]  # fmt: skip
@@ -186,7 +187,7 @@ class GenerateMixin:
         run = self._run(session)
         kept = kept_images(run)
         if not kept:
-            raise ValueError("no kept images to export")
+            raise UsageError("no kept images to export")
         slugs = class_slugs(sorted({name for _, name in kept}))
         path = session.root / "exports" / f"{run.name}-kept.zip"
         path.parent.mkdir(exist_ok=True)

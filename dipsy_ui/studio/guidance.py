@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
+from ..errors import UsageError
 from ..images import save_png
 from .session import Session, in_thread
 
@@ -65,7 +66,7 @@ class GuidanceMixin:
 
     def _require_similarity(self, session: Session):
         if session.similarity is None:
-            raise ValueError("compute the class similarity first (Similarity tab)")
+            raise UsageError("compute the class similarity first (Similarity tab)")
         return session.similarity
 
     def set_temperature(self, session: Session, temperature: float) -> None:
@@ -83,7 +84,7 @@ class GuidanceMixin:
         session = self.session(session)
         result = self._require_similarity(session)
         if name not in result.names:
-            raise ValueError(f"choose a class to override (got {name!r})")
+            raise UsageError(f"choose a class to override (got {name!r})")
         allowed, blocked = dict(session.allowed), dict(session.excluded)
         allowed.pop(name, None), blocked.pop(name, None)
         if pinned:
@@ -124,12 +125,12 @@ class GuidanceMixin:
 
         dataset = self.dataset(session)
         if settings.class_name not in dataset.class_names:
-            raise ValueError(
+            raise UsageError(
                 f"choose a class (got {settings.class_name!r}); classes: {list(dataset.class_names)}"
             )
         positives = dataset.images(settings.class_name)
         if not 0 <= settings.positive_index < len(positives):
-            raise ValueError(
+            raise UsageError(
                 f"positive image {settings.positive_index} does not exist; the class has {len(positives)}"
             )
         generator = torch.Generator().manual_seed(int(settings.seed))
@@ -182,7 +183,7 @@ class GuidanceMixin:
 
         for kind, value in in_thread(work, cancel):
             if kind == "result" and value is None:
-                raise ValueError("Cancelled.")
+                raise UsageError("Cancelled.")
             yield kind, value
 
     def _call(
@@ -229,13 +230,13 @@ class GuidanceMixin:
         session = self.session(session)
         for name in (x_name, y_name):
             if name not in WEIGHTS:
-                raise ValueError(f"sweep weights must be among {WEIGHTS}, got {name!r}")
+                raise UsageError(f"sweep weights must be among {WEIGHTS}, got {name!r}")
         if x_name == y_name:
-            raise ValueError("choose two different weights for the sweep")
+            raise UsageError("choose two different weights for the sweep")
         if not x_values or not y_values:
-            raise ValueError("give at least one value for each sweep axis")
+            raise UsageError("give at least one value for each sweep axis")
         if len(x_values) * len(y_values) > MAX_SWEEP:
-            raise ValueError(f"the sweep grid has {len(x_values) * len(y_values)} cells; at most {MAX_SWEEP}")
+            raise UsageError(f"the sweep grid has {len(x_values) * len(y_values)} cells; at most {MAX_SWEEP}")
         self.remember_guidance(session, settings)
         cells = [(x, y) for y in y_values for x in x_values]
         axes = {x_name: [x for x, _ in cells], y_name: [y for _, y in cells]}
@@ -276,7 +277,7 @@ def parse_values(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
     except ValueError as error:
-        raise ValueError(f"sweep values must be numbers separated by commas, got {text!r}") from error
+        raise UsageError(f"sweep values must be numbers separated by commas, got {text!r}") from error
     if not values:
-        raise ValueError("give at least one sweep value")
+        raise UsageError("give at least one sweep value")
     return values

@@ -9,17 +9,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import GenerationConfig, TrainConfig
+from ..errors import UsageError
 
 
 def check_name(name: str, what: str) -> str:
     """A user-given name, stripped; refused when empty or holding control characters."""
     name = (name or "").strip()
     if not name:
-        raise ValueError(f"the {what} is empty; type a name")
+        raise UsageError(f"the {what} is empty; type a name")
     if any(ord(ch) < 32 or ch == "\x7f" for ch in name):
-        raise ValueError(f"the {what} {name!r} contains control characters")
+        raise UsageError(f"the {what} {name!r} contains control characters")
     if len(name) > 200:
-        raise ValueError(f"the {what} is longer than 200 characters")
+        raise UsageError(f"the {what} is longer than 200 characters")
     return name
 
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..data import load_dataset, resolve_inside, safe_slug
+from ..errors import UsageError
 from ..images import save_png
 from ..manifest import kept_images
 from .session import Session, in_thread
@@ -26,7 +27,7 @@ class TrainMixin:
         session = self.session(session)
         folder = session.root / "data"
         if not session.classes:
-            raise ValueError("no data yet: add classes in the Data tab")
+            raise UsageError("no data yet: add classes in the Data tab")
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
         append_lines(folder, ({"file": str(Path(p).relative_to(folder)).replace("\\", "/"), "class_name": name}
                               for name, paths in session.classes.items() for p in paths))  # fmt: skip
@@ -50,7 +51,7 @@ class TrainMixin:
                 append_lines(target, ({"file": f"{c.slug}/{i:05d}.png", "class_name": c.name}
                                       for c in dataset.classes for i in range(len(c.images))))  # fmt: skip
                 return target
-            raise ValueError("the test set must be a .zip of class folders")
+            raise UsageError("the test set must be a .zip of class folders")
         if use_demo:
             return self.demo_data_dir() / "test"
         return None
@@ -97,7 +98,7 @@ class TrainMixin:
         config = replace(session.train, **settings)
         test = self.test_dir(session, test_upload, use_demo_test)
         if test is None:
-            raise ValueError("the comparison needs a test set: upload one or use the demo test set")
+            raise UsageError("the comparison needs a test set: upload one or use the demo test set")
         synthetic = self._run(session)
         real = self.real_dir(session)
         cancel = self._start(session)
@@ -113,7 +114,7 @@ class TrainMixin:
     def adapter_zip(self, session: Session) -> str:
         session = self.session(session)
         if session.classifier_dir is None:
-            raise ValueError("train a classifier first")
+            raise UsageError("train a classifier first")
         path = session.classifier_dir.with_suffix(".zip")
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in sorted(session.classifier_dir.rglob("*")):

@@ -3,25 +3,38 @@
 import functools
 import html
 import inspect
+import logging
 
 import gradio as gr
+
+from ..errors import DipsyError
 
 # Every event that runs a model shares one queue slot, so two users never run the U-Net at once.
 GPU = {"concurrency_limit": 1, "concurrency_id": "gpu"}
 # Cancel buttons must never wait behind the job they cancel.
 FREE = {"concurrency_limit": None, "queue": False}
 
-HANDLED = (ValueError, KeyError, OSError, RuntimeError, FileExistsError)
+LOG = logging.getLogger("dipsy_ui")
+INTERNAL = "Internal error: this is a bug, not something you did. The details are in the server log."
 
 
-def _message(error: BaseException) -> str:
+def _message(error: DipsyError) -> str:
     """The engine's message, HTML-escaped: toasts render HTML, and messages quote user input."""
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return html.escape(text or error.__class__.__name__, quote=False)
+    return html.escape(str(error) or error.__class__.__name__, quote=False)
+
+
+def _as_ui_error(error: Exception) -> gr.Error:
+    """A :class:`DipsyError` keeps its message (written for the user); anything else is a bug:
+    its traceback goes to the log and the page says so without details."""
+    if isinstance(error, DipsyError):
+        return gr.Error(_message(error), print_exception=False)
+    LOG.error("internal error", exc_info=error)
+    return gr.Error(INTERNAL, print_exception=False)
 
 
 def readable_errors(fn):
-    """Turn the engine's errors into ``gr.Error`` with the engine's own message (no traceback)."""
+    """Turn exceptions into ``gr.Error``: the engine's own message for a :class:`DipsyError`, an
+    "internal error, see the log" message (and the traceback logged) for anything else."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -30,8 +43,8 @@ def readable_errors(fn):
                 yield from fn(*args, **kwargs)
             except gr.Error:
                 raise
-            except HANDLED as error:
-                raise gr.Error(_message(error), print_exception=False) from error
+            except Exception as error:
+                raise _as_ui_error(error) from error
 
         return generator
 
@@ -41,8 +54,8 @@ def readable_errors(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except HANDLED as error:
-            raise gr.Error(_message(error), print_exception=False) from error
+        except Exception as error:
+            raise _as_ui_error(error) from error
 
     return wrapper
 

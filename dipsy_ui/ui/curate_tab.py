@@ -2,6 +2,7 @@
 
 import gradio as gr
 
+from ..errors import UsageError
 from .common import GPU, progress_callback, readable_errors
 
 PAGE_SIZE = 40
@@ -48,7 +49,7 @@ def create(studio, state):
     @readable_errors
     def on_select(session, files, name, number, evt: gr.SelectData):
         if evt.index is None or evt.index >= len(files):
-            raise ValueError("that image is no longer on this page")
+            raise UsageError("that image is no longer on this page")
         message = studio.toggle(session, files[evt.index])
         view = page_view(session, name, number)
         return (*view[:4], message, view[5])

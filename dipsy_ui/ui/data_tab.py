@@ -2,6 +2,7 @@
 
 import gradio as gr
 
+from ..errors import UsageError
 from .common import readable_errors
 
 
@@ -69,7 +70,7 @@ def create(studio, state):
     @readable_errors
     def on_upload(session, path):
         if not path:
-            raise ValueError("choose a .zip file first")
+            raise UsageError("choose a .zip file first")
         studio.load_source(session, path)
         return view(session)
 
@@ -81,7 +82,7 @@ def create(studio, state):
     @readable_errors
     def on_remove_class(session, name):
         if not name:
-            raise ValueError("choose a class to remove")
+            raise UsageError("choose a class to remove")
         return view(session, studio.remove_class(session, name))
 
     def on_select(session, evt: gr.SelectData):
@@ -91,7 +92,7 @@ def create(studio, state):
     @readable_errors
     def on_remove_image(session, path):
         if not path:
-            raise ValueError("click an image first")
+            raise UsageError("click an image first")
         return (*view(session, studio.remove_image(session, path)), "")
 
     @readable_errors
