@@ -160,6 +160,14 @@ class FewShotDataset:
         return self._by_name[name]
 
 
+def class_name(raw: str) -> str:
+    """A class's display name from a folder name, zip entry or typed name: surrounding whitespace
+    removed and Unicode composed (NFC; macOS writes "é" decomposed in file names). Every reader
+    (few-shot sets, classifier training and test sets) names classes through this one function,
+    so the same folder gives the same class everywhere."""
+    return unicodedata.normalize("NFC", raw).strip()
+
+
 def safe_slug(name: str) -> str:
     """A single, portable path component for ``name``: only ``[A-Za-z0-9._-]``, never empty.
 
@@ -246,7 +254,7 @@ def load_folder(root: str | Path) -> FewShotDataset:
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         relative = Path(directory).relative_to(root).parts
         if not relative:
-            entries = {name: [] for name in sorted(subdirs, key=str.strip)}
+            entries = {name: [] for name in sorted(subdirs, key=class_name)}
         for filename in sorted(f for f in filenames if not f.startswith(".")):
             path = Path(directory, filename)
             if _accept(relative[0] if relative else "", str(path), report):
@@ -278,7 +286,7 @@ def load_zip(archive: str | Path) -> FewShotDataset:
             if len(tops) == 1 and not any(len(parts) == 2 and _is_image_name(parts[1]) for _, parts in paths):
                 paths = [(info, parts[1:]) for info, parts in paths]
             entries: dict[str, list[tuple[str, Reader]]] = {
-                n: [] for n in sorted({p[0] for _, p in paths if len(p) > 1}, key=str.strip)
+                n: [] for n in sorted({p[0] for _, p in paths if len(p) > 1}, key=class_name)
             }
             for info, parts in paths:
                 source = f"{archive}:{info.filename}"
@@ -444,13 +452,13 @@ def _build(
         raise DatasetError(empty_message, report)
     records: dict[str, list[ImageRecord]] = {}
     for raw_name, items in entries.items():
-        name = raw_name.strip()
+        name = class_name(raw_name)
         if not name:
             raise DatasetError(
                 f"class name {raw_name!r} is empty or only whitespace; give the class a name", report
             )
         if name in records:
-            report.drop_class(raw_name, f"same name as class {name!r} once surrounding spaces are removed")
+            report.drop_class(raw_name, f"same name as class {name!r} once surrounding spaces are removed and Unicode composed")
             continue
         kept: dict[str, ImageRecord] = {}
         for source, read in items:
