@@ -161,11 +161,11 @@ class FewShotDataset:
 
 
 def class_name(raw: str) -> str:
-    """A class's display name from a folder name, zip entry or typed name: surrounding whitespace
-    removed and Unicode composed (NFC; macOS writes "é" decomposed in file names). Every reader
-    (few-shot sets, classifier training and test sets) names classes through this one function,
-    so the same folder gives the same class everywhere."""
-    return unicodedata.normalize("NFC", raw).strip()
+    """A class's display name from a folder name, zip entry or mapping key: surrounding whitespace
+    removed, nothing else (two names that differ only in Unicode form stay two classes). Every
+    reader (few-shot sets, classifier training and test sets) names classes through this one
+    function, so the same folder gives the same class everywhere."""
+    return raw.strip()
 
 
 def safe_slug(name: str) -> str:
@@ -458,7 +458,7 @@ def _build(
                 f"class name {raw_name!r} is empty or only whitespace; give the class a name", report
             )
         if name in records:
-            report.drop_class(raw_name, f"same name as class {name!r} once surrounding spaces are removed and Unicode composed")
+            report.drop_class(raw_name, f"same name as class {name!r} once surrounding spaces are removed")
             continue
         kept: dict[str, ImageRecord] = {}
         for source, read in items:
