@@ -19,8 +19,9 @@ from PIL import Image
 
 from dipsy_ui.config import GenerationConfig
 from dipsy_ui.data import DatasetError, load_folder, load_mapping
-from dipsy_ui.generate import TOLERANCE_PSNR_DB, GenerationJob, JobConflictError, Shard, item_seed
+from dipsy_ui.generate import GenerationJob, JobConflictError, Shard, item_seed
 from dipsy_ui.manifest import MANIFEST_NAME, read_manifest, set_status
+from dipsy_ui.reproduce import TOLERANCE_PSNR_DB
 
 CONFIG = GenerationConfig(
     template="A photo of a {c}",

@@ -50,8 +50,8 @@ from safetensors.torch import save_file
 from ..data import DIGIT_NAMES, digits_split
 from ..errors import UsageError
 from ..files import write_atomic
-from ..generate import generation_environment
 from ..models import ModelSpec, load_clip, load_stock_pipeline, resolve_runtime
+from ..reproduce import generation_environment
 from ..tiny import make_tiny_models
 from .adapters import h94_state_dict, init_adapter_attention, train_adapter
 from .config import IMAGE_SIZE, WORLD_SHAPES, Pool, WorldConfig
