@@ -1,10 +1,16 @@
 """DipsyPipeline on tiny models: parity with diffusers and the authors' loop, row independence,
-reproducibility, one U-Net call per step, previews, interrupt, input validation."""
+reproducibility, one U-Net call per step, previews, interrupt, input validation, and the inherited
+IP-Adapter methods (honoured or refused)."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor
 from PIL import Image
+from safetensors.torch import load_file
 
 from dipsy_ui.diffusion.pipeline import SCHEDULERS
 from dipsy_ui.diffusion.reference import three_call_dipsy
@@ -249,3 +255,208 @@ def test_bad_input_names_the_argument(tiny_pipe, kwargs, argument):
     call = {"prompt": "a", "positive_image": noise_image(1), "num_inference_steps": 1} | kwargs
     with pytest.raises(ValueError, match=argument):
         tiny_pipe(call.pop("prompt"), call.pop("positive_image"), **call)
+
+
+# -- inherited IP-Adapter methods --------------------------------------------------------------
+
+
+def load_adapter(pipe, spec, **kwargs):
+    pipe.load_ip_adapter(
+        spec.ip_adapter, subfolder=spec.ip_adapter_subfolder, weight_name=spec.ip_adapter_weight, **kwargs
+    )
+
+
+def text_only(pipe, seed=0):
+    """Plain text-to-image generation, through the stock pipeline on the same components."""
+    return StableDiffusionPipeline.from_pipe(pipe)(
+        "A photo of a cat",
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
+
+
+def assert_same_unet(pipe, reference):
+    """Same weights under the same names, same attention processor classes, same image projection."""
+    ours, theirs = pipe.unet.state_dict(), reference.unet.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == {
+        name: type(p) for name, p in reference.unet.attn_processors.items()
+    }
+    assert type(pipe.unet.encoder_hid_proj) is type(reference.unet.encoder_hid_proj)
+    assert pipe.unet.config.encoder_hid_dim_type == reference.unet.config.encoder_hid_dim_type
+
+
+@pytest.mark.determinism
+def test_set_ip_adapter_scale_sets_the_default_scale_the_call_uses(tiny_spec, images):
+    pipe = load_pipeline(tiny_spec)
+    at_06, at_03 = run(pipe, images, ip_adapter_scale=0.6), run(pipe, images, ip_adapter_scale=0.3)
+    # Until set, the default is the authors' 0.6. Equal calls are the same computation: bit for bit.
+    assert np.array_equal(run(pipe, images), at_06)
+    pipe.set_ip_adapter_scale(0.3)
+    default = run(pipe, images)
+    assert np.array_equal(default, at_03)
+    assert np.abs(default - at_06).max() > 1e-3
+    # The call's own argument still overrides the default.
+    assert np.array_equal(run(pipe, images, ip_adapter_scale=0.6), at_06)
+    # The default belongs to the pipeline, not to the loaded weights.
+    pipe.unload_ip_adapter()
+    load_adapter(pipe, tiny_spec)
+    assert np.array_equal(run(pipe, images), at_03)
+
+
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        ({"up": {"block_0": [0.0, 1.0, 0.0]}}, "InstantStyle"),
+        ([0.5, 0.5], "per-adapter"),
+        ([[0.5]], "per-adapter"),
+        (-1.0, "ip_adapter_scale must be a finite number >= 0"),
+        ("0.5", "ip_adapter_scale must be a number"),
+    ],
+)
+def test_set_ip_adapter_scale_refuses_scales_the_routing_cannot_honour(tiny_pipe, scale, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe.set_ip_adapter_scale(scale)
+
+
+@pytest.mark.determinism
+def test_unload_then_generate_equals_a_fresh_pipeline(tiny_spec, images):
+    pipe = load_pipeline(tiny_spec)
+    run(pipe, images)
+    pipe.unload_ip_adapter()
+    pipe.unload_ip_adapter()  # without an adapter, unloading changes nothing
+    fresh = load_stock_pipeline(tiny_spec, adapter_copies=0)
+    assert_same_unet(pipe, fresh)
+    assert {name: c is None for name, c in pipe.components.items()} == {
+        name: c is None for name, c in fresh.components.items()
+    }
+    # Same models, same batch shapes, same device: the same computation, bit for bit.
+    assert np.array_equal(text_only(pipe), text_only(fresh))
+    with pytest.raises(ValueError, match="load_ip_adapter"):
+        run(pipe, images)
+
+
+def test_unload_restores_the_attention_processors_from_before_the_load(tiny_spec):
+    pipe = load_pipeline(tiny_spec)
+    pipe.unload_ip_adapter()
+    pipe.unet.set_attn_processor(AttnProcessor())
+    before = pipe.unet.attn_processors
+    load_adapter(pipe, tiny_spec)
+    load_adapter(pipe, tiny_spec)  # replacing the adapter keeps the processors of the plain U-Net
+    pipe.unload_ip_adapter()
+    # diffusers' own unload would give the cross-attention layers AttnProcessor2_0.
+    after = pipe.unet.attn_processors
+    assert after.keys() == before.keys()
+    assert all(after[name] is before[name] for name in before)
+
+
+@pytest.mark.determinism
+def test_load_after_unload_generates_like_a_single_load(tiny_spec, tiny_pipe, images):
+    pipe = load_pipeline(tiny_spec)
+    pipe.unload_ip_adapter()
+    load_adapter(pipe, tiny_spec)
+    assert_same_unet(pipe, tiny_pipe)
+    assert np.array_equal(run(pipe, images), run(tiny_pipe, images))
+
+
+def test_load_ip_adapter_refuses_several_adapters(tiny_spec, tiny_pipe):
+    with pytest.raises(ValueError, match="one weight_name"):
+        tiny_pipe.load_ip_adapter(
+            tiny_spec.ip_adapter,
+            subfolder=tiny_spec.ip_adapter_subfolder,
+            weight_name=[tiny_spec.ip_adapter_weight] * 2,
+        )
+
+
+def test_load_ip_adapter_refuses_to_go_without_an_image_encoder(tiny_spec):
+    pipe = load_pipeline(tiny_spec)
+    pipe.unload_ip_adapter()
+    with pytest.raises(ValueError, match="image_encoder_folder"):
+        load_adapter(pipe, tiny_spec, image_encoder_folder=None)
+    assert pipe.unet.encoder_hid_proj is None
+
+
+def attention_loras(unet) -> dict[str, torch.Tensor]:
+    """Rank-2 LoRA weights for every attention layer, keyed as in IP-Adapter FaceID files
+    (``{layer}.{projection}_lora.{down|up}.weight``, layers numbered in processor order)."""
+    generator = torch.Generator().manual_seed(0)
+    weights = {}
+    for layer, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        for projection, linear in (
+            ("to_q", attn.to_q),
+            ("to_k", attn.to_k),
+            ("to_v", attn.to_v),
+            ("to_out", attn.to_out[0]),
+        ):
+            weights[f"{layer}.{projection}_lora.down.weight"] = torch.randn(
+                2, linear.in_features, generator=generator
+            )
+            weights[f"{layer}.{projection}_lora.up.weight"] = torch.randn(
+                linear.out_features, 2, generator=generator
+            )
+    return weights
+
+
+@pytest.mark.parametrize("other_lora", [False, True])
+def test_faceid_adapter_is_refused_and_leaves_no_trace(tiny_spec, other_lora):
+    reference = load_stock_pipeline(tiny_spec, adapter_copies=0)
+    loras = attention_loras(reference.unet)
+    layers = list(reference.unet.attn_processors)
+    pipe = load_pipeline(tiny_spec)
+    if other_lora:  # a LoRA of the user's, loaded before: it stays
+        user_lora = {}  # keyed as diffusers passes a FaceID LoRA to load_lora_weights
+        for key, value in loras.items():
+            layer, rest = key.split(".", 1)
+            user_lora[f"unet.{layers[int(layer)]}.{rest}"] = value
+        for each in (pipe, reference):
+            each.load_lora_weights(dict(user_lora), adapter_name="mine")
+    # A FaceID file: its projection maps face-recognition embeddings (8 wide here) to 4 tokens,
+    # its attention layers are the image adapter's, and it carries a LoRA for the U-Net.
+    width = reference.unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(1)
+    image_proj = {
+        "proj.0.weight": torch.randn(16, 8, generator=generator),
+        "proj.0.bias": torch.zeros(16),
+        "proj.2.weight": torch.randn(4 * width, 16, generator=generator),
+        "proj.2.bias": torch.zeros(4 * width),
+        "norm.weight": torch.ones(width),
+        "norm.bias": torch.zeros(width),
+    }
+    weights = load_file(
+        Path(tiny_spec.ip_adapter) / tiny_spec.ip_adapter_subfolder / tiny_spec.ip_adapter_weight
+    )
+    ip_adapter = {
+        key.removeprefix("ip_adapter."): value
+        for key, value in weights.items()
+        if key.startswith("ip_adapter.")
+    }
+    faceid = {"image_proj": image_proj, "ip_adapter": ip_adapter | loras}
+    with pytest.raises(ValueError, match="FaceID"):
+        pipe.load_ip_adapter(faceid, subfolder="", weight_name="")
+    assert_same_unet(pipe, reference)
+    assert set(getattr(pipe.unet, "peft_config", {})) == ({"mine"} if other_lora else set())
+    assert pipe.image_encoder is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ip_adapter_image", noise_image(1)), ("ip_adapter_image_embeds", [torch.zeros(2, 1, 4, 32)])],
+)
+def test_stock_adapter_inputs_are_refused_naming_positive_image(tiny_pipe, name, value):
+    with pytest.raises(ValueError, match=f"{name} .*positive_image"):
+        tiny_pipe("A photo of a cat", num_inference_steps=1, **{name: value})
+
+
+def test_prepare_ip_adapter_image_embeds_is_refused_naming_positive_image(tiny_pipe, images):
+    with pytest.raises(NotImplementedError, match="positive_image"):
+        tiny_pipe.prepare_ip_adapter_image_embeds(images["pos"], None, "cpu", 1, True)
+
+
+@pytest.mark.determinism
+def test_encode_image_gives_the_features_the_adapter_sees(tiny_pipe, images):
+    image = images["pos"]
+    features, _ = tiny_pipe.encode_image(image, tiny_pipe._execution_device, 1, output_hidden_states=True)
+    assert torch.equal(features, tiny_pipe.encode_adapter_images([image]))

@@ -55,7 +55,16 @@ class DualIPImageProjection(MultiIPAdapterImageProjection):
     """The adapter's image projection (Resampler for Plus, linear for plain) applied to the
     distinct images of an :class:`IPRouting`, once: projecting an already projected routing
     returns it unchanged, so the pipeline projects before the loop and the U-Net's per-step call
-    costs nothing."""
+    costs nothing.
+
+    It also keeps ``plain_processors``, the U-Net's attention processors from before the adapter
+    was loaded, for :func:`remove_dual_ip_attention`: they travel with the installed adapter
+    (a plain dict, so they are neither submodules nor state-dict entries).
+    """
+
+    def __init__(self, image_projection_layers: nn.ModuleList, plain_processors: dict):
+        super().__init__(image_projection_layers)
+        self.plain_processors = dict(plain_processors)
 
     def forward(self, image_embeds: IPRouting) -> IPRouting:  # type: ignore[override]
         if not isinstance(image_embeds, IPRouting):
@@ -154,11 +163,21 @@ class DualIPAttnProcessor(nn.Module):
         return hidden_states
 
 
-def install_dual_ip_attention(unet: nn.Module) -> None:
+def plain_attn_processors(unet: nn.Module) -> dict:
+    """The attention processors the U-Net has without an adapter: the remembered ones while
+    DIPSY's adapter is installed (loading another one replaces it), else the current ones."""
+    if isinstance(unet.encoder_hid_proj, DualIPImageProjection):
+        return unet.encoder_hid_proj.plain_processors
+    return unet.attn_processors
+
+
+def install_dual_ip_attention(unet: nn.Module, plain_processors: dict) -> None:
     """Swap diffusers' IP-Adapter processors and image projection for the per-row ones.
 
     Called after ``load_ip_adapter``; reuses the loaded modules, so no weight is duplicated.
     Exactly one adapter must be loaded: it serves both the positive and the negative image.
+    ``plain_processors`` (:func:`plain_attn_processors` from before the load) are kept for
+    :func:`remove_dual_ip_attention`.
     """
     projection = unet.encoder_hid_proj
     if not isinstance(projection, MultiIPAdapterImageProjection):
@@ -174,4 +193,19 @@ def install_dual_ip_attention(unet: nn.Module) -> None:
             processor = DualIPAttnProcessor(processor.to_k_ip, processor.to_v_ip)
         processors[name] = processor
     unet.set_attn_processor(processors)
-    unet.encoder_hid_proj = DualIPImageProjection(projection.image_projection_layers)
+    unet.encoder_hid_proj = DualIPImageProjection(projection.image_projection_layers, plain_processors)
+
+
+def remove_dual_ip_attention(unet: nn.Module) -> None:
+    """Undo the adapter's load and :func:`install_dual_ip_attention`: the U-Net gets back its
+    plain attention processors, loses the image projection, and its state dict and
+    ``encoder_hid_dim_type`` are those of a U-Net that never had an adapter."""
+    plain_processors = unet.encoder_hid_proj.plain_processors
+    # The projection goes first: while it is there, the U-Net's processors include the
+    # Resampler's own attention layers, which the plain processors do not name.
+    unet.encoder_hid_proj = None
+    # Assigned like diffusers' loader and unloader do (an attribute of the frozen config).
+    unet.config.encoder_hid_dim_type = None
+    # The adapter processors hold to_k_ip / to_v_ip as submodules; the plain ones replace them,
+    # and with them those weights.
+    unet.set_attn_processor(plain_processors)

@@ -29,13 +29,23 @@ from diffusers import (
     StableDiffusionPipeline,
     UniPCMultistepScheduler,
 )
-from diffusers.models.embeddings import ImageProjection
+from diffusers.models.embeddings import (
+    ImageProjection,
+    IPAdapterFaceIDImageProjection,
+    IPAdapterFaceIDPlusImageProjection,
+)
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
 from ..images import image_digest, to_rgb
 from .augment import augment_adapter_image
-from .ip_attention import DualIPImageProjection, IPRouting, install_dual_ip_attention
+from .ip_attention import (
+    DualIPImageProjection,
+    IPRouting,
+    install_dual_ip_attention,
+    plain_attn_processors,
+    remove_dual_ip_attention,
+)
 from .preview import latent_preview, predicted_x0
 
 SCHEDULERS = {
@@ -115,17 +125,108 @@ class DipsyPipeline(StableDiffusionPipeline):
     Components, loading, saving and offloading are those of ``StableDiffusionPipeline``; this
     class adds the per-row adapter routing (installed by :meth:`load_ip_adapter`) and a
     ``__call__`` implementing the four-branch guidance rule.
+
+    The inherited IP-Adapter methods either work on the DIPSY adapter (``load_ip_adapter``,
+    ``set_ip_adapter_scale``, ``unload_ip_adapter``, ``encode_image``) or raise an error that
+    names what to use instead (``prepare_ip_adapter_image_embeds``; the ``ip_adapter_image`` and
+    ``ip_adapter_image_embeds`` call arguments).
     """
 
-    def load_ip_adapter(self, pretrained_model_name_or_path_or_dict, subfolder, weight_name, **kwargs):
+    # The adapter scale s of calls that pass none: the authors' value until set_ip_adapter_scale.
+    _default_ip_adapter_scale = 0.6
+
+    def load_ip_adapter(
+        self,
+        pretrained_model_name_or_path_or_dict,
+        subfolder,
+        weight_name,
+        image_encoder_folder: str | None = "image_encoder",
+        **kwargs,
+    ):
         """diffusers' ``load_ip_adapter`` (same arguments), then per-row routing installed on
-        the loaded weights. One adapter serves both the positive and the negative image."""
+        the loaded weights. One adapter serves both the positive and the negative image; loading
+        another one replaces it.
+
+        Refused (``ValueError``): several adapters (lists of weight names), no image encoder
+        (DIPSY encodes its images itself), and FaceID adapters, which take face-recognition
+        embeddings instead of images (the pipeline is then left without an adapter).
+        """
         if isinstance(weight_name, list | tuple) and len(weight_name) != 1:
             raise ValueError(
-                "DipsyPipeline loads exactly one IP-Adapter (it serves positive and negative images)"
+                "DipsyPipeline loads exactly one IP-Adapter (it serves positive and negative images): "
+                "pass one weight_name"
             )
-        super().load_ip_adapter(pretrained_model_name_or_path_or_dict, subfolder, weight_name, **kwargs)
-        install_dual_ip_attention(self.unet)
+        if image_encoder_folder is None and self.image_encoder is None:
+            raise ValueError(
+                "DipsyPipeline encodes its adapter images itself and needs the image encoder: leave "
+                "image_encoder_folder at its default, or pass image_encoder= to from_pretrained"
+            )
+        plain_processors = plain_attn_processors(self.unet)
+        loras = set(getattr(self.unet, "peft_config", {}))
+        super().load_ip_adapter(
+            pretrained_model_name_or_path_or_dict,
+            subfolder,
+            weight_name,
+            image_encoder_folder=image_encoder_folder,
+            **kwargs,
+        )
+        install_dual_ip_attention(self.unet, plain_processors)
+        projection = self.unet.encoder_hid_proj.image_projection_layers[0]
+        if isinstance(projection, IPAdapterFaceIDImageProjection | IPAdapterFaceIDPlusImageProjection):
+            # Only the loaded weights tell the variant. Undo the load, including the LoRA that
+            # diffusers attaches to the U-Net for FaceID adapters: with no other LoRA, unloading
+            # them all also unwraps the layers PEFT wrapped; else only the added ones go.
+            self.unload_ip_adapter()
+            if added := sorted(set(getattr(self.unet, "peft_config", {})) - loras):
+                if loras:
+                    self.delete_adapters(added)
+                else:
+                    self.unload_lora_weights()
+            raise ValueError(
+                "FaceID IP-Adapters take face-recognition embeddings, not images; DipsyPipeline "
+                "needs an image IP-Adapter (ip-adapter-plus_sd15, ip-adapter_sd15 or "
+                "ip-adapter-full-face_sd15). No adapter is loaded now."
+            )
+
+    def set_ip_adapter_scale(self, scale: float) -> None:
+        """Set the adapter scale ``s`` that calls without ``ip_adapter_scale`` use (0.6 until
+        set; it stays set when the adapter is unloaded or replaced). A call's own
+        ``ip_adapter_scale`` still overrides it.
+
+        One number, applied to both images in every cross-attention layer: the routing has one
+        scale per image, so diffusers' per-block dicts (InstantStyle) and per-adapter lists are
+        refused (``ValueError``).
+        """
+        if isinstance(scale, dict | list | tuple):
+            raise ValueError(
+                "set_ip_adapter_scale takes one number: DIPSY's one adapter serves both images with "
+                "one scale in every layer, so per-block (InstantStyle) or per-adapter scales cannot "
+                f"be honoured, got {scale!r}. Pass a float; for one scale per image, pass a list as "
+                "the call's ip_adapter_scale."
+            )
+        self._default_ip_adapter_scale = _check_weight("ip_adapter_scale", scale)
+
+    def unload_ip_adapter(self) -> None:
+        """Remove the adapter and return to a plain ``StableDiffusionPipeline`` state: the U-Net
+        gets back the attention processors it had before ``load_ip_adapter``, and loses the image
+        projection and the adapter weights (its state dict is that of a U-Net that never had an
+        adapter); the image encoder is removed. As in diffusers, the feature extractor stays (the
+        safety checker uses it), and without an adapter only the image encoder is removed."""
+        # diffusers' own unload rebuilds every processor with ``value.__class__()``, which cannot
+        # build the per-row processors (they hold the adapter's weights).
+        if isinstance(self.unet.encoder_hid_proj, DualIPImageProjection):
+            remove_dual_ip_attention(self.unet)
+        # The pipeline's __setattr__ also records the removal in its config (for save_pretrained).
+        self.image_encoder = None
+
+    def prepare_ip_adapter_image_embeds(self, *args, **kwargs):
+        """Refused (``NotImplementedError``): DipsyPipeline's call encodes and routes its images
+        itself and takes no precomputed embeddings; pass PIL images as ``positive_image`` /
+        ``negative_image`` (:meth:`encode_adapter_images` gives the features the adapter sees)."""
+        raise NotImplementedError(
+            "DipsyPipeline takes no precomputed IP-Adapter embeddings: pass PIL images as "
+            "positive_image / negative_image (encode_adapter_images gives the features the adapter sees)"
+        )
 
     def use_scheduler(self, name: str) -> None:
         """Switch the sampler, keeping the model's noise schedule (scheduler config)."""
@@ -182,7 +283,10 @@ class DipsyPipeline(StableDiffusionPipeline):
         if not hasattr(self.unet, "encoder_hid_proj") or not isinstance(
             self.unet.encoder_hid_proj, DualIPImageProjection
         ):
-            raise ValueError("no IP-Adapter is loaded: call pipe.load_ip_adapter(...) before generating")
+            raise ValueError(
+                "no IP-Adapter is loaded: call pipe.load_ip_adapter(...) before generating (text-only "
+                "generation: StableDiffusionPipeline.from_pipe(pipe))"
+            )
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % self.vae_scale_factor:
                 raise ValueError(
@@ -252,12 +356,12 @@ class DipsyPipeline(StableDiffusionPipeline):
     def __call__(
         self,
         prompt: str | Sequence[str],
-        positive_image: ImageArg,
+        positive_image: ImageArg = None,
         negative_image: ImageArg = None,
         w_text: WeightArg = 7.5,
         w_pos: WeightArg = 6.0,
         w_neg: WeightArg = 6.0,
-        ip_adapter_scale: WeightArg = 0.6,
+        ip_adapter_scale: WeightArg | None = None,
         num_inference_steps: int = 50,
         height: int | None = None,
         width: int | None = None,
@@ -267,17 +371,21 @@ class DipsyPipeline(StableDiffusionPipeline):
         callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
         augment: bool = False,
         return_dict: bool = True,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: Any = None,
     ):
         """Generate one image per row.
 
         Args:
             prompt: class prompt, or one per image.
             positive_image: image of the class (PIL), or one per image. Any mode; converted to RGB.
+                Required (its default only lets a stock-style call be told what to pass).
             negative_image: image of a confusable class, one per image, or ``None`` (no negative
                 term; ``None`` entries in a list switch it off for that image).
             w_text, w_pos, w_neg: guidance weights of Eq. 9 (``w_neg`` positive, subtracted); a
                 float or one per image (a weight sweep is one batched call).
             ip_adapter_scale: adapter scale ``s`` for both images; float or one per image.
+                ``None``: the pipeline's default (:meth:`set_ip_adapter_scale`, initially 0.6).
             num_inference_steps, height, width: as in diffusers; sizes must be multiples of 8.
             generator: one generator, or one per image (then each image depends on its own
                 generator only, and equals the single call with that generator).
@@ -288,14 +396,28 @@ class DipsyPipeline(StableDiffusionPipeline):
                 (B, h/8, w/8, 3)). A returned dict may replace ``latents``.
             augment: apply the adapter-input augmentation to both images, drawn from each row's
                 generator (the batch job turns it on).
+            ip_adapter_image, ip_adapter_image_embeds: StableDiffusionPipeline's adapter inputs,
+                refused (``ValueError``): pass PIL images as ``positive_image`` / ``negative_image``.
         """
         # 0. Default size: the U-Net's native resolution (512 for SD1.5).
         native = self.unet.config.sample_size * self.vae_scale_factor
         height = native if height is None else height
         width = native if width is None else width
 
-        # 1. Check inputs.
+        # 1. Check inputs. The stock adapter inputs first: a stock-style call has no positive_image.
+        for name, value in (
+            ("ip_adapter_image", ip_adapter_image),
+            ("ip_adapter_image_embeds", ip_adapter_image_embeds),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{name} is StableDiffusionPipeline's adapter input; DipsyPipeline encodes its "
+                    "images itself: pass the class image as positive_image (PIL) and optionally a "
+                    "confusable class's image as negative_image"
+                )
         self._check_call_args(height, width, num_inference_steps, output_type)
+        if ip_adapter_scale is None:
+            ip_adapter_scale = self._default_ip_adapter_scale
         weights = {"w_text": w_text, "w_pos": w_pos, "w_neg": w_neg, "ip_adapter_scale": ip_adapter_scale}
         rows = self._check_rows(prompt, positive_image, negative_image, generator, weights)
         size = len(rows.prompts)
