@@ -31,7 +31,7 @@ from PIL import Image
 from .config import GenerationConfig
 from .data import FewShotDataset, ImageRecord, resolve_inside
 from .errors import JobConflictError, UsageError
-from .files import write_atomic
+from .files import leftover_target, write_atomic
 from .images import save_png
 from .manifest import append_lines, environment_differences, read_manifest
 from .models import ModelSpec
@@ -183,6 +183,23 @@ class GenerationJob:
         if not self._check_folder():
             write_atomic(self.out_dir / JOB_FILE, json.dumps(self.fingerprint(), indent=1, sort_keys=True))
 
+    def _remove_leftovers(self) -> None:
+        """Delete the hidden temporary files that this job's atomic writes left when a crash cut
+        them short: those of this shard's images and, in a run of one process, of ``job.json``.
+        In a sharded run another process may be writing its own files at this moment, so only
+        this shard's are touched; files that are not such leftovers never are."""
+        own: dict[Path, set[str]] = {self.out_dir: {JOB_FILE} if self.shard.count == 1 else set()}
+        for batch in self.batches():
+            for item in batch:
+                slug, name = item.file.split("/")
+                own.setdefault(resolve_inside(self.out_dir, slug), set()).add(name)
+        for folder, names in own.items():
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if leftover_target(path.name) in names and path.is_file():
+                    path.unlink(missing_ok=True)
+
     # -- one batch ----------------------------------------------------------------------------
 
     def _pick(self, item: JobItem) -> tuple[ImageRecord, str | None, ImageRecord | None]:
@@ -262,6 +279,7 @@ class GenerationJob:
         on_event = on_event or (lambda event: None)
         cancel = cancel or threading.Event()
         self._claim_folder()
+        self._remove_leftovers()
         self.pipe.use_scheduler(self.config.scheduler)
         batches = self.batches()
         done_files = set(read_manifest(self.out_dir))

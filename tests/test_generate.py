@@ -1,4 +1,4 @@
-"""The batch job on tiny models: resume after cancel, regeneration (bit-exact in the recorded
+"""The batch job on tiny models: resume after cancel or a crash, regeneration (bit-exact in the recorded
 batch, within tolerance elsewhere), sharding across processes, refusal to mix settings, bad inputs,
 hostile class names."""
 
@@ -19,7 +19,8 @@ from PIL import Image
 
 from dipsy_ui.config import GenerationConfig
 from dipsy_ui.data import DatasetError, load_folder, load_mapping
-from dipsy_ui.generate import GenerationJob, JobConflictError, Shard, item_seed
+from dipsy_ui.files import leftover_target
+from dipsy_ui.generate import JOB_FILE, GenerationJob, JobConflictError, Shard, item_seed
 from dipsy_ui.manifest import MANIFEST_NAME, read_manifest, set_status
 from dipsy_ui.reproduce import TOLERANCE_PSNR_DB
 
@@ -85,6 +86,69 @@ def test_cancel_then_resume_ends_with_the_full_set(tiny_pipe, tiny_spec, dataset
     lines = (out / MANIFEST_NAME).read_text().splitlines()
     assert len(lines) == 9 and listed(out) == on_disk(out)
     assert not [p for p in out.rglob(".*partial")]
+
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def crash_while_writing(path: Path) -> Path:
+    """Kill a process inside ``write_atomic(path)`` after the temporary file is written and before
+    it is renamed, as a power cut or ``kill -9`` would; returns the temporary file left behind."""
+    before = set(path.parent.iterdir())
+    script = (
+        "import os, sys\nfrom dipsy_ui import files\n"
+        "os.replace = lambda *args: os._exit(9)\nfiles.write_atomic(sys.argv[1], b'torn')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], env=os.environ | {"PYTHONPATH": PACKAGE_ROOT}
+    )
+    assert result.returncode == 9
+    (leftover,) = set(path.parent.iterdir()) - before
+    return leftover
+
+
+def test_only_the_temporary_files_of_write_atomic_count_as_leftovers(tmp_path):
+    leftover = crash_while_writing(tmp_path / "00002.png")
+    assert leftover.name.startswith(".00002.png.") and leftover_target(leftover.name) == "00002.png"
+    assert not (tmp_path / "00002.png").exists()
+    for name in (".00002.png.notes.partial", "00002.png.abcd1234.partial", ".00002.png.abcd1234.partial.bak"):
+        assert leftover_target(name) is None, name
+
+
+def test_resume_removes_the_leftovers_of_its_own_crashed_writes_and_nothing_else(
+    tiny_pipe, tiny_spec, dataset, tmp_path
+):
+    out = tmp_path / "run"
+    cancel = threading.Event()
+    GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run(
+        lambda event: event.kind == "batch" and cancel.set(), cancel
+    )
+    fox = out / dataset.slug("red fox")
+    assert listed(out) == {f"{fox.name}/00000.png", f"{fox.name}/00001.png"}
+    earlier = {file: (out / file).read_bytes() for file in listed(out)}
+    manifest = (out / MANIFEST_NAME).read_text()
+    # The job's own writes cut short: an image of shard 1 of 2, one of shard 0, and job.json.
+    shard_one, shard_zero, job = (
+        crash_while_writing(path) for path in (fox / "00002.png", fox / "00000.png", out / JOB_FILE)
+    )
+    # The user's files: near misses of the pattern, and a write_atomic leftover of a file that is
+    # not the job's.
+    users = [fox / ".00002.png.notes.partial", fox / "00002.png.abcd1234.partial", out / ".job.json.partial"]
+    for path in users:
+        path.write_bytes(b"mine")
+    users.append(crash_while_writing(fox / "holiday.jpg"))
+
+    # A shard removes only its own images' leftovers: the others may be another shard's writes.
+    GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec, shard=Shard(1, 2)).run()
+    assert not shard_one.exists() and shard_zero.exists() and job.exists()
+    final = GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run()
+    assert not shard_zero.exists() and not job.exists()
+
+    assert all(path.is_file() for path in users)
+    assert {p for p in out.rglob("*") if leftover_target(p.name)} == set(users[-1:])
+    assert final.kind == "done" and len(listed(out)) == 9 and listed(out) == on_disk(out)
+    assert (out / MANIFEST_NAME).read_text().startswith(manifest)
+    assert all((out / file).read_bytes() == data for file, data in earlier.items())
 
 
 def test_rerun_of_a_finished_job_generates_nothing(tiny_pipe, tiny_spec, dataset, tmp_path):
