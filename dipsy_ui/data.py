@@ -44,6 +44,10 @@ _WINDOWS_RESERVED = frozenset(
 )
 _SLUG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _DEMO_MARKER = ".dipsy-demo"
+# Hidden class folders are skipped with this reason, so a class hidden by accident shows up in the
+# report; hidden files and folders inside a class folder (.DS_Store, .ipynb_checkpoints) are
+# skipped silently: they are tools' clutter, never a class.
+HIDDEN_CLASS_FOLDER = "hidden folder (names starting with '.' are ignored; rename it to use it as a class)"
 
 ImageLike = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
 Reader = Callable[[], Image.Image]  # decodes one image lazily, raising ImageReadError
@@ -237,7 +241,8 @@ def load_dataset(source: str | Path | Mapping[str, Sequence[ImageLike]]) -> FewS
 
 
 def load_folder(root: str | Path) -> FewShotDataset:
-    """Load ``root/<class name>/**/<image>``; hidden files and folders are ignored."""
+    """Load ``root/<class name>/**/<image>``; hidden files and folders are ignored (a hidden
+    class folder with a line in the report)."""
     root = Path(root)
     report = LoadReport(str(root))
     if not root.is_dir():
@@ -251,10 +256,13 @@ def load_folder(root: str | Path) -> FewShotDataset:
             subdirs[:] = []
             continue
         seen.add(os.path.realpath(directory))
+        hidden = sorted(d for d in subdirs if d.startswith("."))
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         relative = Path(directory).relative_to(root).parts
         if not relative:
             entries = {name: [] for name in sorted(subdirs, key=class_name)}
+            for name in hidden:
+                report.skip(str(Path(directory, name)), HIDDEN_CLASS_FOLDER)
         for filename in sorted(f for f in filenames if not f.startswith(".")):
             path = Path(directory, filename)
             if _accept(relative[0] if relative else "", str(path), report):
@@ -267,24 +275,37 @@ def load_zip(archive: str | Path) -> FewShotDataset:
 
     Images are decoded straight from the archive; nothing is extracted, so entries such as
     ``../evil.png`` or ``/etc/x.png`` cannot write anywhere (they are skipped and reported).
+    Hidden entries are ignored (a hidden class folder with a line in the report), and so is
+    ``__MACOSX`` (the resource forks macOS adds), silently.
     """
     archive = Path(archive)
     report = LoadReport(str(archive))
     try:
         with zipfile.ZipFile(archive) as zf:
             paths: list[tuple[zipfile.ZipInfo, list[str]]] = []
+            hidden: list[list[str]] = []  # the folders holding each hidden entry, itself included
             for info in zf.infolist():
                 name = info.filename.replace("\\", "/")
                 parts = [p for p in name.split("/") if p]
                 if not parts or name.startswith("/") or ".." in parts or ":" in parts[0]:
                     report.skip(f"{archive}:{info.filename}", "unsafe path in archive", error=True)
-                elif not info.is_dir() and not any(p.startswith(".") or p == "__MACOSX" for p in parts):
+                elif "__MACOSX" in parts:
+                    continue
+                elif any(p.startswith(".") for p in parts):
+                    hidden.append(parts if info.is_dir() else parts[:-1])
+                elif not info.is_dir():
                     paths.append((info, parts))
             # One folder wrapping everything (what zipping a folder gives) is not a class; a
             # single class folder holding its images directly is.
             tops = {parts[0] for _, parts in paths}
+            wrapper = []
             if len(tops) == 1 and not any(len(parts) == 2 and _is_image_name(parts[1]) for _, parts in paths):
+                wrapper = [*tops]
                 paths = [(info, parts[1:]) for info, parts in paths]
+            level = len(wrapper)  # where the class folders are
+            for folder in sorted({f[level] for f in hidden if f[:level] == wrapper and len(f) > level}):
+                if folder.startswith(".") and folder != ".":  # "./cat/1.png" is no hidden folder
+                    report.skip(f"{archive}:{'/'.join([*wrapper, folder])}/", HIDDEN_CLASS_FOLDER)
             entries: dict[str, list[tuple[str, Reader]]] = {
                 n: [] for n in sorted({p[0] for _, p in paths if len(p) > 1}, key=class_name)
             }

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from dipsy_ui.data import (
+    HIDDEN_CLASS_FOLDER,
     IMAGE_SUFFIXES,
     MAX_SLUG_LENGTH,
     DatasetError,
@@ -104,6 +105,9 @@ def test_folder_ignores_hidden_entries_and_reports_non_images(three_classes: Pat
     (three_classes / ".cache").mkdir()
     (three_classes / ".cache" / "0.png").write_bytes(_encode(_noise(99)))
     (three_classes / "cat" / ".DS_Store").write_bytes(b"\0\0")
+    (three_classes / "cat" / ".thumbnails").mkdir()
+    (three_classes / "cat" / ".thumbnails" / "0.png").write_bytes(_encode(_noise(96)))
+    (three_classes / ".DS_Store").write_bytes(b"\0\0")
     (three_classes / "cat" / "labels.csv").write_text("a,b\n")
     (three_classes / "stray.png").write_bytes(_encode(_noise(98)))
     _make_tree(three_classes, {" zebra ": [("0.png", _encode(_noise(97)))]})
@@ -112,9 +116,35 @@ def test_folder_ignores_hidden_entries_and_reports_non_images(three_classes: Pat
     reasons = {Path(s.source).name: s.reason for s in dataset.report.skipped}
 
     assert dataset.class_names == ("bird", "cat", "dog", "zebra")  # sorted by display name
-    assert set(reasons) == {"labels.csv", "stray.png"}
+    assert len(dataset.images("cat")) == 3
+    # A hidden class folder is reported; hidden files and folders inside a class are not.
+    assert set(reasons) == {".cache", "labels.csv", "stray.png"}
+    assert reasons[".cache"] == HIDDEN_CLASS_FOLDER
     assert "extension" in reasons["labels.csv"] and "class folder" in reasons["stray.png"]
+    assert f"skipped {three_classes / '.cache'}: hidden folder" in dataset.report.summary()
     assert ".png" in IMAGE_SUFFIXES and ".jpg" in IMAGE_SUFFIXES
+
+
+@pytest.mark.parametrize("wrapper", [None, "mydata"])
+def test_zip_reports_hidden_class_folders_and_ignores_macos_forks(
+    three_classes: Path, tmp_path: Path, wrapper: str | None
+):
+    archive = _zip_tree(three_classes, tmp_path / "data.zip", wrapper)
+    inside = f"{wrapper}/" if wrapper else ""
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr(f"{inside}.cache/0.png", _encode(_noise(99)))
+        zf.writestr(f"{inside}.git/", "")  # a folder entry only
+        zf.writestr(f"{inside}cat/.DS_Store", b"\0\0")
+        zf.writestr(f"{inside}cat/.thumbnails/0.png", _encode(_noise(96)))
+        zf.writestr(f"__MACOSX/{inside}cat/._0.png", b"\0\0")
+
+    dataset = load_dataset(archive)
+
+    assert dataset.class_names == ("bird", "cat", "dog") and len(dataset.images("cat")) == 3
+    assert [(s.source, s.reason) for s in dataset.report.skipped] == [
+        (f"{archive}:{inside}{name}/", HIDDEN_CLASS_FOLDER) for name in (".cache", ".git")
+    ]
+    assert dataset.report.errors == []
 
 
 def _truncated_png() -> bytes:
