@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import DipsyError, UsageError
-from .models import IP_ADAPTER_WEIGHTS, ModelSpec
+from .models import DTYPES, IP_ADAPTER_WEIGHTS, ModelSpec, dtype_name
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--clip", metavar="SOURCE", help="open_clip model name or folder (default ViT-B-16/openai)"
     )
-    group.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    group.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp16 on CUDA, fp32 on CPU")
+    add_runtime_arguments(group)
+
+
+def add_runtime_arguments(parser) -> None:
+    """--device and --dtype, for every command that runs a model."""
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on CUDA, fp32 on CPU")
 
 
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
@@ -129,7 +134,7 @@ def cmd_generate_one(args: argparse.Namespace) -> int:
     record = settings | {
         "seed": args.seed,
         "generator_device": runtime.device.type,
-        "dtype": str(runtime.dtype).removeprefix("torch."),
+        "dtype": dtype_name(runtime.dtype),
         "scheduler": args.scheduler,
         "positive": str(args.positive),
         "negative": str(args.negative) if args.negative else None,
@@ -293,8 +298,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.real,
             args.out,
             spec_from_args(args),
-            synthetic_dir=args.synthetic,
-            test_dir=args.test,
+            synthetic=args.synthetic,
+            test=args.test,
             config=config,
             runtime=_runtime(args),
             should_stop=stop,
@@ -357,7 +362,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import SCHEDULER_NAMES
+    from .config import NEGATIVE_MODES, SCHEDULER_NAMES, GenerationConfig
+
+    authors = GenerationConfig()  # the authors' defaults, where a command takes no preset
     from .data import DIGIT_TEST_PER_CLASS
 
     parser = argparse.ArgumentParser(prog="python -m dipsy_ui", description=__doc__.splitlines()[0])
@@ -394,12 +401,31 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--negative", type=Path, help="image of a confusable class to steer away from")
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--out", required=True, type=Path, help="output PNG")
-    one.add_argument("--w-text", type=float, default=7.5, help="text guidance weight")
-    one.add_argument("--w-pos", type=float, default=6.0, help="positive image guidance weight")
-    one.add_argument("--w-neg", type=float, default=6.0, help="negative image guidance weight (subtracted)")
-    one.add_argument("--scale", type=float, default=0.6, help="IP-Adapter scale")
-    one.add_argument("--steps", type=int, default=50)
-    one.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="dpm-solver")
+    one.add_argument(
+        "--w-text", type=float, default=authors.w_text, help="text guidance weight (default: %(default)s)"
+    )
+    one.add_argument(
+        "--w-pos",
+        type=float,
+        default=authors.w_pos,
+        help="positive image guidance weight (default: %(default)s)",
+    )
+    one.add_argument(
+        "--w-neg",
+        type=float,
+        default=authors.w_neg,
+        help="negative image guidance weight, subtracted (default: %(default)s)",
+    )
+    one.add_argument(
+        "--scale",
+        type=float,
+        default=authors.ip_adapter_scale,
+        help="IP-Adapter scale (default: %(default)s)",
+    )
+    one.add_argument(
+        "--steps", type=int, default=authors.steps, help="denoising steps (default: %(default)s)"
+    )
+    one.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=authors.scheduler)
     one.add_argument("--height", type=int, help="default: the model's native size (512 for SD1.5)")
     one.add_argument("--width", type=int)
     add_model_arguments(one)
@@ -408,7 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("similarity", help="class similarity matrix and heatmap of a few-shot set")
     sim.add_argument("data", type=Path, help="folder (or .zip) with one subfolder of images per class")
     sim.add_argument("--out", required=True, type=Path)
-    sim.add_argument("--temperature", type=float, default=0.4)
+    sim.add_argument(
+        "--temperature",
+        type=float,
+        default=authors.temperature,
+        help="softmax temperature (default: %(default)s)",
+    )
     add_model_arguments(sim)
     sim.set_defaults(run=cmd_similarity)
 
@@ -421,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--per-class", type=int, help="images per class (default: the preset's)")
     gen.add_argument("--batch-size", type=int, help="images per U-Net call (default: the preset's)")
     gen.add_argument("--seed", type=int, help="base seed (default: the preset's)")
-    gen.add_argument("--negatives", choices=["similarity", "uniform", "none"], help="negative-class sampling")
+    gen.add_argument(
+        "--negatives", choices=NEGATIVE_MODES, help="negative-class sampling (default: the preset's)"
+    )
     add_model_arguments(gen)
     gen.set_defaults(run=cmd_generate)
 
@@ -457,11 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--preset", required=True, help="preset name or .json (its 'train' section and template)"
         )
         sub.add_argument("--out", required=True, type=Path)
-        sub.add_argument("--epochs", type=int)
-        sub.add_argument("--lambda-real", type=float, help="weight of the real-image loss (default 0.8)")
-        sub.add_argument("--lr", type=float)
-        sub.add_argument("--lora-rank", type=int)
-        sub.add_argument("--seed", type=int)
+        # No defaults here: an unset flag keeps the preset's value (dipsy_ui.config's when the preset has none).
+        sub.add_argument("--epochs", type=int, help="passes over the synthetic set (default: the preset's)")
+        sub.add_argument(
+            "--lambda-real", type=float, help="weight of the real-image loss (default: the preset's)"
+        )
+        sub.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+        sub.add_argument("--lora-rank", type=int, help="LoRA rank (default: the preset's)")
+        sub.add_argument("--seed", type=int, help="(default: the preset's)")
         add_model_arguments(sub)
         sub.set_defaults(run=run)
 
@@ -470,15 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--adapter", required=True, type=Path, help="a train output folder")
     ev.add_argument("--test", required=True, type=Path)
-    ev.add_argument("--device")
-    ev.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    add_runtime_arguments(ev)
     ev.set_defaults(run=cmd_evaluate)
 
     pr = commands.add_parser("predict", help="classify images with a trained classifier")
     pr.add_argument("--adapter", required=True, type=Path, help="a train output folder")
     pr.add_argument("images", nargs="+", type=Path)
-    pr.add_argument("--device")
-    pr.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
+    add_runtime_arguments(pr)
     pr.set_defaults(run=cmd_predict)
     return parser
 

@@ -76,6 +76,14 @@ class Runtime:
     dtype: torch.dtype
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # the --dtype choices
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"float16"``: how manifests and records name a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
 def resolve_runtime(
     device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> Runtime:
@@ -93,13 +101,7 @@ def resolve_runtime(
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        names = {
-            "fp16": torch.float16,
-            "float16": torch.float16,
-            "bf16": torch.bfloat16,
-            "fp32": torch.float32,
-            "float32": torch.float32,
-        }
+        names = DTYPES | {dtype_name(value): value for value in DTYPES.values()}
         if dtype not in names:
             raise SettingsError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
         dtype = names[dtype]

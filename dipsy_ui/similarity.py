@@ -24,12 +24,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .config import GenerationConfig
 from .errors import DatasetError, SettingsError, UsageError
 from .files import write_atomic
 from .images import image_digest, to_rgb
 from .models import ClipBundle
 
-DEFAULT_TEMPERATURE = 0.4  # the paper's softmax temperature (REFERENCE.md section 3)
+DEFAULT_TEMPERATURE = GenerationConfig.temperature  # the paper's softmax temperature (REFERENCE.md section 3)
 SIMILARITY_FILE = "similarity.json"
 
 

@@ -17,6 +17,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from dipsy_ui.manifest import read_manifest
+from dipsy_ui.presets import load_preset
 
 CLASSES = ["zero", "one", "two"]  # a subset of the demo digits keeps generation and training short
 
@@ -121,13 +122,16 @@ def test_full_flow(demo_app, tmp_path):
     with zipfile.ZipFile(exported) as archive:
         assert len(archive.namelist()) == 5 and f"run-1/{rejected}" not in archive.namelist()
 
-    # 6. Train one short epoch with a three-class test set uploaded as a zip; check the metrics.
+    # 6. Train with the settings fields left blank (the preset's recipe: 10 epochs of one step
+    # over the 5 kept images) and a three-class test set uploaded as a zip; check the metrics.
     test_zip = three_class_test_zip(workspace, tmp_path)
     status, _, _, per_class, confusion, metrics = client.predict(
-        1, 0.8, 2, 1e-3, handle_file(str(test_zip)), False, api_name="/train"
+        None, None, None, None, handle_file(str(test_zip)), False, api_name="/train"
     )
-    assert status.startswith("Done: 1 epoch(s)"), status
-    assert metrics["epochs"] == 1 and 0.0 <= metrics["test_top1"] <= 1.0
+    assert status.startswith("Done: 10 epoch(s)"), status
+    recorded = json.loads((Path(metrics["out_dir"]) / "train_config.json").read_text())["config"]
+    assert recorded == load_preset("demo").train.to_dict()  # what `train --preset demo` uses
+    assert metrics["epochs"] == 10 and 0.0 <= metrics["test_top1"] <= 1.0
     assert sorted(metrics["per_class"]) == sorted(CLASSES)
     assert sum(map(sum, metrics["confusion"])) == 12  # every test image counted once
     assert [row[0] for row in per_class["data"]] == sorted(CLASSES) and Path(confusion).is_file()

@@ -17,12 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dipsy_ui.classifier import evaluate as evaluate_module
-from dipsy_ui.classifier.evaluate import evaluate, labelled_images, predict
-from dipsy_ui.classifier.model import ClipClassifier, TrainDataError, load_classifier, split_attention
+from dipsy_ui.classifier import data as classifier_data
+from dipsy_ui.classifier.data import labelled_images
+from dipsy_ui.classifier.evaluate import evaluate, predict
+from dipsy_ui.classifier.model import ClipClassifier, load_classifier, split_attention
 from dipsy_ui.classifier.train import compare, iter_train, train
 from dipsy_ui.config import TrainConfig
 from dipsy_ui.data import write_demo_data
+from dipsy_ui.errors import TrainDataError
 from dipsy_ui.images import ImageReadError
 from dipsy_ui.manifest import append_lines, set_status
 from dipsy_ui.models import load_clip
@@ -121,7 +123,7 @@ def quick_run(tiny_spec, digits, tmp_path_factory):
     before = _state(clip.model)
     out = tmp_path_factory.mktemp("quick")
     result = train(
-        digits / "train", out, tiny_spec, test_dir=digits / "test", config=TrainConfig(**QUICK), clip=clip
+        digits / "train", out, tiny_spec, test=digits / "test", config=TrainConfig(**QUICK), clip=clip
     )
     return result, before
 
@@ -272,7 +274,7 @@ def test_training_learns_digits_and_shuffled_labels_do_not(tiny_spec, digits, tm
     # 43% (seeds 1 and 2: ~35%); the same run on labels that carry no information stays near 10%.
     config = TrainConfig(epochs=4, steps_per_epoch=30, **LEARN)
     events = []
-    result = train(digits / "train", tmp_path / "real", tiny_spec, test_dir=digits / "test", config=config,
+    result = train(digits / "train", tmp_path / "real", tiny_spec, test=digits / "test", config=config,
                    callback=events.append)  # fmt: skip
     losses = [e["train_loss"] for e in result.metrics["epochs"]]
     assert result.test_top1 >= 0.30, result.metrics["epochs"]
@@ -280,7 +282,7 @@ def test_training_learns_digits_and_shuffled_labels_do_not(tiny_spec, digits, tm
     assert result.zero_shot_top1 < 0.2
 
     shuffled = _shuffled_copy(digits / "train", tmp_path / "shuffled-train")
-    control = train(shuffled, tmp_path / "shuffled", tiny_spec, test_dir=digits / "test", config=config)
+    control = train(shuffled, tmp_path / "shuffled", tiny_spec, test=digits / "test", config=config)
     assert control.test_top1 < 0.2, control.metrics["epochs"]
 
     steps = [e for e in events if e.phase == "step"]
@@ -302,7 +304,7 @@ def test_lambda_one_gives_synthetic_images_no_gradient_effect(tiny_spec, digits,
     def lora_after(synthetic: Path, lambda_real: float) -> dict[str, torch.Tensor]:
         config = TrainConfig(**{**QUICK, "lambda_real": lambda_real})
         out = tmp_path / f"{synthetic.name}-{lambda_real}"
-        result = train(digits / "train", out, tiny_spec, synthetic_dir=synthetic, config=config)
+        result = train(digits / "train", out, tiny_spec, synthetic=synthetic, config=config)
         return {k: v for k, v in _state(result.classifier.model).items() if "lora_" in k}
 
     ignored_a, ignored_b = lora_after(first, 1.0), lora_after(second, 1.0)
@@ -323,9 +325,9 @@ def test_rejected_images_never_reach_the_loader(tiny_spec, digits, tmp_path, mon
     assert len(listed) == 20 and not listed & rejected
 
     opened = []
-    real_open = evaluate_module.open_image
-    monkeypatch.setattr(evaluate_module, "open_image", lambda p: opened.append(Path(p)) or real_open(p))
-    result = train(digits / "train", tmp_path / "run", tiny_spec, synthetic_dir=synthetic,
+    real_open = classifier_data.open_image
+    monkeypatch.setattr(classifier_data, "open_image", lambda p: opened.append(Path(p)) or real_open(p))
+    result = train(digits / "train", tmp_path / "run", tiny_spec, synthetic=synthetic,
                    config=TrainConfig(**{**QUICK, "steps_per_epoch": None, "batch_size": 10}))  # fmt: skip
     assert result.metrics["steps_per_epoch"] == 2  # one pass over the 20 kept images
     assert not set(opened) & rejected
@@ -383,13 +385,13 @@ def test_bad_inputs_raise_clear_errors(tiny_spec, tmp_path):
 
     (tmp_path / "empty-test").mkdir()
     with pytest.raises(TrainDataError, match="test folder .*empty-test holds no images"):
-        train(real, tmp_path / "o1", tiny_spec, test_dir=tmp_path / "empty-test")
+        train(real, tmp_path / "o1", tiny_spec, test=tmp_path / "empty-test")
 
     synthetic = _image_folder(tmp_path / "syn", ["cat", "dog", "owl"])
     with pytest.raises(
         TrainDataError, match=r"missing in the synthetic set: \['fox'\].*missing in the real set: \['owl'\]"
     ):
-        train(real, tmp_path / "o2", tiny_spec, synthetic_dir=synthetic)
+        train(real, tmp_path / "o2", tiny_spec, synthetic=synthetic)
 
     single = _image_folder(tmp_path / "single", ["cat"])
     with pytest.raises(TrainDataError, match=r"single class \['cat'\].*at least 2"):
@@ -399,7 +401,7 @@ def test_bad_inputs_raise_clear_errors(tiny_spec, tmp_path):
     for name in ("cat", "dog"):
         (broken / name).mkdir(parents=True)
         (broken / name / "1.png").write_bytes(b"not an image")
-    with pytest.raises(TrainDataError, match="real folder .*broken has no readable images"):
+    with pytest.raises(TrainDataError, match="real set .*broken has no readable images"):
         train(broken, tmp_path / "o4", tiny_spec)
 
     with pytest.raises(TrainDataError, match="does not exist"):
@@ -407,7 +409,7 @@ def test_bad_inputs_raise_clear_errors(tiny_spec, tmp_path):
 
     unknown_test = _image_folder(tmp_path / "test", ["cat", "wolf"])
     with pytest.raises(TrainDataError, match=r"not trained on: \['wolf'\]"):
-        train(real, tmp_path / "o6", tiny_spec, test_dir=unknown_test)
+        train(real, tmp_path / "o6", tiny_spec, test=unknown_test)
 
     with pytest.raises(TrainDataError, match="not a trained classifier folder"):
         load_classifier(tmp_path)

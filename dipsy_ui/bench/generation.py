@@ -73,6 +73,7 @@ def run_variant(variant: str, models: Path, size: int, steps: int, repeats: int,
     import torch
     from PIL import Image
 
+    from ..config import GenerationConfig
     from ..diffusion.reference import three_call_dipsy
     from ..models import ModelSpec, load_pipeline, load_stock_pipeline, resolve_runtime
 
@@ -80,7 +81,13 @@ def run_variant(variant: str, models: Path, size: int, steps: int, repeats: int,
     spec = ModelSpec.from_models_dir(models)
     noise = np.random.RandomState(0).randint(0, 256, (size, size, 3), dtype=np.uint8)
     positive, negative = Image.fromarray(noise), Image.fromarray(255 - noise)
-    weights = dict(w_text=7.5, w_pos=6.0, w_neg=6.0, ip_adapter_scale=0.6)
+    authors = GenerationConfig()
+    weights = dict(
+        w_text=authors.w_text,
+        w_pos=authors.w_pos,
+        w_neg=authors.w_neg,
+        ip_adapter_scale=authors.ip_adapter_scale,
+    )
     common = dict(num_inference_steps=steps, height=size, width=size, output_type="np")
 
     if variant == "a":
@@ -91,7 +98,7 @@ def run_variant(variant: str, models: Path, size: int, steps: int, repeats: int,
             return pipe(
                 "A photo of a cat",
                 ip_adapter_image=positive,
-                guidance_scale=7.5,
+                guidance_scale=authors.w_text,
                 generator=generator,
                 **common,
             ).images

@@ -24,33 +24,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
-from torchvision import transforms
 
 from ..config import TrainConfig
 from ..files import write_atomic
 from ..models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
-from .evaluate import (
-    EvalResult,
-    LabelledImages,
-    check_classes,
-    comparison_table,
-    eval_items,
-    evaluate_items,
-    labelled_images,
-    mixed_precision,
-    readable_only,
-    save_plots,
-)
+from .data import LabelledSource, as_labelled, describe, prepare_data, train_stream, train_transform
+from .evaluate import EvalResult, evaluate_items, mixed_precision
 from .model import (
     ADAPTER_DIR,
     CONFIG_NAME,
     LORA_TARGETS,
     ClipClassifier,
     SplitAttention,
-    TrainDataError,
     split_attention,
 )
+from .report import comparison_table, save_plots
 
 
 @dataclass(frozen=True)
@@ -89,81 +77,7 @@ class TrainResult:
         return self.metrics["zero_shot"]["top1"] if self.metrics["zero_shot"] else None
 
 
-# 1. Inputs ---------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainData:
-    class_names: tuple[str, ...]
-    real: list[tuple[Path, int]]
-    synthetic: list[tuple[Path, int]] | None
-    test: list[tuple[Path, int]] | None
-    warnings: list[str]
-
-
-def prepare_data(real_dir, synthetic_dir=None, test_dir=None) -> TrainData:
-    """List and check the inputs: >= 2 classes, readable real images, same classes on both sides."""
-    real, warnings = readable_only(labelled_images(real_dir, "real"), real_dir, "real")
-    class_names = tuple(sorted({name for _, name in real}))
-    if len(class_names) < 2:
-        raise TrainDataError(
-            f"the real folder {real_dir} has a single class {list(class_names)}; a classifier needs at least 2 "
-            "(one subfolder of images per class)"
-        )
-    index = {name: i for i, name in enumerate(class_names)}
-    synthetic = None
-    if synthetic_dir is not None:
-        listed = labelled_images(synthetic_dir, "synthetic")
-        check_classes(class_names, sorted({name for _, name in listed}), "synthetic")
-        synthetic = [(path, index[name]) for path, name in listed]
-    test = eval_items(test_dir, class_names) if test_dir is not None else None
-    return TrainData(class_names, [(p, index[n]) for p, n in real], synthetic, test, warnings)
-
-
-def train_transform(clip: ClipBundle, config: TrainConfig):
-    """RandomResizedCrop + flip + RandAugment, normalised with the CLIP model's mean and std."""
-    ops = [
-        transforms.RandomResizedCrop(
-            clip.image_size,
-            scale=(config.crop_scale_min, 1.0),
-            interpolation=transforms.InterpolationMode.BICUBIC,
-        ),
-        transforms.RandomHorizontalFlip(),
-    ]
-    if config.randaugment_ops:
-        ops.append(transforms.RandAugment(config.randaugment_ops, config.randaugment_magnitude))
-    return transforms.Compose([*ops, transforms.ToTensor(), transforms.Normalize(clip.mean, clip.std)])
-
-
-class CyclingSampler(Sampler[int]):
-    """``total`` indices from consecutive random permutations of ``range(n)``: a small set is
-    repeated, reshuffled each pass, to keep pace with a larger one."""
-
-    def __init__(self, n: int, total: int, seed: int):
-        self.n, self.total, self.seed = n, total, seed
-
-    def __len__(self) -> int:
-        return self.total
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed)
-        for start in range(0, self.total, self.n):
-            yield from torch.randperm(self.n, generator=generator)[: self.total - start].tolist()
-
-
-def _stream(items, transform, config: TrainConfig, total_steps: int, seed: int, cuda: bool) -> Iterator:
-    """``total_steps`` batches of ``config.batch_size`` augmented images, the set cycled as needed."""
-    sampler = CyclingSampler(len(items), total_steps * config.batch_size, seed)
-    # The loader's generator seeds the workers' augmentation RNG: runs repeat with workers too.
-    workers = dict(num_workers=config.workers(cuda), generator=torch.Generator().manual_seed(seed + 1))
-    return iter(
-        DataLoader(
-            LabelledImages(items, transform), config.batch_size, sampler=sampler, pin_memory=cuda, **workers
-        )
-    )
-
-
-# 2. Model ----------------------------------------------------------------------------------
+# 1. Model ----------------------------------------------------------------------------------
 
 
 def add_lora(clip: ClipBundle, class_names, config: TrainConfig) -> ClipClassifier:
@@ -266,22 +180,25 @@ class _PrivateRng:
             self._set(caller)
 
 
-# 3. The run --------------------------------------------------------------------------------
+# 2. The run --------------------------------------------------------------------------------
 
 
 def iter_train(
-    real_dir: str | Path,
+    real: LabelledSource,
     out_dir: str | Path,
     spec: ModelSpec,
     *,
-    synthetic_dir: str | Path | None = None,
-    test_dir: str | Path | None = None,
+    synthetic: LabelledSource | None = None,
+    test: LabelledSource | None = None,
     config: TrainConfig | None = None,
     runtime: Runtime | None = None,
     should_stop: Callable[[], bool] | None = None,
     clip: ClipBundle | None = None,
 ) -> Iterator[TrainProgress]:
     """Train a LoRA classifier; yields progress events and returns a :class:`TrainResult`.
+
+    ``real``, ``synthetic`` and ``test`` are folders or labelled lists (:func:`~.data.as_labelled`):
+    the class names are the display names, whatever characters they hold.
 
     ``out_dir`` receives ``adapter/`` (peft, safetensors) and ``train_config.json`` (written at
     each epoch end and on cancel), ``metrics.json`` and the plots. ``should_stop`` (a callable or
@@ -292,13 +209,13 @@ def iter_train(
     config = config or TrainConfig()
     runtime = runtime or resolve_runtime()
     stop = getattr(should_stop, "is_set", should_stop) or (lambda: False)
-    data = prepare_data(real_dir, synthetic_dir, test_dir)
+    data = prepare_data(real, synthetic, test)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cuda = runtime.device.type == "cuda"
     rng = _PrivateRng(config.seed, cuda)
 
-    # 2. Model: the base CLIP from the loader, LoRA initialised from the run's seed
+    # 1. Model: the base CLIP from the loader, LoRA initialised from the run's seed
     with rng.active():
         clip = clip or load_clip(spec, runtime)
         classifier = add_lora(clip, data.class_names, config)
@@ -315,9 +232,9 @@ def iter_train(
     steps_per_epoch = config.steps_per_epoch or math.ceil(len(epoch_set) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     transform = train_transform(clip, config)
-    real_batches = _stream(data.real, transform, config, total_steps, config.seed * 1000 + 11, cuda)
+    real_batches = train_stream(data.real, transform, config, total_steps, config.seed * 1000 + 11, cuda)
     synthetic_batches = (
-        _stream(data.synthetic, transform, config, total_steps, config.seed * 1000 + 23, cuda)
+        train_stream(data.synthetic, transform, config, total_steps, config.seed * 1000 + 23, cuda)
         if data.synthetic is not None
         else None
     )
@@ -333,9 +250,9 @@ def iter_train(
 
     # 5. Zero-shot baseline (adapter disabled), the common starting point of every run
     metrics = {
-        "real_dir": str(real_dir),
-        "synthetic_dir": str(synthetic_dir) if synthetic_dir is not None else None,
-        "test_dir": str(test_dir) if test_dir is not None else None,
+        "real": describe(real),
+        "synthetic": describe(synthetic) if synthetic is not None else None,
+        "test": describe(test) if test is not None else None,
         "class_names": list(data.class_names),
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
@@ -405,7 +322,7 @@ def iter_train(
 
 
 def train(
-    real_dir: str | Path,
+    real: LabelledSource,
     out_dir: str | Path,
     spec: ModelSpec,
     *,
@@ -413,7 +330,7 @@ def train(
     **options,
 ) -> TrainResult:
     """:func:`iter_train` (same arguments) driven to the end, each event passed to ``callback``."""
-    run = iter_train(real_dir, out_dir, spec, **options)
+    run = iter_train(real, out_dir, spec, **options)
     while True:
         try:
             event = next(run)
@@ -444,13 +361,13 @@ def _progress(phase, step, total, epoch, config, loss, lr, accuracy, start, test
     )
 
 
-# 4. Comparison -----------------------------------------------------------------------------
+# 3. Comparison -----------------------------------------------------------------------------
 
 
 def compare(
-    real_dir: str | Path,
-    synthetic_dir: str | Path,
-    test_dir: str | Path,
+    real: LabelledSource,
+    synthetic: LabelledSource,
+    test: LabelledSource,
     out_dir: str | Path,
     spec: ModelSpec,
     *,
@@ -468,13 +385,13 @@ def compare(
     """
     config = config or TrainConfig()
     if config.steps_per_epoch is None:
-        synthetic = labelled_images(synthetic_dir, "synthetic")
+        synthetic = as_labelled(synthetic, "synthetic")
         config = replace(config, steps_per_epoch=math.ceil(len(synthetic) / config.batch_size))
     results = {}
-    for name, synthetic in (("real_only", None), ("real_synthetic", synthetic_dir)):
-        folder = Path(out_dir) / ("real-only" if synthetic is None else "real+synthetic")
+    for name, arm in (("real_only", None), ("real_synthetic", synthetic)):
+        folder = Path(out_dir) / ("real-only" if arm is None else "real+synthetic")
         results[name] = train(
-            real_dir, folder, spec, synthetic_dir=synthetic, test_dir=test_dir, config=config, runtime=runtime,
+            real, folder, spec, synthetic=arm, test=test, config=config, runtime=runtime,
             callback=(lambda event, name=name: callback(name, event)) if callback else None,
             should_stop=should_stop,
         )  # fmt: skip

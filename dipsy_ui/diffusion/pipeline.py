@@ -37,6 +37,7 @@ from diffusers.models.embeddings import (
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.utils import BaseOutput
 
+from ..config import GenerationConfig
 from ..images import image_digest, to_rgb
 from .augment import augment_adapter_image
 from .ip_attention import (
@@ -133,7 +134,7 @@ class DipsyPipeline(StableDiffusionPipeline):
     """
 
     # The adapter scale s of calls that pass none: the authors' value until set_ip_adapter_scale.
-    _default_ip_adapter_scale = 0.6
+    _default_ip_adapter_scale = GenerationConfig.ip_adapter_scale
 
     def load_ip_adapter(
         self,
@@ -358,9 +359,9 @@ class DipsyPipeline(StableDiffusionPipeline):
         prompt: str | Sequence[str],
         positive_image: ImageArg = None,
         negative_image: ImageArg = None,
-        w_text: WeightArg = 7.5,
-        w_pos: WeightArg = 6.0,
-        w_neg: WeightArg = 6.0,
+        w_text: WeightArg = GenerationConfig.w_text,
+        w_pos: WeightArg = GenerationConfig.w_pos,
+        w_neg: WeightArg = GenerationConfig.w_neg,
         ip_adapter_scale: WeightArg | None = None,
         num_inference_steps: int = 50,
         height: int | None = None,

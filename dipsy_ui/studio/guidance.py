@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
+from ..config import GenerationConfig
 from ..errors import UsageError
 from ..images import save_png
 from .session import Session, in_thread
@@ -27,10 +28,10 @@ class GuidanceSettings:
     positive_index: int = 0  # index into the class's images
     negative_class: str = SAMPLE  # a class name, or "sample" (drawn from the similarity)
     negative_index: int = -1  # index into the negative class's images; -1 draws one
-    w_text: float = 7.5
-    w_pos: float = 6.0
-    w_neg: float = 6.0
-    ip_adapter_scale: float = 0.6
+    w_text: float = GenerationConfig.w_text
+    w_pos: float = GenerationConfig.w_pos
+    w_neg: float = GenerationConfig.w_neg
+    ip_adapter_scale: float = GenerationConfig.ip_adapter_scale
     steps: int = 10
     seed: int = 0
 

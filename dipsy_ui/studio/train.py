@@ -19,39 +19,35 @@ from .session import Session, in_thread
 class TrainMixin:
     """Classifiers under ``<session>/classifiers/``, comparisons under ``<session>/comparisons/``."""
 
-    def real_dir(self, session: Session) -> Path:
-        """The real images as a folder the trainer reads with the display class names (a
-        manifest maps files to names, so any class name works, not only folder-safe ones)."""
-        from ..manifest import MANIFEST_NAME, append_lines
-
+    def real_images(self, session: Session) -> list[tuple[Path, str]]:
+        """The user's real images as a labelled list: (PNG path, display class name)."""
         session = self.session(session)
-        folder = session.root / "data"
         if not session.classes:
             raise UsageError("no data yet: add classes in the Data tab")
-        (folder / MANIFEST_NAME).unlink(missing_ok=True)
-        append_lines(folder, ({"file": str(Path(p).relative_to(folder)).replace("\\", "/"), "class_name": name}
-                              for name, paths in session.classes.items() for p in paths))  # fmt: skip
-        return folder
+        return [(Path(path), name) for name, paths in session.classes.items() for path in paths]
 
-    def test_dir(self, session: Session, upload: str | None, use_demo: bool) -> Path | None:
+    def test_set(self, session: Session, upload: str | None, use_demo: bool) -> list | Path | None:
+        """The test set: an uploaded zip of class folders (decoded and checked as the few-shot
+        loader does, stored as PNGs and listed with the class names), the demo's test folder, or
+        None. A zip folder named like a class's folder (its slug, as exports write it) counts as
+        that class, so classes whose names cannot be folder names ("a/b") can be tested too."""
         if upload:
             path = Path(upload)
-            if path.suffix.lower() == ".zip":
-                target = session.root / "test" / safe_slug(path.stem)
-                shutil.rmtree(target, ignore_errors=True)
-                dataset = load_dataset(path)
-                for cls in dataset.classes:
-                    for i, record in enumerate(cls.images):
-                        out = resolve_inside(target, cls.slug, f"{i:05d}.png")
-                        out.parent.mkdir(parents=True, exist_ok=True)
-                        save_png(record.image, out)
-                from ..manifest import MANIFEST_NAME, append_lines
-
-                (target / MANIFEST_NAME).unlink(missing_ok=True)
-                append_lines(target, ({"file": f"{c.slug}/{i:05d}.png", "class_name": c.name}
-                                      for c in dataset.classes for i in range(len(c.images))))  # fmt: skip
-                return target
-            raise UsageError("the test set must be a .zip of class folders")
+            if path.suffix.lower() != ".zip":
+                raise UsageError("the test set must be a .zip of class folders")
+            target = session.root / "test" / safe_slug(path.stem)
+            shutil.rmtree(target, ignore_errors=True)
+            dataset = load_dataset(path)
+            by_slug = {slug: name for name, slug in session.slugs.items() if name in session.classes}
+            items = []
+            for cls in dataset.classes:
+                name = cls.name if cls.name in session.classes else by_slug.get(cls.name, cls.name)
+                for i, record in enumerate(cls.images):
+                    out = resolve_inside(target, cls.slug, f"{i:05d}.png")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    save_png(record.image, out)
+                    items.append((out, name))
+            return items
         if use_demo:
             return self.demo_data_dir() / "test"
         return None
@@ -65,14 +61,14 @@ class TrainMixin:
 
         session = self.session(session)
         config = session.train = replace(session.train, **settings)
-        real = self.real_dir(session)
+        real = self.real_images(session)
         synthetic = session.run_dir if session.run_dir is not None and kept_images(session.run_dir) else None
-        test = self.test_dir(session, test_upload, use_demo_test)
+        test = self.test_set(session, test_upload, use_demo_test)
         out_dir = session.root / "classifiers" / time.strftime("%Y%m%d-%H%M%S")
         cancel = self._start(session)
         progress(0.0, "Loading CLIP for training")
         clip = load_clip(self.spec, self.runtime)  # a fresh copy: LoRA is injected in place
-        run = iter_train(real, out_dir, self.spec, synthetic_dir=synthetic, test_dir=test, config=config,
+        run = iter_train(real, out_dir, self.spec, synthetic=synthetic, test=test, config=config,
                          runtime=self.runtime, should_stop=cancel, clip=clip)  # fmt: skip
         while True:
             try:
@@ -96,11 +92,11 @@ class TrainMixin:
 
         session = self.session(session)
         config = replace(session.train, **settings)
-        test = self.test_dir(session, test_upload, use_demo_test)
+        test = self.test_set(session, test_upload, use_demo_test)
         if test is None:
             raise UsageError("the comparison needs a test set: upload one or use the demo test set")
         synthetic = self._run(session)
-        real = self.real_dir(session)
+        real = self.real_images(session)
         cancel = self._start(session)
 
         def work(emit):

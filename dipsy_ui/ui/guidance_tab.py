@@ -2,6 +2,7 @@
 
 import gradio as gr
 
+from ..config import GenerationConfig
 from ..studio import SAMPLE, WEIGHTS, GuidanceSettings, parse_values
 from .common import FREE, GPU, readable_errors
 
@@ -12,6 +13,7 @@ HELP = """
 drift into the wrong class. **Adapter scale** sets how strongly the images speak at all (0 = text only).
 More **steps** are slower and cleaner. The same **seed** gives the same image; lock it to compare weights.
 """
+DEFAULTS = GenerationConfig()
 
 
 def create(studio, state):
@@ -32,11 +34,12 @@ def create(studio, state):
                 )
                 examples = gr.Gallery(label="The class's images", columns=6, height=140, allow_preview=False)
             with gr.Column(scale=1):
-                w_text = gr.Slider(0, 20, value=7.5, step=0.5, label="Text weight")
-                w_pos = gr.Slider(0, 20, value=6.0, step=0.5, label="Positive image weight")
-                w_neg = gr.Slider(0, 20, value=6.0, step=0.5, label="Negative image weight")
-                scale = gr.Slider(0, 1.5, value=0.6, step=0.05, label="Adapter scale")
-                steps = gr.Slider(1, 100, elem_id="steps", value=10, step=1, label="Steps")
+                # Initial values only: selecting the tab shows the session's settings.
+                w_text = gr.Slider(0, 20, value=DEFAULTS.w_text, step=0.5, label="Text weight")
+                w_pos = gr.Slider(0, 20, value=DEFAULTS.w_pos, step=0.5, label="Positive image weight")
+                w_neg = gr.Slider(0, 20, value=DEFAULTS.w_neg, step=0.5, label="Negative image weight")
+                scale = gr.Slider(0, 1.5, value=DEFAULTS.ip_adapter_scale, step=0.05, label="Adapter scale")
+                steps = gr.Slider(1, 100, elem_id="steps", value=DEFAULTS.steps, step=1, label="Steps")
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0)
                     lock = gr.Checkbox(label="Lock seed", value=True)

@@ -4,6 +4,7 @@ import html
 
 import gradio as gr
 
+from ..config import GenerationConfig
 from .common import GPU, progress_callback, readable_errors
 
 
@@ -16,7 +17,9 @@ def create(studio, state):
         )
         with gr.Row():
             compute = gr.Button("Compute similarity", variant="primary")
-            temperature = gr.Slider(0.05, 2.0, value=0.4, step=0.05, label="Temperature")
+            temperature = gr.Slider(
+                0.05, 2.0, value=GenerationConfig.temperature, step=0.05, label="Temperature"
+            )
         with gr.Row():
             heatmap = gr.Image(
                 elem_id="heatmap", label="Class similarity", type="filepath", interactive=False, height=420

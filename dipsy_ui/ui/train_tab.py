@@ -40,13 +40,17 @@ def create(studio, state):
     with gr.Tab("6. Train", id="train"):
         gr.Markdown("Fine-tune CLIP with LoRA on your real images plus the kept synthetic images of the current "
                     "run, and see whether the synthetic images help.")  # fmt: skip
+        gr.Markdown("Leave a setting blank to use the active preset's value (see the status line after "
+                    "training for the settings used).")  # fmt: skip
         with gr.Row():
-            epochs = gr.Number(elem_id="epochs", label="Epochs", value=3, precision=0, minimum=1)
-            lambda_real = gr.Slider(
-                0, 1, value=0.8, step=0.05, label="Lambda (weight of the real images' loss)"
+            # Blank by default: only what the user types overrides the preset (a widget default
+            # would silently replace the preset's value on every run).
+            epochs = gr.Number(elem_id="epochs", label="Epochs", value=None, precision=0, minimum=1)
+            lambda_real = gr.Number(
+                label="Lambda (weight of the real images' loss, 0..1)", value=None, minimum=0, maximum=1
             )
-            rank = gr.Number(label="LoRA rank", value=16, precision=0, minimum=1)
-            lr = gr.Number(label="Learning rate", value=1e-3)
+            rank = gr.Number(label="LoRA rank (alpha = 2 x rank)", value=None, precision=0, minimum=1)
+            lr = gr.Number(label="Learning rate", value=None, minimum=0)
         with gr.Row():
             test = gr.File(
                 elem_id="test-zip", label="Test set (.zip of class folders, optional)", file_types=[".zip"]
@@ -75,9 +79,13 @@ def create(studio, state):
             download = gr.File(label="Adapter", interactive=False)
         metrics = gr.JSON(visible=False)  # the run's numbers, for API clients
 
-    def config(ep, lam, r, rate):
-        return {"epochs": int(ep or 1), "lambda_real": float(lam), "lora_rank": int(r or 1),
-                "lora_alpha": 2 * int(r or 1), "lr": float(rate)}  # fmt: skip
+    def config(ep, lam, r, rate) -> dict:
+        """The settings the user typed; blank fields keep the preset's values."""
+        given = {"epochs": ep, "lambda_real": lam, "lora_rank": r, "lr": rate}
+        changes = {key: value for key, value in given.items() if value is not None}
+        if r is not None:
+            changes["lora_alpha"] = 2 * int(r)  # the recipe's alpha / rank = 2
+        return changes
 
     @readable_errors
     def on_train(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress()):  # noqa: B008
@@ -108,7 +116,11 @@ def create(studio, state):
                            "per_class": test["per_class"] if test else None, "confusion": test["confusion"] if test else None}  # fmt: skip
                 word = "Cancelled" if result.cancelled else "Done"
                 top1 = f", test top-1 {100 * result.test_top1:.1f}%" if result.test_top1 is not None else ""
-                yield f"{word}: {len(epochs)} epoch(s){top1}.", gr.update(), gr.update(), rows, image, summary
+                used = session.train
+                settings = (f"epochs {used.epochs}, lr {used.lr:g}, lambda {used.lambda_real:g}, "
+                            f"LoRA rank {used.lora_rank}")  # fmt: skip
+                yield (f"{word}: {len(epochs)} epoch(s){top1}. Settings: {settings}.", gr.update(), gr.update(),
+                       rows, image, summary)  # fmt: skip
                 return
             curves.add(event)
             yield curves.status(event), *curves.frames(), gr.update(), gr.update(), gr.update()

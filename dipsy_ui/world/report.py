@@ -231,7 +231,7 @@ class WorldProbe:
             data = write_demo_data(
                 Path(scratch) / "data", shots=self.shots, size=self.config.height, seed=self.seed
             )
-            result = train(data / "train", Path(scratch) / "clf", self.spec, test_dir=data / "test",
+            result = train(data / "train", Path(scratch) / "clf", self.spec, test=data / "test",
                            config=config, runtime=self.runtime)  # fmt: skip
         return {
             "shots": self.shots,
