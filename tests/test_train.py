@@ -23,7 +23,7 @@ from dipsy_ui.classifier.evaluate import evaluate, predict
 from dipsy_ui.classifier.model import ClipClassifier, load_classifier, split_attention
 from dipsy_ui.classifier.train import compare, iter_train, train
 from dipsy_ui.config import TrainConfig
-from dipsy_ui.data import write_demo_data
+from dipsy_ui.data import load_dataset, write_demo_data
 from dipsy_ui.errors import TrainDataError
 from dipsy_ui.images import ImageReadError
 from dipsy_ui.manifest import append_lines, set_status
@@ -428,3 +428,34 @@ def test_predict_names_an_unreadable_file(quick_run, tmp_path):
     bad.write_bytes(b"nope")
     with pytest.raises(ImageReadError, match="bad.png"):
         predict(result.classifier, [bad])
+
+
+def test_class_folders_are_named_as_the_few_shot_loader_names_them(tiny_spec, tmp_path):
+    # "cat " (trailing space) is the class "cat" for the few-shot loader, so `generate` writes
+    # "cat"; the trainer, the comparison and the evaluator must read it as "cat" too.
+    real = _image_folder(tmp_path / "real", ["cat ", "dog"])
+    synthetic = _image_folder(tmp_path / "syn", ["cat", "dog"])
+    test = _image_folder(tmp_path / "test", [" cat", "dog"])
+    assert load_dataset(real).class_names == ("cat", "dog")
+    result = train(real, tmp_path / "run", tiny_spec, synthetic=synthetic, test=test,
+                   config=TrainConfig(**QUICK))  # fmt: skip
+    assert result.class_names == ("cat", "dog")
+    assert set(result.metrics["epochs"][-1]["test"]["per_class"]) == {"cat", "dog"}
+    assert evaluate(tmp_path / "run", test)["fine_tuned"].count == 4
+
+
+def test_labelled_lists_train_and_evaluate_like_the_folder_they_list(tiny_spec, tmp_path):
+    folder = _image_folder(tmp_path / "real", ["a", "b"], per_class=3)
+    config = TrainConfig(**QUICK)
+    by_folder = train(folder, tmp_path / "folder", tiny_spec, test=folder, config=config)
+    by_list = train(labelled_images(folder), tmp_path / "list", tiny_spec, test=folder, config=config)
+    assert by_list.metrics["step_loss"] == by_folder.metrics["step_loss"]  # same images, order, prompts
+
+    # Names no folder can carry reach the prompts and the per-class metrics as they are.
+    names = {"a": "a/b", "b": "crème brûlée"}
+    renamed = [(path, names[name]) for path, name in labelled_images(folder)]
+    result = train(renamed, tmp_path / "renamed", tiny_spec, test=renamed, config=config)
+    assert result.class_names == ("a/b", "crème brûlée")
+    assert set(result.metrics["epochs"][-1]["test"]["per_class"]) == {"a/b", "crème brûlée"}
+    images = [(Image.open(path).convert("RGB"), name) for path, name in renamed]  # PIL images, not paths
+    assert evaluate(tmp_path / "renamed", images)["fine_tuned"].top1 == result.test_top1
