@@ -52,6 +52,13 @@ class GenerateMixin:
             if kind != "result":
                 yield value
 
+    @staticmethod
+    def preview_strip(event, zoom: int = 4):
+        """A step event's latent previews side by side, enlarged ``zoom`` times (uint8 RGB)."""
+        import numpy as np
+
+        return np.concatenate(list(event.preview), axis=1).repeat(zoom, axis=0).repeat(zoom, axis=1)
+
     def run_files(self, session: Session, limit: int = 48) -> list[tuple[str, str]]:
         """The newest images of the current run, for the live gallery."""
         session = self.session(session)

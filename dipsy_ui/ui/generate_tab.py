@@ -1,7 +1,6 @@
 """Tab 4, Generate: the batch job (start, cancel, resume) with progress, ETA and a live gallery."""
 
 import gradio as gr
-import numpy as np
 
 from .common import FREE, GPU, eta_text, progress_callback, progress_html, readable_errors
 
@@ -46,7 +45,7 @@ def create(studio, state):
         for event in studio.generate(session, count or 1, size or 1, name, progress_callback(progress)):
             label = f"{event.done} / {event.total} images - ETA {eta_text(event.eta_seconds)}"
             if event.kind == "step":
-                strip = np.concatenate(list(event.preview), axis=1).repeat(4, axis=0).repeat(4, axis=1)
+                strip = studio.preview_strip(event)
                 yield (
                     progress_html(event.done, event.total, f"{label} (step {event.step}/{event.steps})"),
                     gr.update(),
