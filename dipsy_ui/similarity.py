@@ -10,18 +10,22 @@ The engine side only: plain inputs (PIL images, tensors), no UI imports.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import io
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
-from matplotlib import colormaps
+from matplotlib import colormaps, font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from PIL import Image
 
 from .config import GenerationConfig
@@ -340,6 +344,48 @@ def top_similar(
     ]
 
 
+# matplotlib's own fonts have no CJK glyphs (class names showed as boxes). Noto Sans CJK (SIL OFL
+# 1.1, shipped by the pinned notojp-matplotlib) draws what they lack: CJK ideographs, kana and
+# Hangul. Only its font file is used: importing that package would change matplotlib's global
+# font settings for the whole process.
+_CJK_FONT = ("notojp-matplotlib", "notojp_matplotlib/fonts/NotoSansCJKjp-Regular.otf")
+ESCAPE_NOTE = "\\u\u2026: characters no available font can draw, written as their Unicode code points"
+
+
+@functools.cache
+def _cjk_family() -> str:
+    """Register the packaged CJK font with matplotlib (once per process); its family name."""
+    path = str(importlib.metadata.distribution(_CJK_FONT[0]).locate_file(_CJK_FONT[1]))
+    font_manager.fontManager.addfont(path)
+    return font_manager.get_font(path).family_name
+
+
+class _Labels:
+    """Class names as a figure draws them: in ``families`` and then the CJK font for the characters
+    those lack (matplotlib falls back glyph by glyph), a character no font has as its ``\\u``
+    escape instead of a box, with :data:`ESCAPE_NOTE` on the figure."""
+
+    def __init__(self, families: list[str]):
+        self.family = [*families, _cjk_family()]
+        self._fonts = [
+            font_manager.get_font(font_manager.findfont(FontProperties(family=[f]))) for f in self.family
+        ]
+        self.escaped = False
+
+    def __call__(self, text: str) -> str:
+        drawn = "".join(
+            c if c == "\n" or any(font.get_char_index(ord(c)) for font in self._fonts) else ascii(c)[1:-1]
+            for c in text
+        )
+        self.escaped |= drawn != text
+        return drawn
+
+    def note(self, figure: Figure) -> None:
+        """Explain the escapes at the bottom of ``figure``, if any label needed one."""
+        if self.escaped:
+            figure.supxlabel(ESCAPE_NOTE, fontsize=7, color="0.3")
+
+
 def _quarter(inches: float) -> float:
     # Quarter inches are exact binary fractions: the PNG is exactly figsize * dpi pixels.
     return round(inches * 4) / 4
@@ -360,9 +406,12 @@ def _heatmap(names: list[str], similarity: torch.Tensor, order: list[int]) -> Fi
     masked = np.ma.masked_where(np.eye(count, dtype=bool), matrix)
     colormap = colormaps["viridis"].with_extremes(bad="0.85")
     image = axes.imshow(masked, cmap=colormap, interpolation="nearest")
-    labels = [_short(names[i]) for i in order]
-    axes.set_xticks(range(count), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=font)
-    axes.set_yticks(range(count), labels, fontsize=font)
+    drawable = _Labels(matplotlib.rcParams["font.family"])
+    labels = [drawable(_short(names[i])) for i in order]
+    # Class names are plain text: "$5 note" must not start mathtext.
+    style = {"fontsize": font, "fontfamily": drawable.family, "parse_math": False}
+    axes.set_xticks(range(count), labels, rotation=60, ha="right", rotation_mode="anchor", **style)
+    axes.set_yticks(range(count), labels, **style)
     if count <= 12:  # few classes: the values themselves fit in the cells
         for row, column in zip(*np.nonzero(~np.eye(count, dtype=bool)), strict=True):
             value = matrix[row, column]
@@ -370,6 +419,7 @@ def _heatmap(names: list[str], similarity: torch.Tensor, order: list[int]) -> Fi
             axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=font - 1, color=colour)
     figure.colorbar(image, ax=axes, shrink=0.8, label="cosine similarity")
     axes.set_title("Class similarity (similar classes adjacent)", fontsize=font + 2)
+    drawable.note(figure)
     return figure
 
 
@@ -378,9 +428,10 @@ def _similar_list(names: list[str], similarity: torch.Tensor, rows_per_column: i
     # because glyph rendering dominates the cost; top_similar() gives the full table.
     entries = top_similar(names, similarity)
     order = sorted(range(len(names)), key=lambda i: (-entries[i][1][0][1], names[i]))[:max_rows]
+    drawable = _Labels(["monospace"])
     lines = [
-        f"{_short(names[i], 20):<20} \u2192 "
-        + ", ".join(f"{_short(other, 16)} {value:.2f}" for other, value in entries[i][1])
+        f"{drawable(_short(names[i], 20)):<20} \u2192 "
+        + ", ".join(f"{drawable(_short(other, 16))} {value:.2f}" for other, value in entries[i][1])
         for i in order
     ]
     columns = math.ceil(len(lines) / rows_per_column)
@@ -390,10 +441,17 @@ def _similar_list(names: list[str], similarity: torch.Tensor, rows_per_column: i
     hidden = len(names) - len(order)
     more = f", the {hidden} least confusable not shown" if hidden else ""
     figure.suptitle(f"{len(names)} classes: each one's most similar classes{more}", fontsize=9)
-    style = {"va": "top", "family": "monospace", "fontsize": font, "linespacing": spacing}
+    style = {
+        "va": "top",
+        "family": drawable.family,
+        "fontsize": font,
+        "linespacing": spacing,
+        "parse_math": False,
+    }
     for column in range(columns):
         block = "\n".join(lines[column * rows_per_column : (column + 1) * rows_per_column])
         figure.text(column / columns + 0.01, 1 - 0.6 / height, block, **style)
+    drawable.note(figure)
     return figure, order
 
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from matplotlib import font_manager
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.text import Text
 from PIL import Image
 
 from dipsy_ui.similarity import (
+    ESCAPE_NOTE,
     NegativeSampler,
     SimilarityResult,
     apply_override,
@@ -362,6 +367,32 @@ def test_heatmap_png_has_the_figure_size(tmp_path, count, max_classes):
     order = save_heatmap(tmp_path / "map.png", names, similarity, max_classes=max_classes, dpi=50)
     assert _png_size(tmp_path / "map.png") == (round(width * 50), round(height * 50))
     assert sorted(order) == list(range(count))
+
+
+def _drawable(text: Text) -> bool:
+    """Whether every character of ``text`` has a glyph in the fonts matplotlib draws it with (its
+    families in fallback order): no box, no "Glyph missing" warning."""
+    fonts = [
+        font_manager.get_font(font_manager.findfont(FontProperties(family=[family])))
+        for family in text.get_fontproperties().get_family()
+    ]
+    return all(c == "\n" or any(font.get_char_index(ord(c)) for font in fonts) for c in text.get_text())
+
+
+@pytest.mark.parametrize("max_classes", [40, 2])  # heatmap, then list fallback
+def test_class_names_in_any_script_are_drawn_or_escaped_never_boxes(tmp_path, max_classes):
+    names = ["猫", "고양이", "dog", "แมว", "$1 coin$"]  # Thai: no font here has it
+    figure = heatmap_figure(names, _random_similarity(len(names)), max_classes=max_classes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(tmp_path / "map.png")
+    assert [str(w.message) for w in caught if "missing from font" in str(w.message)] == []
+    texts = [text for text in figure.findobj(Text) if text.get_visible() and text.get_text()]
+    assert [text.get_text() for text in texts if not _drawable(text)] == []
+    shown = "\n".join(text.get_text() for text in texts)
+    assert "猫" in shown and "고양이" in shown and "แมว" not in shown
+    assert "\\u0e41\\u0e21\\u0e27" in shown and ESCAPE_NOTE in shown
+    assert all(not text.get_parse_math() for text in texts if "$1 coin$" in text.get_text())  # plain text
 
 
 def test_heatmap_grows_with_the_class_count():
