@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import DipsyError, UsageError
-from .models import DTYPES, IP_ADAPTER_WEIGHTS, ModelSpec, dtype_name
+from .models import DTYPES, IP_ADAPTER_WEIGHTS, ModelSpec
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +112,7 @@ def cmd_generate_one(args: argparse.Namespace) -> int:
 
     from .images import open_image, save_png
     from .models import load_pipeline
+    from .reproduce import generation_environment
 
     positive = open_image(args.positive)
     negative = open_image(args.negative) if args.negative else None
@@ -131,10 +132,9 @@ def cmd_generate_one(args: argparse.Namespace) -> int:
     }
     generator = torch.Generator(runtime.device).manual_seed(args.seed)
     image = pipe(positive_image=positive, negative_image=negative, generator=generator, **settings).images[0]
-    record = settings | {
+    # The same environment fields as a manifest line, so a single image is as reproducible.
+    record = settings | generation_environment(runtime.device, runtime.dtype) | {
         "seed": args.seed,
-        "generator_device": runtime.device.type,
-        "dtype": dtype_name(runtime.dtype),
         "scheduler": args.scheduler,
         "positive": str(args.positive),
         "negative": str(args.negative) if args.negative else None,

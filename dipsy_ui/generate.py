@@ -34,7 +34,7 @@ from .errors import JobConflictError, UsageError
 from .files import leftover_target, write_atomic
 from .images import save_png
 from .manifest import append_lines, environment_differences, read_manifest
-from .models import ModelSpec
+from .models import ModelSpec, dtype_name
 from .reproduce import RegenerationReport, generation_environment
 from .similarity import NegativeSampler, SimilarityResult, uniform_probabilities
 
@@ -158,7 +158,7 @@ class GenerationJob:
         return {
             "generation": settings,
             "models": self.spec.to_dict(),
-            "dtype": str(self.pipe.unet.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.pipe.unet.dtype),
             "classes": {c.name: [record.digest for record in c.images] for c in self.dataset.classes},
             "negative_probabilities": None
             if self.sampler is None

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .models import dtype_name
+
 # A regenerated 8-bit image is the same image up to numerics when its PSNR against the stored one
 # is at least 40 dB: an RMS difference of at most 2.55 levels (1 %), about what JPEG at quality 95
 # leaves and below what the eye sees, while two unrelated images are typically 10-20 dB apart.
@@ -52,7 +54,7 @@ def generation_environment(device: torch.device, dtype: torch.dtype) -> dict:
     return {
         "generator_device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "versions": _versions(),

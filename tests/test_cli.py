@@ -24,6 +24,8 @@ def test_generate_one_writes_a_reproducible_png(tmp_path, tiny_models):
     assert np.array_equal(np.asarray(first), np.asarray(second))
     record = json.loads(first.text["dipsy"])
     assert record["seed"] == 7 and record["w_neg"] == 6.0 and record["models"]["sd"].endswith("sd")
+    # The environment fields a manifest line records, so a single image is as reproducible.
+    assert {"device_name", "dtype", "cpu_capability", "threads", "versions"} <= set(record)
 
 
 def generate_one(models, folder) -> list[str]:
