@@ -1,11 +1,13 @@
 """Every setting and its default, in one place: generation (:class:`GenerationConfig`) and
-classifier training (:class:`TrainConfig`).
+classifier training (:class:`TrainConfig`), and the limits on imported images.
 
-The engine, the CLI (flags, help texts) and the app (widget initial values) all read their
-defaults from these dataclasses; a preset (``presets/<name>.json``, :mod:`dipsy_ui.presets`)
+The engine, the CLI (flags, help texts) and the app (widget initial values and limits) all read
+their defaults from these dataclasses; a preset (``presets/<name>.json``, :mod:`dipsy_ui.presets`)
 overrides fields. Defaults are the authors' (REFERENCE section 2) and the DataDream / DISEF
 classifier recipe the DIPSY paper (arXiv 2509.22635) reports with (REFERENCE section 4).
-Unknown keys and out-of-range values raise ``ValueError`` naming the key.
+Each numeric field declares its inclusive range in its annotation (``Annotated[int, Between(1,
+256)]``); :meth:`Settings.bounds` reads it back for a UI, and the check enforces the same range.
+Unknown keys and invalid values raise :class:`SettingsError` naming the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
+from typing import Annotated, ClassVar
 
 from .errors import SettingsError
 
@@ -22,6 +25,37 @@ SCHEDULER_NAMES = ("dpm-solver", "ddim", "pndm", "euler", "euler-ancestral", "un
 # How a negative class is drawn for each positive image: "similarity" (softmax of CLIP similarity
 # / T, the paper's rule), "uniform" (any other class), "none" (no negative image).
 NEGATIVE_MODES = ("similarity", "uniform", "none")
+
+# Imported images (dipsy_ui.images). An image with more pixels than this is refused without being
+# decoded: a few KB of PNG can declare 12000x12000 pixels (432 MB once decoded to RGB), a
+# decompression bomb. 64 MP still admits the largest full-frame camera photos (61 MP); it is below
+# PIL's own warning threshold (Image.MAX_IMAGE_PIXELS, about 89 MP), and decoding an image at the
+# limit costs about 200 MB.
+MAX_IMAGE_PIXELS = 64_000_000
+# Larger images are downscaled to this longest side on import. The generator works at 512 px and
+# CLIP at 224 px, so 2048 leaves 4x headroom for crops; every image of a few-shot set stays in
+# memory, and a 2048 x 2048 RGB image takes 12 MB. Generated images are at most this size too, so
+# an image DIPSY wrote re-imports unchanged.
+MAX_IMAGE_SIDE = 2048
+SEED_MAX = 2**63 - 1  # seeds are stored as signed 64-bit integers
+
+
+@dataclass(frozen=True)
+class Between:
+    """The inclusive range of a numeric setting, declared in its annotation."""
+
+    low: int | float
+    high: int | float
+
+    def admits(self, value: int | float) -> bool:
+        return self.low <= value <= self.high  # NaN is admitted by no range
+
+    def __str__(self) -> str:
+        return f"between {_number(self.low)} and {_number(self.high)}"
+
+
+def _number(value: int | float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check_field_types(instance, section: str) -> None:
@@ -39,11 +73,11 @@ def check_field_types(instance, section: str) -> None:
             raise SettingsError(f"{section} setting {f.name!r} must be {hint}, got {value!r}")
 
 
-def check_ranges(instance, section: str, checks: dict[str, bool]) -> None:
-    """Raise for the first failed range check, naming the key and its value."""
-    for key, ok in checks.items():
-        if not ok:
-            raise SettingsError(f"{section} setting {key!r} is out of range: {getattr(instance, key)!r}")
+def check_rules(instance, section: str, rules: dict[str, tuple[bool, str]]) -> None:
+    """Raise for the first broken rule ``key: (holds, what is required)``, naming key and value."""
+    for key, (holds, requirement) in rules.items():
+        if not holds:
+            raise SettingsError(f"{section} setting {key!r} {requirement}, got {getattr(instance, key)!r}")
 
 
 def settings_from_dict(cls, settings: dict, section: str):
@@ -57,47 +91,82 @@ def settings_from_dict(cls, settings: dict, section: str):
     return cls(**settings)
 
 
+class Settings:
+    """Per-field ranges for a settings dataclass: declared once, read by the check and the UI."""
+
+    section: ClassVar[str]  # the preset section and the word in error messages
+
+    @classmethod
+    def ranges(cls) -> dict[str, Between]:
+        """Every numeric field's :class:`Between`, in field order."""
+        hints = typing.get_type_hints(cls, include_extras=True)
+        return {
+            f.name: bound
+            for f in fields(cls)
+            for bound in getattr(hints[f.name], "__metadata__", ())
+            if isinstance(bound, Between)
+        }
+
+    @classmethod
+    def bounds(cls, name: str) -> tuple[int | float, int | float]:
+        """The inclusive ``(minimum, maximum)`` of numeric setting ``name``, e.g. a widget's limits."""
+        ranges = cls.ranges()
+        if name not in ranges:
+            raise KeyError(
+                f"{cls.__name__} has no numeric setting {name!r}; numeric settings: {list(ranges)}"
+            )
+        return ranges[name].low, ranges[name].high
+
+    def check(self, rules: dict[str, tuple[bool, str]]) -> None:
+        """Check types, then each declared range (None passes where allowed), then ``rules``."""
+        check_field_types(self, self.section)
+        ranges = {
+            name: (getattr(self, name) is None or bound.admits(getattr(self, name)), f"must be {bound}")
+            for name, bound in self.ranges().items()
+        }
+        check_rules(self, self.section, ranges)
+        check_rules(self, self.section, rules)
+
+
 @dataclass(frozen=True)
-class GenerationConfig:
+class GenerationConfig(Settings):
     """How synthetic images are generated; defaults are the authors' (REFERENCE section 2)."""
 
+    section: ClassVar[str] = "generation"
+
     template: str = "A photo of a {c}"  # class prompt; {c} is replaced by the class display name
-    w_text: float = 7.5  # text guidance weight
-    w_pos: float = 6.0  # positive-image guidance weight
-    w_neg: float = 6.0  # negative-image guidance weight (subtracted)
-    ip_adapter_scale: float = 0.6  # IP-Adapter scale s for both images
-    steps: int = 50  # denoising steps
+    w_text: Annotated[float, Between(0, 50)] = 7.5  # text guidance weight
+    w_pos: Annotated[float, Between(0, 50)] = 6.0  # positive-image guidance weight
+    w_neg: Annotated[float, Between(0, 50)] = 6.0  # negative-image guidance weight (subtracted)
+    ip_adapter_scale: Annotated[float, Between(0, 2)] = 0.6  # IP-Adapter scale s for both images
+    steps: Annotated[int, Between(1, 1000)] = 50  # denoising steps
     scheduler: str = "dpm-solver"  # sampler, one of SCHEDULER_NAMES
-    height: int = 512  # image height in pixels (multiple of 8)
-    width: int = 512  # image width in pixels (multiple of 8)
-    images_per_class: int = 200  # synthetic images per class
+    height: Annotated[int, Between(8, MAX_IMAGE_SIDE)] = 512  # image height in pixels (multiple of 8)
+    width: Annotated[int, Between(8, MAX_IMAGE_SIDE)] = 512  # image width in pixels (multiple of 8)
+    images_per_class: Annotated[int, Between(1, 100_000)] = 200  # synthetic images per class
     negatives: str = "similarity"  # how negative classes are drawn, one of NEGATIVE_MODES
-    temperature: float = 0.4  # softmax temperature of the similarity sampling
+    # softmax temperature of the similarity sampling
+    temperature: Annotated[float, Between(0.01, 100)] = 0.4
     augment: bool = True  # adapter-input augmentation of positive and negative images
-    batch_size: int = 4  # images per U-Net call
-    seed: int = 0  # base seed; each image's seed derives from (seed, class, index)
+    batch_size: Annotated[int, Between(1, 256)] = 4  # images per U-Net call
+    # base seed; each image's seed derives from (seed, class, index)
+    seed: Annotated[int, Between(0, SEED_MAX)] = 0
 
     def __post_init__(self):
-        check_field_types(self, "generation")
-        check_ranges(
-            self,
-            "generation",
+        self.check(
             {
-                "template": "{c}" in self.template,
-                "w_text": 0 <= self.w_text <= 50,
-                "w_pos": 0 <= self.w_pos <= 50,
-                "w_neg": 0 <= self.w_neg <= 50,
-                "ip_adapter_scale": 0 <= self.ip_adapter_scale <= 2,
-                "steps": 1 <= self.steps <= 1000,
-                "scheduler": self.scheduler in SCHEDULER_NAMES,
-                "height": self.height >= 8 and self.height % 8 == 0,
-                "width": self.width >= 8 and self.width % 8 == 0,
-                "images_per_class": 1 <= self.images_per_class <= 100_000,
-                "negatives": self.negatives in NEGATIVE_MODES,
-                "temperature": 0 < self.temperature <= 100,
-                "batch_size": 1 <= self.batch_size <= 256,
-                "seed": 0 <= self.seed < 2**63,
-            },
+                "template": ("{c}" in self.template, "must contain the class placeholder {c}"),
+                "scheduler": (
+                    self.scheduler in SCHEDULER_NAMES,
+                    f"must be one of {', '.join(SCHEDULER_NAMES)}",
+                ),
+                "height": (self.height % 8 == 0, "must be a multiple of 8"),
+                "width": (self.width % 8 == 0, "must be a multiple of 8"),
+                "negatives": (
+                    self.negatives in NEGATIVE_MODES,
+                    f"must be one of {', '.join(NEGATIVE_MODES)}",
+                ),
+            }
         )
 
     def prompt(self, class_name: str) -> str:
@@ -108,53 +177,41 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Training settings; defaults are the paper's recipe. Loadable from a preset's "train" section."""
 
-    epochs: int = 10  # passes over the synthetic set (over the real set when there is none)
-    steps_per_epoch: int | None = None  # None: ceil(epoch set size / batch_size); set to match two runs
-    batch_size: int = 64  # images per batch; with a synthetic set each step takes one batch of each
-    lr: float = 1e-4  # AdamW peak learning rate
-    weight_decay: float = 1e-4  # AdamW weight decay
-    warmup_fraction: float = 0.1  # share of all steps spent in the linear warm-up before cosine decay
-    lora_rank: int = 16  # LoRA rank r
-    lora_alpha: int = 32  # LoRA alpha (scaling alpha / r)
-    lora_dropout: float = 0.1  # dropout on the LoRA branch input
-    lambda_real: float = 0.8  # loss = lambda * CE(real) + (1 - lambda) * CE(synthetic)
+    section: ClassVar[str] = "train"
+
+    # passes over the synthetic set (over the real set when there is none)
+    epochs: Annotated[int, Between(1, 1000)] = 10
+    # None: ceil(epoch set size / batch_size); set to match two runs
+    steps_per_epoch: Annotated[int | None, Between(1, 100_000)] = None
+    # images per batch; with a synthetic set each step takes one batch of each
+    batch_size: Annotated[int, Between(1, 1024)] = 64
+    lr: Annotated[float, Between(1e-7, 1)] = 1e-4  # AdamW peak learning rate
+    weight_decay: Annotated[float, Between(0, 1)] = 1e-4  # AdamW weight decay
+    # share of all steps spent in the linear warm-up before cosine decay
+    warmup_fraction: Annotated[float, Between(0, 0.9)] = 0.1
+    lora_rank: Annotated[int, Between(1, 256)] = 16  # LoRA rank r
+    lora_alpha: Annotated[int, Between(1, 1024)] = 32  # LoRA alpha (scaling alpha / r)
+    lora_dropout: Annotated[float, Between(0, 0.9)] = 0.1  # dropout on the LoRA branch input
+    # loss = lambda * CE(real) + (1 - lambda) * CE(synthetic)
+    lambda_real: Annotated[float, Between(0, 1)] = 0.8
     template: str = "A photo of a {c}"  # class prompt; {c} is replaced by the class name
-    crop_scale_min: float = 0.25  # RandomResizedCrop keeps (crop_scale_min .. 1) of the image area
-    randaugment_ops: int = 2  # RandAugment operations per image (0: off)
-    randaugment_magnitude: int = 9  # RandAugment magnitude, 0..30
-    seed: int = 0  # LoRA init, data order and augmentation; same seed + data + config = same run
-    num_workers: int | None = None  # DataLoader workers; None: 4 with CUDA, 0 (decode in-process) on the CPU
-    eval_batch_size: int = 128  # batch size for test-set evaluation
+    # RandomResizedCrop keeps (crop_scale_min .. 1) of the image area
+    crop_scale_min: Annotated[float, Between(0.01, 1)] = 0.25
+    # RandAugment operations per image (0: off); torchvision's RandAugment has 14 kinds
+    randaugment_ops: Annotated[int, Between(0, 14)] = 2
+    randaugment_magnitude: Annotated[int, Between(0, 30)] = 9  # RandAugment magnitude (torchvision's 31 bins)
+    # LoRA init, data order and augmentation; same seed + data + config = same run
+    seed: Annotated[int, Between(0, SEED_MAX)] = 0
+    # DataLoader workers; None: 4 with CUDA, 0 (decode in-process) on the CPU
+    num_workers: Annotated[int | None, Between(0, 64)] = None
+    eval_batch_size: Annotated[int, Between(1, 4096)] = 128  # batch size for test-set evaluation
     amp: bool = True  # mixed precision (bf16, else fp16) on CUDA; ignored on the CPU
 
     def __post_init__(self):
-        check_field_types(self, "train")
-        check_ranges(
-            self,
-            "train",
-            {
-                "epochs": self.epochs >= 1,
-                "steps_per_epoch": self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-                "batch_size": self.batch_size >= 1,
-                "lr": 0 < self.lr <= 1,
-                "weight_decay": 0 <= self.weight_decay <= 1,
-                "warmup_fraction": 0 <= self.warmup_fraction < 1,
-                "lora_rank": self.lora_rank >= 1,
-                "lora_alpha": self.lora_alpha >= 1,
-                "lora_dropout": 0 <= self.lora_dropout < 1,
-                "lambda_real": 0 <= self.lambda_real <= 1,
-                "template": "{c}" in self.template,
-                "crop_scale_min": 0 < self.crop_scale_min <= 1,
-                "randaugment_ops": self.randaugment_ops >= 0,
-                "randaugment_magnitude": 0 <= self.randaugment_magnitude <= 30,
-                "seed": 0 <= self.seed < 2**63,
-                "num_workers": self.num_workers is None or self.num_workers >= 0,
-                "eval_batch_size": self.eval_batch_size >= 1,
-            },
-        )
+        self.check({"template": ("{c}" in self.template, "must contain the class placeholder {c}")})
 
     @classmethod
     def from_dict(cls, settings: dict) -> TrainConfig:

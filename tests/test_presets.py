@@ -1,10 +1,14 @@
 """Presets: every shipped preset loads; bad content is an error naming the key."""
 
 import json
+import math
+import typing
+from dataclasses import fields
 
 import pytest
 
-from dipsy_ui.config import GenerationConfig, TrainConfig
+from dipsy_ui.config import GenerationConfig, Settings, TrainConfig
+from dipsy_ui.errors import SettingsError
 from dipsy_ui.presets import Preset, list_presets, load_preset, save_preset
 
 PAPER_DATASETS = {
@@ -78,3 +82,53 @@ def test_saved_preset_round_trips(tmp_path):
         and loaded.train == preset.train
         and loaded.description == "tuned"
     )
+
+
+CONFIGS = (GenerationConfig, TrainConfig)
+RANGED = [(config, name) for config in CONFIGS for name in config.ranges()]
+
+
+def _kinds(config: type[Settings], name: str) -> set[type]:
+    hint = typing.get_type_hints(config)[name]
+    return set(typing.get_args(hint) or (hint,))
+
+
+@pytest.mark.parametrize(("config", "name"), RANGED, ids=[f"{c.__name__}.{n}" for c, n in RANGED])
+def test_out_of_range_value_names_the_field_and_the_range_the_ui_reads(config: type[Settings], name):
+    low, high = config.bounds(name)
+    config(**{name: low}), config(**{name: high})  # both ends are allowed
+    step = 1 if float not in _kinds(config, name) else (high - low) / 100
+    expected = " and ".join(f"{bound:g}" if isinstance(bound, float) else str(bound) for bound in (low, high))
+    for value in (low - step, high + step):
+        with pytest.raises(SettingsError) as raised:
+            config(**{name: value})
+        assert f"{config.section} setting {name!r} must be between {expected}, got {value!r}" == str(
+            raised.value
+        )
+
+
+def test_every_numeric_setting_declares_a_finite_range_around_its_default():
+    for config in CONFIGS:
+        numeric = [f.name for f in fields(config) if _kinds(config, f.name) & {int, float}]
+        assert list(config.ranges()) == numeric
+        for name in numeric:
+            low, high = config.bounds(name)
+            default = getattr(config(), name)
+            assert math.isfinite(high) and (default is None or low <= default <= high), (config, name)
+    with pytest.raises(SettingsError, match="'w_pos' must be between 0 and 50, got nan"):
+        GenerationConfig(w_pos=math.nan)
+
+
+def test_reported_examples_and_rules_beyond_ranges():
+    with pytest.raises(
+        SettingsError, match="train setting 'lora_rank' must be between 1 and 256, got 100000"
+    ):
+        TrainConfig(lora_rank=100000)
+    with pytest.raises(SettingsError, match="'height' must be a multiple of 8, got 500"):
+        GenerationConfig(height=500)
+    with pytest.raises(SettingsError, match="'template' must contain the class placeholder"):
+        TrainConfig(template="a photo")
+    assert GenerationConfig.bounds("w_text") == (0, 50)
+    assert TrainConfig(steps_per_epoch=None, num_workers=None).steps_per_epoch is None
+    with pytest.raises(KeyError, match="numeric settings"):
+        GenerationConfig.bounds("scheduler")
