@@ -4,17 +4,17 @@ A dataset comes from a folder with one subfolder per class (torchvision ``ImageF
 a ``.zip`` of such a folder, or an in-memory mapping ``class name -> images`` (what the UI hands
 over). Every image is decoded up front to upright RGB through :mod:`dipsy_ui.images` and kept in
 memory: few-shot sets are small, and the similarity step and the pipeline both need every image.
+Images over the size limits are refused (too many pixels) or downscaled (too long a side) there.
 
-Loading never fails on a single bad file: unreadable files, empty classes and duplicates are
-recorded in a :class:`LoadReport` and skipped. Only an input with no usable class at all raises
-:class:`DatasetError`.
+Loading never fails on a single bad file: unreadable or oversized files, empty classes and
+duplicates are recorded in a :class:`LoadReport` and skipped, and each downscaled image gets a
+line there. Only an input with no usable class at all raises :class:`DatasetError`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import os
 import shutil
 import unicodedata
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .errors import DatasetError, UsageError
-from .images import ImageReadError, image_digest, open_image, to_rgb
+from .images import Decoded, ImageReadError, fit_image, image_digest, read_image
 
 # Files in a folder or zip with any other extension are skipped with a reason, not decoded:
 # datasets routinely carry README, labels.csv or .json files, and reporting each of those as a
@@ -50,7 +50,7 @@ _DEMO_MARKER = ".dipsy-demo"
 HIDDEN_CLASS_FOLDER = "hidden folder (names starting with '.' are ignored; rename it to use it as a class)"
 
 ImageLike = Image.Image | str | os.PathLike | bytes | bytearray | memoryview
-Reader = Callable[[], Image.Image]  # decodes one image lazily, raising ImageReadError
+Reader = Callable[[], Decoded]  # decodes one image lazily, raising ImageReadError
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,13 @@ class Duplicate:
     kept: str  # the earlier copy that stays in the dataset
 
 
+@dataclass(frozen=True)
+class Downscaled:
+    source: str
+    original_size: tuple[int, int]  # upright (width, height) as stored
+    size: tuple[int, int]  # (width, height) kept in the dataset
+
+
 @dataclass
 class LoadReport:
     """Everything loading skipped or noticed, in the order it happened."""
@@ -94,6 +101,7 @@ class LoadReport:
     skipped: list[SkippedFile] = field(default_factory=list)
     dropped_classes: list[DroppedClass] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
+    downscaled: list[Downscaled] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     class_count: int = 0
@@ -110,6 +118,10 @@ class LoadReport:
     def duplicate(self, duplicate: Duplicate) -> None:
         self.duplicates.append(duplicate)
         self.warnings.append(f"class {duplicate.class_name!r}: {duplicate.source} repeats {duplicate.kept}")
+
+    def downscale(self, source: str, decoded: Decoded) -> None:
+        self.downscaled.append(Downscaled(source, decoded.original_size, decoded.image.size))
+        self.warnings.append(f"{source}: {decoded.note}")
 
     def summary(self, max_lines: int = 20) -> str:
         """A short text for the user: counts, then errors and warnings (long lists are cut)."""
@@ -266,7 +278,7 @@ def load_folder(root: str | Path) -> FewShotDataset:
         for filename in sorted(f for f in filenames if not f.startswith(".")):
             path = Path(directory, filename)
             if _accept(relative[0] if relative else "", str(path), report):
-                entries[relative[0]].append((str(path), partial(open_image, path)))
+                entries[relative[0]].append((str(path), partial(read_image, path)))
     return _build(entries, report, f"no class folders found in {root}; expected {root}/<class name>/<images>")
 
 
@@ -438,30 +450,22 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _read_zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> Image.Image:
+def _read_zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> Decoded:
     if info.file_size > MAX_ZIP_ENTRY_BYTES:
         raise ImageReadError(f"{source}: larger than {MAX_ZIP_ENTRY_BYTES} bytes")
     try:
         data = zf.read(info)
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as error:
         raise ImageReadError(f"{source}: cannot read archive entry ({error})") from error
-    return _read_item(data, source)
+    return read_image(data, source)
 
 
-def _read_item(item: Any, source: str) -> Image.Image:
-    """Upright RGB from a PIL image, a path or encoded bytes, as :func:`open_image` does for paths."""
-    if isinstance(item, str | os.PathLike):
-        return open_image(item)
-    try:
-        if isinstance(item, Image.Image):
-            # exif_transpose returns a copy, so the caller's image is never modified.
-            return to_rgb(ImageOps.exif_transpose(item))
-        if isinstance(item, bytes | bytearray | memoryview):
-            with Image.open(io.BytesIO(item)) as handle:
-                handle.load()
-                return to_rgb(ImageOps.exif_transpose(handle))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"{source}: not a readable image ({type(error).__name__}: {error})") from error
+def _read_item(item: Any, source: str) -> Decoded:
+    """Upright RGB within the size limits from a PIL image, a path or encoded bytes."""
+    if isinstance(item, Image.Image):
+        return fit_image(item, source)
+    if isinstance(item, str | os.PathLike | bytes | bytearray | memoryview):
+        return read_image(item, source)
     raise ImageReadError(f"{source}: unsupported {type(item).__name__}; expected a PIL image, path or bytes")
 
 
@@ -484,11 +488,13 @@ def _build(
         kept: dict[str, ImageRecord] = {}
         for source, read in items:
             try:
-                image = read()
+                decoded = read()
             except ImageReadError as error:
                 report.skip(source, str(error).removeprefix(f"{source}: "), error=True)
                 continue
-            record = ImageRecord(source, image_digest(image), image)
+            if decoded.note:
+                report.downscale(source, decoded)
+            record = ImageRecord(source, image_digest(decoded.image), decoded.image)
             if record.digest in kept:
                 report.duplicate(Duplicate(name, source, kept[record.digest].source))
             else:
