@@ -1,15 +1,28 @@
-"""Presets: every shipped preset loads; bad content is an error naming the key."""
+"""Presets: every shipped preset loads; bad content is an error naming the key and the allowed
+range; user presets are reached by name only, never replace a built-in one, and replace each
+other only when asked."""
 
 import json
 import math
+import re
 import typing
 from dataclasses import fields
 
 import pytest
 
 from dipsy_ui.config import GenerationConfig, Settings, TrainConfig
-from dipsy_ui.errors import SettingsError
-from dipsy_ui.presets import Preset, list_presets, load_preset, save_preset
+from dipsy_ui.errors import SettingsError, UsageError
+from dipsy_ui.presets import (
+    MAX_PRESET_NAME_LENGTH,
+    Preset,
+    PresetExistsError,
+    check_preset_name,
+    list_presets,
+    list_user_presets,
+    load_preset,
+    save_preset,
+    save_user_preset,
+)
 
 PAPER_DATASETS = {
     "fgvc_aircraft",
@@ -132,3 +145,84 @@ def test_reported_examples_and_rules_beyond_ranges():
     assert TrainConfig(steps_per_epoch=None, num_workers=None).steps_per_epoch is None
     with pytest.raises(KeyError, match="numeric settings"):
         GenerationConfig.bounds("scheduler")
+
+
+TUNED = Preset("tuned", "tuned", GenerationConfig(w_pos=3.5, seed=7), TrainConfig(epochs=2, lr=3e-3))
+
+
+def test_user_presets_are_saved_listed_and_loaded_by_name(tmp_path):
+    folder = tmp_path / "presets"
+    assert list_user_presets(folder) == []  # no folder yet
+
+    path = save_user_preset(TUNED, folder, "  My pets 2  ")
+    save_user_preset(Preset("other"), folder, "änderung_1")
+    (folder / "not.a.name.json").write_text(TUNED.to_json())  # put there by hand: not listed
+
+    assert path == folder / "My pets 2.json"
+    assert list_user_presets(folder) == ["My pets 2", "änderung_1"]
+    loaded = load_preset("My pets 2", user_folder=folder)
+    assert (loaded.name, loaded.generation, loaded.train) == ("My pets 2", TUNED.generation, TUNED.train)
+    assert load_preset("pets", user_folder=folder) == load_preset("pets")  # built-ins stay reachable
+    with pytest.raises(
+        SettingsError, match="unknown preset 'mine'; built-in presets: .*pets.*; yours: My pets 2, änderung_1"
+    ):
+        load_preset("mine", user_folder=folder)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "cannot be empty"),
+        ("   ", "cannot be empty"),
+        ("a/b", "contains '/'"),
+        ("..\\evil", "contains '.', " + repr("\\")),
+        ("my.preset", "contains '.'"),
+        ("tab\tname", "contains " + repr("\t")),
+        ("x" * (MAX_PRESET_NAME_LENGTH + 1), f"has {MAX_PRESET_NAME_LENGTH + 1} characters; use at most"),
+    ],
+)
+def test_preset_names_are_plain_words_never_paths(tmp_path, name, message):
+    folder = tmp_path / "presets"
+    for attempt in (
+        lambda: check_preset_name(name),
+        lambda: save_user_preset(TUNED, folder, name),
+        lambda: load_preset(name, user_folder=folder),
+    ):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            attempt()
+    assert not folder.exists()  # nothing was written anywhere
+    assert check_preset_name("x" * MAX_PRESET_NAME_LENGTH) == "x" * MAX_PRESET_NAME_LENGTH
+
+
+def test_a_path_is_refused_where_a_name_is_expected(tmp_path):
+    outside = save_preset(TUNED, tmp_path / "outside.json")
+    with pytest.raises(UsageError, match="contains '.', '/'"):
+        load_preset(str(outside), user_folder=tmp_path / "presets")
+    assert load_preset(outside).generation == TUNED.generation  # the CLI's path form still works
+
+
+@pytest.mark.parametrize("name", ["pets", "PETS", " demo "])
+def test_built_in_preset_names_are_reserved(tmp_path, name):
+    with pytest.raises(
+        UsageError, match=r"is the name of a built-in preset.*choose another name, such as"
+    ) as raised:
+        save_user_preset(TUNED, tmp_path, name)
+    assert not isinstance(raised.value, PresetExistsError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_user_preset_is_replaced_only_with_overwrite(tmp_path):
+    save_user_preset(TUNED, tmp_path, "mine")
+    changed = Preset("x", "changed", GenerationConfig(w_pos=1.0), TrainConfig())
+
+    for spelling in ("mine", "MINE"):
+        with pytest.raises(PresetExistsError, match="a preset named 'mine' already exists") as raised:
+            save_user_preset(changed, tmp_path, spelling)
+        assert (raised.value.name, raised.value.path) == ("mine", tmp_path / "mine.json")
+        assert load_preset("mine", user_folder=tmp_path).generation == TUNED.generation  # untouched
+
+    save_user_preset(changed, tmp_path, "mine", overwrite=True)
+    assert load_preset("mine", user_folder=tmp_path).generation == changed.generation
+    save_user_preset(TUNED, tmp_path, "Mine", overwrite=True)  # another case: the same preset, renamed
+    assert list_user_presets(tmp_path) == ["Mine"]
+    assert load_preset("Mine", user_folder=tmp_path).generation == TUNED.generation
