@@ -8,8 +8,11 @@ digit. On the demo preset's settings the report measures, per class and overall:
 - image-prompt-only recognition: the empty prompt and a positive image of the class, no negative;
 - DIPSY recognition: the preset's weights, negative classes drawn from the CLIP similarity, and
   the share of images read as their own negative class, with and without the negative term;
-- the negative effect: positive images of class A, negative images of B, (A, B) the most similar
-  class pair; the share of images read as B at ``w_neg = 0`` and at the preset's ``w_neg``;
+- the negative effect: positive images of class A, negative images of B, the share of images
+  read as B at ``w_neg = 0`` and at the preset's ``w_neg``, for two pairs: the pair the generator
+  confuses most when the images alone steer (empty prompt; the most frequent misreading of the
+  image-prompt-only images), and the pair CLIP finds most similar, with the class prompt (where
+  the text alone already pins the digit, so there is little left for the negative to remove);
 - the class similarity's structure (spread of off-diagonal cosines, negative probabilities at
   the preset's temperature), how well the Curate tab's CLIP ranking separates images of a class
   from images of other classes, the live-preview latency, and the classifier's headroom: zero-shot
@@ -59,7 +62,13 @@ def _recognition(predicted: np.ndarray, expected: np.ndarray) -> dict:
         DIGIT_NAMES[label]: round(float(np.mean(predicted[expected == label] == label)), 3)
         for label in np.unique(expected)
     }
-    return {"overall": round(float(np.mean(predicted == expected)), 3), "per_class": per_class}
+    confusion = np.zeros((len(DIGIT_NAMES), len(DIGIT_NAMES)), dtype=int)
+    np.add.at(confusion, (expected, predicted), 1)
+    return {
+        "overall": round(float(np.mean(predicted == expected)), 3),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),  # [asked-for digit][digit read]
+    }
 
 
 class WorldProbe:
@@ -150,26 +159,32 @@ class WorldProbe:
         }
         result["dipsy"] = self._per_class(per_class, True, negatives)
         result["dipsy_without_negative"] = self._per_class(per_class, True, negatives, w_neg=0.0)
-        result["negative_effect"] = self.negative_effect(similarity, per_class * 2)
-        result["negative_effect_images_only"] = self.negative_effect(similarity, per_class * 2, prompt=False)
+        misread = np.array(result["image_only"]["confusion"])
+        np.fill_diagonal(misread, -1)
+        a, b = np.unravel_index(int(misread.argmax()), misread.shape)
+        result["negative_effect"] = self.negative_effect(int(a), int(b), similarity, per_class * 2, prompt=False)
+        matrix = similarity.similarity.clone().fill_diagonal_(-2)
+        a, b = divmod(int(matrix.argmax()), len(names))
+        result["negative_effect_similar_pair"] = self.negative_effect(a, b, similarity, per_class * 2)
         result["curation_auc"] = self.curation_separation(per_class)
         result["preview_seconds"] = self.preview_latency()
         if classifier:
             result["classifier"] = self.classifier_headroom()
         return result
 
-    def negative_effect(self, similarity, count: int, prompt: bool = True) -> dict:
-        """Share of images read as the negative class B, at ``w_neg = 0`` and the preset's; with
-        the class prompt, or (``prompt=False``) the empty prompt, where the images alone steer."""
-        matrix = similarity.similarity.clone().fill_diagonal_(-2)
-        a, b = divmod(int(matrix.argmax()), len(similarity.names))
-        name_a, name_b = similarity.names[a], similarity.names[b]
+    def negative_effect(self, a: int, b: int, similarity, count: int, prompt: bool = True) -> dict:
+        """Share of images of digit ``a`` read as the negative digit ``b``, at ``w_neg = 0`` and the
+        preset's; with the class prompt, or (``prompt=False``) the empty prompt, where the images
+        alone steer (the paper's Eq. 9 with ``w_text`` acting on an empty prompt)."""
+        name_a, name_b = DIGIT_NAMES[a], DIGIT_NAMES[b]
+        a, b = similarity.names.index(name_a), similarity.names.index(name_b)
         positives = [self.fewshot[name_a][i % self.shots] for i in range(count)]
         negatives = [self.fewshot[name_b][(i + 1) % self.shots] for i in range(count)]
         effect = {
             "positive": name_a,
             "negative": name_b,
             "cosine": round(float(similarity.similarity[a, b]), 3),
+            "prompt": "class prompt" if prompt else "empty prompt",
         }
         for key, w_neg in (("without", 0.0), ("with", self.config.w_neg)):
             text = self.config.prompt(name_a) if prompt else ""
@@ -256,12 +271,12 @@ def format_report(report: dict) -> str:
         lines.append(f"  {label:<18} recognition {row['overall']:.1%}{negative}   ({classes})")
     for key, label in (
         ("negative_effect", "negative effect"),
-        ("negative_effect_images_only", "  empty prompt"),
+        ("negative_effect_similar_pair", "  CLIP-similar pair"),
     ):
         effect = report[key]
         lines.append(
             f"  {label:<18} positive {effect['positive']}, negative {effect['negative']} "
-            f"(cosine {effect['cosine']}): read as {effect['negative']} "
+            f"(cosine {effect['cosine']}, {effect['prompt']}): read as {effect['negative']} "
             f"{effect['without']['read_as_negative']:.1%} at w_neg=0 -> {effect['with']['read_as_negative']:.1%} "
             f"at w_neg={effect['with']['w_neg']}; read as {effect['positive']} "
             f"{effect['without']['read_as_positive']:.1%} -> {effect['with']['read_as_positive']:.1%}"
