@@ -10,6 +10,7 @@ import json
 import random
 import shutil
 import threading
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from dipsy_ui.classifier import data as classifier_data
 from dipsy_ui.classifier.data import labelled_images
 from dipsy_ui.classifier.evaluate import evaluate, predict
 from dipsy_ui.classifier.model import ClipClassifier, load_classifier, split_attention
+from dipsy_ui.classifier.report import comparison_table, comparison_verdict
 from dipsy_ui.classifier.train import compare, iter_train, train
 from dipsy_ui.config import TrainConfig
 from dipsy_ui.data import load_dataset, write_demo_data
@@ -344,7 +346,105 @@ def test_comparison_uses_the_same_seed_and_step_budget(tiny_spec, digits, tmp_pa
         assert metrics["total_steps"] == 3 and len(metrics["step_loss"]) == 3
     assert report["real_only"]["top1"] is not None and report["real_synthetic"]["top1"] is not None
     assert "real only" in report["table"] and "real+synthetic" in report["table"]
-    assert (tmp_path / "cmp" / "comparison.txt").read_text() == report["table"] + "\n"
+    assert (
+        report["verdict"] == comparison_verdict(report) and "same seed (0) and steps (3)" in report["verdict"]
+    )
+    assert report["text"] == f"{report['verdict']}\n\n{report['table']}"
+    assert (tmp_path / "cmp" / "comparison.txt").read_text() == report["text"] + "\n"
+    # Both classifiers are offered for download: each folder loads as a classifier.
+    assert report["folders"] == {key: str(tmp_path / "cmp" / run) for key, run in
+                                 (("real_only", "real-only"), ("real_synthetic", "real+synthetic"))}  # fmt: skip
+    for folder in report["folders"].values():
+        assert load_classifier(folder).class_names == tuple(report["class_names"])
+
+
+def _comparison(real_only: float | None, real_synthetic: float | None, names=("cat", "dog")) -> dict:
+    """A compare() report with the given top-1 (None: the run a cancel stopped) and per-class
+    accuracies spread around it."""
+
+    def run(top1):
+        if top1 is None:
+            return None
+        return {"top1": top1, "per_class": {name: min(1.0, top1 + i / 100) for i, name in enumerate(names)}}
+
+    return {
+        "class_names": list(names),
+        "steps": 300,
+        "seed": 7,
+        "zero_shot": run(0.1),
+        "real_only": run(real_only),
+        "real_synthetic": run(real_synthetic),
+        "cancelled": real_only is None or real_synthetic is None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("real_only", "real_synthetic", "verdict"),
+    [
+        (
+            0.48,
+            0.62,
+            "real+synthetic 62.0% vs real-only 48.0% top-1: +14.0 points, same seed (7) and steps (300)",
+        ),
+        (
+            0.5,
+            0.47,
+            "real+synthetic 47.0% vs real-only 50.0% top-1: -3.0 points, same seed (7) and steps (300)",
+        ),
+        (
+            0.5,
+            0.5004,
+            "real+synthetic 50.0% vs real-only 50.0% top-1: no difference, same seed (7) and steps (300)",
+        ),
+        (
+            0.5,
+            0.4996,
+            "real+synthetic 50.0% vs real-only 50.0% top-1: no difference, same seed (7) and steps (300)",
+        ),
+        (0.48, None, "cancelled during the real+synthetic run (real-only top-1 48.0%): no comparison"),
+        (None, None, "cancelled during the real-only run: no comparison"),
+    ],
+)
+def test_comparison_verdict_states_the_sign_and_the_points(real_only, real_synthetic, verdict):
+    assert comparison_verdict(_comparison(real_only, real_synthetic)) == verdict
+
+
+def _cells(text: str) -> str:
+    """``text`` as the terminal shows it, one character per cell: a wide character takes two."""
+    return "".join(
+        "" if unicodedata.combining(ch) else ch * 2 if unicodedata.east_asian_width(ch) in "WF" else ch
+        for ch in text
+    )
+
+
+def test_comparison_table_columns_line_up_whatever_the_class_names():
+    names = (
+        "a",
+        "a much longer class name than the others",
+        "猫 (ねこ)",
+        "é",
+        "x" * 100,
+        "tab\tand\nnewline",
+    )
+    report = _comparison(0.48, 0.62, names)
+    report["real_synthetic"]["per_class"]["a"] = None  # a class with no test image
+
+    [header, *rows] = map(_cells, comparison_table(report).splitlines())
+
+    assert len(rows) == 2 + len(names)  # top-1, steps, then one row per class, each on one line
+    assert {len(row) for row in rows} == {len(header)}
+    ends = [
+        header.index(title) + len(title) for title in ("zero-shot", "real only", "real+synthetic", "change")
+    ]
+    for row in rows:  # every value right-aligned under its column title
+        assert all(row[end - 1] != " " and (end == len(row) or row[end] == " ") for end in ends[:3]), row
+    top1, _, first_class = (row.split()[-4:] for row in rows[:3])
+    assert top1 == ["10.0", "48.0", "62.0", "+14.0"] and first_class == ["10.0", "48.0", "-", "-"]
+    assert any(row.startswith("x" * 39 + "…") for row in rows)  # long names are cut, not wrapped
+    assert any(row.startswith("tab\\tand\\nnewline ") for row in rows)
+
+    cut = comparison_table(report, per_class_limit=2).splitlines()
+    assert len(cut) == 1 + 2 + 2 + 1 and cut[-1] == "... and 4 more classes (all of them in comparison.json)"
 
 
 # Cancel ---------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """What a training run shows: its curves and confusion matrix (``curves.png``,
-``confusion.png``), and the side-by-side text table of a real-only vs real+synthetic comparison."""
+``confusion.png``), and a real-only vs real+synthetic comparison's one-line verdict and
+side-by-side text table."""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -64,22 +67,88 @@ def save_plots(out_dir: str | Path, metrics: dict) -> list[Path]:
     return written
 
 
+# The comparison's runs: report key -> column title.
+RUNS = {"zero_shot": "zero-shot", "real_only": "real only", "real_synthetic": "real+synthetic"}
+# Longer class names are cut (with "…") so one long name cannot push the columns off the screen;
+# comparison.json keeps them whole.
+MAX_LABEL_WIDTH = 40
+
+
+def comparison_verdict(report: dict) -> str:
+    """One line on :func:`dipsy_ui.classifier.train.compare`'s dict: real+synthetic vs real-only
+    test top-1 and the difference in points, or which run a cancel stopped."""
+    real, mixed = report["real_only"], report["real_synthetic"]
+    if real is None:
+        return "cancelled during the real-only run: no comparison"
+    if mixed is None:
+        return (
+            f"cancelled during the real+synthetic run (real-only top-1 {_pct(real['top1'])}%): no comparison"
+        )
+    points = 100 * (mixed["top1"] - real["top1"])
+    change = "no difference" if round(points, 1) == 0 else f"{points:+.1f} points"
+    return (
+        f"real+synthetic {_pct(mixed['top1'])}% vs real-only {_pct(real['top1'])}% top-1: {change}, "
+        f"same seed ({report['seed']}) and steps ({report['steps']})"
+    )
+
+
 def comparison_table(report: dict, per_class_limit: int = 20) -> str:
-    """A short text table of :func:`dipsy_ui.classifier.train.compare`'s dict: runs side by side."""
-    runs = [("zero-shot", report["zero_shot"]), ("real only", report["real_only"]),
-            ("real+synthetic", report["real_synthetic"])]  # fmt: skip
-    width = max(12, *(len(n) for n in report["class_names"][:per_class_limit])) + 2
-    lines = ["".ljust(width) + "".join(name.rjust(16) for name, _ in runs)]
+    """:func:`dipsy_ui.classifier.train.compare`'s dict as a text table: test top-1 (%) of the
+    zero-shot, real-only and real+synthetic classifiers overall and for the first
+    ``per_class_limit`` classes, and the change (real+synthetic minus real-only, in points).
 
-    def row(label: str, values) -> None:
-        lines.append(label.ljust(width) + "".join(v.rjust(16) for v in values))
+    The columns line up whatever the class names hold: a name is escaped onto one line, cut to
+    ``MAX_LABEL_WIDTH`` and padded by its display width (wide CJK characters take two cells).
+    """
+    runs = [report[key] for key in RUNS]
+    names = report["class_names"]
+    steps = str(report["steps"])
 
-    def pct(value) -> str:
-        return "-" if value is None else f"{100 * value:.1f}"
+    def accuracies(label: str, read: Callable[[dict], float]) -> tuple[str, list[str]]:
+        zero_shot, real, mixed = (None if run is None else read(run) for run in runs)
+        change = "-" if real is None or mixed is None else f"{100 * (mixed - real):+.1f}"
+        return label, [_pct(zero_shot), _pct(real), _pct(mixed), change]
 
-    row("top-1 (%)", [pct(run["top1"]) if run else "-" for _, run in runs])
-    row("steps", ["0", str(report["steps"]), str(report["steps"])])
-    if len(report["class_names"]) <= per_class_limit:
-        for name in report["class_names"]:
-            row(name, [pct(run["per_class"][name]) if run else "-" for _, run in runs])
+    rows = [
+        ("", [*RUNS.values(), "change"]),
+        accuracies("top-1 (%)", lambda run: run["top1"]),
+        ("steps", ["0", steps, steps, ""]),
+        *(
+            accuracies(_label(name), lambda run, name=name: run["per_class"][name])
+            for name in names[:per_class_limit]
+        ),
+    ]
+    width = max(_display_width(label) for label, _ in rows) + 2
+    column = max(len(cell) for _, cells in rows for cell in cells) + 2
+    lines = [
+        label + " " * (width - _display_width(label)) + "".join(cell.rjust(column) for cell in cells)
+        for label, cells in rows
+    ]
+    if len(names) > per_class_limit:
+        more = len(names) - per_class_limit
+        lines.append(
+            f"... and {more} more {'class' if more == 1 else 'classes'} (all of them in comparison.json)"
+        )
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _label(name: str) -> str:
+    """``name`` on one line (control characters escaped), cut to ``MAX_LABEL_WIDTH`` cells."""
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in name)
+    if _display_width(text) <= MAX_LABEL_WIDTH:
+        return text
+    while _display_width(text) > MAX_LABEL_WIDTH - 1:
+        text = text[:-1]
+    return text + "…"
+
+
+def _display_width(text: str) -> int:
+    """Terminal cells ``text`` takes: wide and fullwidth characters two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )

@@ -38,7 +38,7 @@ from .model import (
     SplitAttention,
     split_attention,
 )
-from .report import comparison_table, save_plots
+from .report import comparison_table, comparison_verdict, save_plots
 
 
 @dataclass(frozen=True)
@@ -379,19 +379,23 @@ def compare(
     """Real-only vs real+synthetic with the same seed and the same number of optimisation steps.
 
     Both runs use the synthetic set's epoch length, so they also share the learning-rate
-    schedule and evaluation points. Writes ``out_dir/real-only`` and ``out_dir/real+synthetic``;
-    returns a dict (top-1 and per-class of the zero-shot, real-only and real+synthetic
-    classifiers) whose ``"table"`` entry is :func:`~dipsy_ui.classifier.evaluate.comparison_table`'s text.
+    schedule and evaluation points. Writes ``out_dir/real-only`` and ``out_dir/real+synthetic``
+    (each a classifier folder as :func:`train` writes it) and ``comparison.json`` and
+    ``comparison.txt``. Returns a dict: test top-1 and per-class accuracy of the zero-shot,
+    real-only and real+synthetic classifiers (None for a run a cancel stopped), ``"folders"``
+    (each run's output folder, None for a run that never started), ``"verdict"``
+    (:func:`~.report.comparison_verdict`), ``"table"`` (:func:`~.report.comparison_table`) and
+    ``"text"`` (the verdict, a blank line and the table: what ``comparison.txt`` holds).
     """
     config = config or TrainConfig()
     if config.steps_per_epoch is None:
         synthetic = as_labelled(synthetic, "synthetic")
         config = replace(config, steps_per_epoch=math.ceil(len(synthetic) / config.batch_size))
+    folders = {"real_only": Path(out_dir) / "real-only", "real_synthetic": Path(out_dir) / "real+synthetic"}
     results = {}
     for name, arm in (("real_only", None), ("real_synthetic", synthetic)):
-        folder = Path(out_dir) / ("real-only" if arm is None else "real+synthetic")
         results[name] = train(
-            real, folder, spec, synthetic=arm, test=test, config=config, runtime=runtime,
+            real, folders[name], spec, synthetic=arm, test=test, config=config, runtime=runtime,
             callback=(lambda event, name=name: callback(name, event)) if callback else None,
             should_stop=should_stop,
         )  # fmt: skip
@@ -410,8 +414,11 @@ def compare(
             for key, r in finished.items()
         },
         "cancelled": len(finished) < 2,
+        "folders": {key: str(folder) if key in results else None for key, folder in folders.items()},
     }
+    report["verdict"] = comparison_verdict(report)
     report["table"] = comparison_table(report)
+    report["text"] = f"{report['verdict']}\n\n{report['table']}"
     write_atomic(Path(out_dir) / "comparison.json", json.dumps(report, indent=2))
-    write_atomic(Path(out_dir) / "comparison.txt", report["table"] + "\n")
+    write_atomic(Path(out_dir) / "comparison.txt", report["text"] + "\n")
     return report
