@@ -133,13 +133,17 @@ def cmd_generate_one(args: argparse.Namespace) -> int:
     generator = torch.Generator(runtime.device).manual_seed(args.seed)
     image = pipe(positive_image=positive, negative_image=negative, generator=generator, **settings).images[0]
     # The same environment fields as a manifest line, so a single image is as reproducible.
-    record = settings | generation_environment(runtime.device, runtime.dtype) | {
-        "seed": args.seed,
-        "scheduler": args.scheduler,
-        "positive": str(args.positive),
-        "negative": str(args.negative) if args.negative else None,
-        "models": spec.to_dict(),
-    }
+    record = (
+        settings
+        | generation_environment(runtime.device, runtime.dtype)
+        | {
+            "seed": args.seed,
+            "scheduler": args.scheduler,
+            "positive": str(args.positive),
+            "negative": str(args.negative) if args.negative else None,
+            "models": spec.to_dict(),
+        }
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_png(image, out, {"dipsy": json.dumps(record, sort_keys=True)})
@@ -155,7 +159,7 @@ def _load_dataset(path: Path):
     return dataset
 
 
-def _similarity(args, dataset, spec, runtime, temperature: float, uniform: bool, out: Path):
+def _similarity(args, dataset, spec, runtime, temperature: float, mode: str, out: Path):
     """Class similarity of ``dataset`` (embeddings cached under OUT/.cache), saved with its heatmap."""
     from .models import load_clip
     from .similarity import compute_similarity, save_heatmap
@@ -163,9 +167,7 @@ def _similarity(args, dataset, spec, runtime, temperature: float, uniform: bool,
     dataset.require_classes(2, purpose="class similarity")
     clip = load_clip(spec, runtime)
     classes = {c.name: [record.image for record in c.images] for c in dataset.classes}
-    result = compute_similarity(
-        clip, classes, temperature=temperature, uniform=uniform, cache_dir=out / ".cache"
-    )
+    result = compute_similarity(clip, classes, temperature=temperature, mode=mode, cache_dir=out / ".cache")
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     save_heatmap(out / "similarity.png", result.names, result.similarity)
@@ -175,7 +177,7 @@ def _similarity(args, dataset, spec, runtime, temperature: float, uniform: bool,
 def cmd_similarity(args: argparse.Namespace) -> int:
     dataset = _load_dataset(args.data)
     result = _similarity(
-        args, dataset, spec_from_args(args), _runtime(args), args.temperature, False, args.out
+        args, dataset, spec_from_args(args), _runtime(args), args.temperature, "similarity", args.out
     )
     from .similarity import top_similar
 
@@ -194,6 +196,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import GenerationJob, Shard
     from .models import load_pipeline
     from .presets import load_preset
+    from .similarity import SIMILARITY_MODES
 
     preset = load_preset(args.preset)
     overrides = {
@@ -206,8 +209,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dataset = _load_dataset(args.data)
     spec, runtime = spec_from_args(args), _runtime(args)
     similarity = None
-    if config.negatives == "similarity":
-        similarity = _similarity(args, dataset, spec, runtime, config.temperature, False, args.out)
+    if config.negatives in SIMILARITY_MODES:
+        similarity = _similarity(args, dataset, spec, runtime, config.temperature, config.negatives, args.out)
     job = GenerationJob(
         load_pipeline(spec, runtime), dataset, config, args.out, spec, similarity, Shard.from_env()
     )
@@ -237,12 +240,12 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     from .generate import GenerationJob, recorded_run
     from .images import save_png
     from .models import load_pipeline
-    from .similarity import SimilarityResult
+    from .similarity import SIMILARITY_MODES, SimilarityResult
 
     config, spec = recorded_run(args.out)
     if args.models or args.sd or args.ip_adapter:
         spec = spec_from_args(args)  # the same weights stored elsewhere
-    similarity = SimilarityResult.load(args.out) if config.negatives == "similarity" else None
+    similarity = SimilarityResult.load(args.out) if config.negatives in SIMILARITY_MODES else None
     job = GenerationJob(
         load_pipeline(spec, _runtime(args)), _load_dataset(args.data), config, args.out, spec, similarity
     )

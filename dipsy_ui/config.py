@@ -24,7 +24,7 @@ from .errors import SettingsError
 SCHEDULER_NAMES = ("dpm-solver", "ddim", "pndm", "euler", "euler-ancestral", "unipc")
 # How a negative class is drawn for each positive image: "similarity" (softmax of CLIP similarity
 # / T, the paper's rule), "uniform" (any other class), "none" (no negative image).
-NEGATIVE_MODES = ("similarity", "uniform", "none")
+NEGATIVE_MODES = ("similarity", "uniform", "dissimilar", "none")  # dissimilar: softmax of -S / T
 
 # Imported images (dipsy_ui.images). An image with more pixels than this is refused without being
 # decoded: a few KB of PNG can declare 12000x12000 pixels (432 MB once decoded to RGB), a

@@ -124,13 +124,15 @@ class GenerationJob:
             return NegativeSampler(names, uniform_probabilities(len(names)))
         if similarity is None:
             raise ValueError(
-                "negatives='similarity' needs the class similarity: compute it first (or use 'uniform' or 'none')"
+                f"negatives={self.config.negatives!r} needs the class similarity: compute it first "
+                "(or use 'uniform' or 'none')"
             )
         if list(similarity.names) != names:
             raise ValueError(
                 f"the similarity was computed for classes {similarity.names}, the dataset has {names}"
             )
-        return similarity.sampler()
+        # A similarity computed for one mode serves the other ("similarity" <-> "dissimilar").
+        return similarity.with_mode(self.config.negatives).sampler()
 
     # -- plan ------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 Every few-shot image goes through CLIP ``encode_image``; the raw embeddings are averaged per
 class; the cosine similarity between class means gives ``S``; the negative class for an image of
 class ``i`` is drawn from ``softmax(S[i] / T)`` with the diagonal removed (``T = 0.4``). The
-ablation draws it uniformly from the other classes. Users may pin or exclude negatives per class.
+ablations draw it uniformly from the other classes, or from ``softmax(-S[i] / T)`` (the most
+dissimilar classes: the opposite of the paper's rule, to measure what the rule buys). Users may
+pin or exclude negatives per class.
 
 The engine side only: plain inputs (PIL images, tensors), no UI imports.
 """
@@ -16,7 +18,7 @@ import importlib.metadata
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -36,6 +38,8 @@ from .models import ClipBundle
 
 DEFAULT_TEMPERATURE = GenerationConfig.temperature  # the paper's softmax temperature (REFERENCE.md section 3)
 SIMILARITY_FILE = "similarity.json"
+# The negative modes (config.NEGATIVE_MODES) whose draw needs the class similarity of the data.
+SIMILARITY_MODES = ("similarity", "dissimilar")
 
 
 def _cache_folder(clip: ClipBundle, cache_dir: Path) -> Path:
@@ -151,10 +155,30 @@ def negative_probabilities(
     return torch.softmax(logits, dim=1)
 
 
+def dissimilar_probabilities(
+    similarity: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE
+) -> torch.Tensor:
+    """The "dissimilar" ablation: row-wise softmax of ``-S / T`` without the diagonal, so the least
+    similar classes are the likeliest negatives (the paper's rule, section 3, with the sign flipped)."""
+    return negative_probabilities(-similarity, temperature)
+
+
 def uniform_probabilities(n: int) -> torch.Tensor:
     """The ablation: every other class equally likely as the negative, ``(n, n)`` float64."""
     _check_classes(n)
     return (1.0 - torch.eye(n, dtype=torch.float64)) / (n - 1)
+
+
+def mode_probabilities(mode: str, similarity: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The negative-class probabilities of a negative mode before overrides: ``"similarity"``
+    (the paper's), ``"dissimilar"`` or ``"uniform"``."""
+    if mode == "uniform":
+        return uniform_probabilities(similarity.shape[0])
+    if mode == "dissimilar":
+        return dissimilar_probabilities(similarity, temperature)
+    if mode == "similarity":
+        return negative_probabilities(similarity, temperature)
+    raise SettingsError(f"negative mode must be 'similarity', 'dissimilar' or 'uniform', got {mode!r}")
 
 
 def apply_override(
@@ -240,18 +264,27 @@ class SimilarityResult:
     similarity: torch.Tensor  # (C, C) cosine similarity of class means
     probabilities: torch.Tensor  # (C, C) negative-class probabilities, overrides applied
     temperature: float  # softmax temperature (unused when uniform)
-    uniform: bool = False  # the ablation: uniform over the other classes
+    mode: str = "similarity"  # how probabilities follow from similarity (mode_probabilities)
     allowed: dict[str, list[str]] = field(default_factory=dict)  # pinned negatives per class
     excluded: dict[str, list[str]] = field(default_factory=dict)  # excluded negatives per class
 
     def sampler(self) -> NegativeSampler:
         return NegativeSampler(self.names, self.probabilities)
 
+    def with_mode(self, mode: str) -> SimilarityResult:
+        """The same similarity, temperature and overrides with the probabilities of ``mode``
+        (this result itself when it already has that mode)."""
+        if mode == self.mode:
+            return self
+        base = mode_probabilities(mode, self.similarity, self.temperature)
+        probabilities = apply_override(base, self.names, self.allowed, self.excluded)
+        return replace(self, mode=mode, probabilities=probabilities)
+
     def to_json(self) -> str:
         data = {
             "names": self.names,
             "temperature": self.temperature,
-            "uniform": self.uniform,
+            "mode": self.mode,
             "allowed": self.allowed,
             "excluded": self.excluded,
             # float64 -> Python float -> JSON round-trips exactly.
@@ -279,7 +312,8 @@ class SimilarityResult:
         return cls(
             names=names,
             temperature=float(data["temperature"]),
-            uniform=bool(data.get("uniform", False)),
+            # Files written before the dissimilar mode recorded only a "uniform" flag.
+            mode=str(data.get("mode", "uniform" if data.get("uniform") else "similarity")),
             allowed=dict(data.get("allowed", {})),
             excluded=dict(data.get("excluded", {})),
             **matrices,
@@ -300,19 +334,21 @@ def compute_similarity(
     clip: ClipBundle,
     classes: dict[str, list[Image.Image]],
     temperature: float = DEFAULT_TEMPERATURE,
-    uniform: bool = False,
+    mode: str = "similarity",
     allowed: dict[str, list[str]] | None = None,
     excluded: dict[str, list[str]] | None = None,
     cache_dir: str | Path | None = None,
 ) -> SimilarityResult:
-    """The whole section-3 step: embeddings -> class means -> S -> probabilities -> overrides."""
+    """The whole section-3 step: embeddings -> class means -> S -> probabilities (``mode``, see
+    :func:`mode_probabilities`) -> overrides."""
     _check_classes(len(classes))
     names, means = class_embeddings(clip, classes, cache_dir=cache_dir)
     similarity = similarity_matrix(means)
-    base = uniform_probabilities(len(names)) if uniform else negative_probabilities(similarity, temperature)
-    probabilities = apply_override(base, names, allowed, excluded)
+    probabilities = apply_override(
+        mode_probabilities(mode, similarity, temperature), names, allowed, excluded
+    )
     return SimilarityResult(
-        names, similarity, probabilities, temperature, uniform, dict(allowed or {}), dict(excluded or {})
+        names, similarity, probabilities, temperature, mode, dict(allowed or {}), dict(excluded or {})
     )
 
 

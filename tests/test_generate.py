@@ -23,6 +23,7 @@ from dipsy_ui.files import leftover_target
 from dipsy_ui.generate import JOB_FILE, GenerationJob, JobConflictError, Shard, item_seed
 from dipsy_ui.manifest import MANIFEST_NAME, read_manifest, set_status
 from dipsy_ui.reproduce import TOLERANCE_PSNR_DB
+from dipsy_ui.similarity import SimilarityResult, dissimilar_probabilities, negative_probabilities
 
 CONFIG = GenerationConfig(
     template="A photo of a {c}",
@@ -362,10 +363,38 @@ def test_single_class_needs_negatives_off(tiny_pipe, tiny_spec, tmp_path):
     assert all(record["negative"] is None for record in read_manifest(tmp_path / "b").values())
 
 
-def test_similarity_negatives_need_a_similarity_for_the_same_classes(tiny_pipe, tiny_spec, dataset, tmp_path):
-    config = dataclasses.replace(CONFIG, negatives="similarity")
+@pytest.mark.parametrize("mode", ["similarity", "dissimilar"])
+def test_similarity_negatives_need_a_similarity_for_the_same_classes(
+    tiny_pipe, tiny_spec, dataset, tmp_path, mode
+):
+    config = dataclasses.replace(CONFIG, negatives=mode)
     with pytest.raises(ValueError, match="similarity"):
         GenerationJob(tiny_pipe, dataset, config, tmp_path / "a", tiny_spec)
+
+
+def test_dissimilar_negatives_draw_from_minus_s_over_t_of_the_same_similarity(
+    tiny_pipe, tiny_spec, dataset, tmp_path
+):
+    names = list(dataset.class_names)
+    similarity = torch.tensor([[1.0, 0.9, -0.2], [0.9, 1.0, 0.1], [-0.2, 0.1, 1.0]], dtype=torch.float64)
+    result = SimilarityResult(names, similarity, negative_probabilities(similarity, 0.4), 0.4)
+    jobs = {
+        mode: GenerationJob(
+            tiny_pipe,
+            dataset,
+            dataclasses.replace(CONFIG, negatives=mode),
+            tmp_path / mode,
+            tiny_spec,
+            result,
+        )
+        for mode in ("similarity", "dissimilar")
+    }
+    assert torch.equal(jobs["similarity"].sampler.probabilities, result.probabilities)
+    assert torch.equal(jobs["dissimilar"].sampler.probabilities, dissimilar_probabilities(similarity, 0.4))
+    # Each class's likeliest negative is its least similar class, and the runs are told apart.
+    assert jobs["dissimilar"].sampler.probabilities.argmax(dim=1).tolist() == [2, 2, 0]
+    fingerprints = {mode: job.fingerprint()["negative_probabilities"] for mode, job in jobs.items()}
+    assert fingerprints["similarity"] != fingerprints["dissimilar"]
 
 
 def test_hostile_class_names_stay_inside_the_output_folder(tiny_pipe, tiny_spec, tmp_path):

@@ -24,8 +24,10 @@ from dipsy_ui.similarity import (
     apply_override,
     class_embeddings,
     compute_similarity,
+    dissimilar_probabilities,
     embed_images,
     heatmap_figure,
+    mode_probabilities,
     negative_probabilities,
     sample_negative,
     save_heatmap,
@@ -103,6 +105,44 @@ def test_small_temperature_puts_the_mass_on_the_nearest_class():
 def test_large_temperature_approaches_uniform():
     probabilities = negative_probabilities(_random_similarity(), temperature=1e6)
     assert torch.allclose(probabilities, uniform_probabilities(5), atol=1e-5)
+
+
+def test_dissimilar_probabilities_are_the_softmax_of_minus_s_over_t():
+    similarity = np.array([[1.0, 0.8, 0.1], [0.8, 1.0, 0.5], [0.1, 0.5, 1.0]])
+    result = dissimilar_probabilities(torch.tensor(similarity), 0.4).numpy()
+    # Row 0 by hand: exp(-0.8 / 0.4) : exp(-0.1 / 0.4) over the two other classes.
+    expected = math.exp(-0.25) / (math.exp(-2.0) + math.exp(-0.25))
+    assert result[0, 2] == pytest.approx(expected, rel=1e-12) and result[0, 0] == 0
+    assert np.allclose(result.sum(axis=1), 1.0)
+
+
+def test_dissimilar_mode_puts_the_mass_where_similarity_puts_the_least():
+    similarity = _random_similarity()
+    off = similarity.clone().fill_diagonal_(math.nan)
+    similar, dissimilar = negative_probabilities(similarity), dissimilar_probabilities(similarity)
+    rows = torch.arange(5)
+    farthest = off.nan_to_num(2.0).argmin(dim=1)
+    nearest = off.nan_to_num(-2.0).argmax(dim=1)
+    assert torch.all(dissimilar.argmax(dim=1) == farthest) and torch.all(similar.argmax(dim=1) == nearest)
+    # Within a row, the two modes order the other classes in opposite ways.
+    for row in rows.tolist():
+        others = [j for j in range(5) if j != row]
+        order = sorted(others, key=lambda j: float(similar[row, j]))
+        assert sorted(others, key=lambda j: float(dissimilar[row, j])) == order[::-1]
+    assert torch.all(dissimilar_probabilities(similarity, 1e-6)[rows, farthest] > 0.999)
+
+
+def test_mode_probabilities_names_each_mode():
+    similarity = _random_similarity()
+    assert torch.equal(
+        mode_probabilities("similarity", similarity, 0.3), negative_probabilities(similarity, 0.3)
+    )
+    assert torch.equal(
+        mode_probabilities("dissimilar", similarity, 0.3), dissimilar_probabilities(similarity, 0.3)
+    )
+    assert torch.equal(mode_probabilities("uniform", similarity, 0.3), uniform_probabilities(5))
+    with pytest.raises(ValueError, match="'none'"):
+        mode_probabilities("none", similarity, 0.3)
 
 
 def test_uniform_probabilities():
@@ -314,9 +354,17 @@ def test_compute_similarity_prefers_the_look_alike_class(tiny_clip, tmp_path):
     assert result.names == list(colours)
     red = result.probabilities[0]
     assert int(red.argmax()) == 1 and red[1] > 0.4  # crimson is red's most likely negative
-    ablation = compute_similarity(tiny_clip, classes, uniform=True, excluded={"red": ["crimson"]})
+    ablation = compute_similarity(tiny_clip, classes, mode="uniform", excluded={"red": ["crimson"]})
     assert torch.allclose(ablation.probabilities[0], torch.tensor([0, 0, 0.5, 0.5], dtype=torch.float64))
     assert ablation.excluded == {"red": ["crimson"]}
+    dissimilar = compute_similarity(tiny_clip, classes, mode="dissimilar", cache_dir=tmp_path)
+    # Crimson, red's look-alike, is now its least likely negative.
+    assert min(range(1, 4), key=lambda j: float(dissimilar.probabilities[0, j])) == 1
+    # A result serves the other modes: the same matrix, temperature and overrides, other probabilities.
+    assert torch.equal(result.with_mode("dissimilar").probabilities, dissimilar.probabilities)
+    assert torch.equal(dissimilar.with_mode("similarity").probabilities, result.probabilities)
+    assert result.with_mode("similarity") is result
+    assert torch.equal(ablation.with_mode("uniform").probabilities, ablation.probabilities)
 
 
 def test_result_round_trips_through_json(tmp_path):
@@ -335,12 +383,16 @@ def test_result_round_trips_through_json(tmp_path):
     loaded = SimilarityResult.load(tmp_path)
     assert torch.equal(loaded.similarity, result.similarity)
     assert torch.equal(loaded.probabilities, result.probabilities)
-    assert (loaded.names, loaded.temperature, loaded.uniform, loaded.excluded) == (
+    assert (loaded.names, loaded.temperature, loaded.mode, loaded.excluded) == (
         NAMES,
         0.4,
-        False,
+        "similarity",
         {"cat": ["dog"]},
     )
+    # Files written before the dissimilar mode carry a "uniform" flag instead of a mode.
+    legacy = {key: value for key, value in stored.items() if key != "mode"}
+    assert SimilarityResult.from_json(json.dumps(legacy | {"uniform": True})).mode == "uniform"
+    assert SimilarityResult.from_json(json.dumps(legacy | {"uniform": False})).mode == "similarity"
     stored["probabilities"] = stored["probabilities"][:4]
     with pytest.raises(ValueError, match="probabilities must be 5x5"):
         SimilarityResult.from_json(json.dumps(stored))
