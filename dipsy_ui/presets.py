@@ -31,17 +31,6 @@ MAX_PRESET_NAME_LENGTH = 64
 PRESET_NAME_PUNCTUATION = " -_"
 
 
-class PresetExistsError(UsageError):
-    """A user preset with this name exists; saving again with ``overwrite=True`` replaces it."""
-
-    def __init__(self, name: str, path: Path):
-        super().__init__(
-            f"a preset named {name!r} already exists; confirm to replace it, or choose another name"
-        )
-        self.name = name  # the existing preset's name, as stored
-        self.path = path
-
-
 @dataclass(frozen=True)
 class Preset:
     """A named bundle of generation settings and classifier-training settings."""
@@ -94,12 +83,19 @@ def list_user_presets(folder: str | Path) -> list[str]:
     return sorted((stem for stem in stems if _is_preset_name(stem)), key=str.casefold)
 
 
+def existing_user_preset(folder: str | Path, name: str) -> str | None:
+    """The saved user preset that saving ``name`` in ``folder`` would replace (its name as stored:
+    names differing only in case are one preset), or None. A UI asks before saving over it."""
+    name = check_preset_name(name)
+    return next((n for n in list_user_presets(folder) if n.casefold() == name.casefold()), None)
+
+
 def save_user_preset(preset: Preset, folder: str | Path, name: str, overwrite: bool = False) -> Path:
     """Write ``preset``'s settings as the user preset ``name`` in ``folder``; returns its file.
 
-    The name is checked (:func:`check_preset_name`); a built-in preset's name is refused
-    (:class:`UsageError`) and an existing user preset of the same name, ignoring case, is only
-    replaced with ``overwrite=True`` (else :class:`PresetExistsError`, for the UI to ask).
+    The name is checked (:func:`check_preset_name`); a built-in preset's name is refused, and
+    an existing user preset of the same name (:func:`existing_user_preset`) is only replaced with
+    ``overwrite=True``: both raise :class:`UsageError` saying what to do.
     """
     name = check_preset_name(name)
     builtin = {n.casefold(): n for n in list_presets()}
@@ -109,14 +105,15 @@ def save_user_preset(preset: Preset, folder: str | Path, name: str, overwrite: b
             f"choose another name, such as {f'{name} mine'!r}"
         )
     folder = Path(folder)
-    existing = [n for n in list_user_presets(folder) if n.casefold() == name.casefold()]
-    if existing and not overwrite:
-        raise PresetExistsError(existing[0], folder / f"{existing[0]}.json")
-    # The same name in another case is the same preset, now under the new spelling. Removed
-    # first: on a case-insensitive disk both spellings are one file.
-    for old in existing:
-        if old != name:
-            (folder / f"{old}.json").unlink(missing_ok=True)
+    existing = existing_user_preset(folder, name)
+    if existing is not None and not overwrite:
+        raise UsageError(
+            f"a preset named {existing!r} already exists; confirm to replace it, or choose another name"
+        )
+    if existing is not None and existing != name:
+        # The same preset, now under the new spelling; removed first because on a
+        # case-insensitive disk both spellings are one file.
+        (folder / f"{existing}.json").unlink(missing_ok=True)
     return write_atomic(folder / f"{name}.json", preset.to_json() + "\n")
 
 
