@@ -52,7 +52,7 @@ def launch(args: argparse.Namespace, **kwargs):
     app = build_app(studio)
     app.queue(default_concurrency_limit=4)
     app.launch(
-        server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(studio.workspace)],
+        server_name=args.host, server_port=args.port, share=args.share, allowed_paths=[str(studio.core.workspace)],
         css=CSS, **kwargs,
     )  # fmt: skip
     return app, studio

@@ -5,8 +5,8 @@ what each step produced, then bad input: non-images, empty and hostile class nam
 resume of a generation run.
 """
 
-import contextlib
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -184,16 +184,16 @@ def test_cancel_then_resume(demo_app):
     client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 0, True, api_name="/preview")  # 2 steps
     run = root / "runs" / "run-c"
 
+    assert client.predict(api_name="/cancel_generation") == "Nothing to cancel."
     job = client.submit(3, 1, "run-c", api_name="/generate")
     deadline = time.monotonic() + 120
     while len(read_manifest(run)) < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     client.predict(api_name="/cancel_generation")
-    with contextlib.suppress(Exception):  # a cancelled job may end without a final value
-        job.result(timeout=120)
-    time.sleep(1)
+    bar, gallery, _ = job.result(timeout=120)  # the job itself says how it ended
     stopped = len(read_manifest(run))
-    assert 1 <= stopped < 9
+    assert f"Cancelled: {stopped} / 9 images in run-c" in bar and 1 <= stopped < 9
+    assert len(gallery) == stopped
 
     bar, gallery, _ = client.predict(3, 1, "run-c", api_name="/resume")
     assert "Done: 9 / 9" in bar
@@ -222,32 +222,39 @@ def test_compare(demo_app, tmp_path):
     deadline = time.monotonic() + 120
     while not any("step" in output[0] for output in job.outputs()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert client.predict(api_name="/cancel_training") == "Cancelling..."
-    with contextlib.suppress(Exception):  # a cancelled job may end without a final value
-        job.result(timeout=120)
-    assert job.done() and not any(output[0] == "Comparison done." for output in job.outputs())
+    client.predict(api_name="/cancel_training")
+    status, _, _, _, metrics = job.result(timeout=120)
+    assert status == "Comparison cancelled." and metrics["cancelled"]
+    assert not any(output[0] == "Comparison done." for output in job.outputs())
     report = session_dir(workspace, before) / "comparisons" / "run-compare" / "comparison.json"
-    while not json.loads(report.read_text())["cancelled"] and time.monotonic() < deadline:
-        time.sleep(0.2)  # the training thread stops at its next step and writes the partial report
-    assert json.loads(report.read_text())["cancelled"]
+    assert json.loads(report.read_text())["cancelled"]  # written before the job ended
+
+
+def streamed_step(job) -> None:
+    """Wait for a streaming job's first denoising step."""
+    deadline = time.monotonic() + 120
+    while not any("tep " in str(output[-1]) for output in job.outputs()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any("tep " in str(output[-1]) for output in job.outputs()), "the job never streamed a step"
 
 
 def test_cancel_preview_and_sweep(demo_app):
-    """Cancelling a streaming preview stops it with a message, the next preview works, and a
-    sweep stops on the same Cancel."""
+    """Cancelling a streaming preview ends it "Cancelled at step k/n" with the earlier result back
+    in place, the next preview works, and a sweep stops on the same Cancel."""
     url, _, _ = demo_app
     client = connect(url)
     load_three_classes(client)
+    assert client.predict(api_name="/cancel_preview") == "Nothing to cancel."
+    done, _, _, _ = client.predict(
+        "zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 0, True, api_name="/preview"
+    )
     job = client.submit("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 100, 0, True, api_name="/preview")
-    deadline = time.monotonic() + 120
-    while not job.outputs() and time.monotonic() < deadline:  # the first streamed step
-        time.sleep(0.05)
-    assert job.outputs(), "the preview never streamed a step"
-    assert client.predict(api_name="/cancel_preview") == "Cancelling..."
-    with contextlib.suppress(Exception):  # a cancelled job may end without a final value
-        job.result(timeout=120)
-    assert job.done()
-    assert all("Done" not in output[3] for output in job.outputs())  # it stopped before the end
+    streamed_step(job)
+    client.predict(api_name="/cancel_preview")
+    image, previous, _, status = job.result(timeout=120)
+    assert re.fullmatch(r"Cancelled at step (\d+)/100\. The previous result is kept\.", status), status
+    assert int(re.search(r"step (\d+)/", status).group(1)) < 100
+    assert Image.open(image).tobytes() == Image.open(done).tobytes() and previous is None
 
     image, _, seed, status = client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 3, True,
                                             api_name="/preview")  # fmt: skip
@@ -256,14 +263,11 @@ def test_cancel_preview_and_sweep(demo_app):
     # A sweep streams its progress and stops on the same Cancel.
     controls = ("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 100, 0, True)
     job = client.submit(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
-    deadline = time.monotonic() + 120
-    while not job.outputs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job.outputs() and job.outputs()[0][2].startswith("Sweep: step"), "the sweep never streamed a step"
-    assert client.predict(api_name="/cancel_preview") == "Cancelling..."
-    with contextlib.suppress(Exception):
-        job.result(timeout=120)
-    assert job.done() and all(not output[2].startswith("Sweep done") for output in job.outputs())
+    streamed_step(job)
+    assert any(output[2].startswith("Sweep: step") for output in job.outputs())
+    client.predict(api_name="/cancel_preview")
+    _, _, status = job.result(timeout=120)
+    assert status.startswith("Sweep: cancelled at step"), status
 
 
 def test_end_session(demo_app, tmp_path):
@@ -271,16 +275,18 @@ def test_end_session(demo_app, tmp_path):
     _, _, studio = demo_app
     image = tmp_path / "red.png"
     Image.new("RGB", (16, 16), (200, 0, 0)).save(image)
-    scratch, kept = studio.session(None), studio.session(None)
+    core = studio.core
+    scratch, kept = core.session(None), core.session(None)
     for session in (scratch, kept):
-        studio.add_images(session, "red", [str(image)])
+        studio.data.add_images(session, "red", [str(image)])
         (session.root / "previews").mkdir()
         (session.root / "previews" / "1.png").write_bytes(image.read_bytes())
     (kept.root / "runs" / "run-1").mkdir(parents=True)
+    running = scratch.jobs.open("generate")  # a job still in flight for the closed tab
 
-    studio.end_session(scratch)
-    studio.end_session(kept)
-    assert not scratch.root.exists() and scratch.cancel_event.is_set()
+    core.end_session(scratch)
+    core.end_session(kept)
+    assert not scratch.root.exists() and running.cancel.is_set()
     assert (kept.root / "runs" / "run-1").is_dir() and (kept.root / "data").is_dir()
     assert not (kept.root / "previews").exists()
-    studio.end_session(type(kept)())  # a session never used has no folder: nothing to do
+    core.end_session(type(kept)())  # a session never used has no folder: nothing to do

@@ -1,9 +1,15 @@
-"""The app's engine facade (no Gradio): :class:`Studio` and the per-user :class:`Session`.
+"""The app's engine facade (no Gradio): :class:`Studio`, its core and its services.
 
-:mod:`.core` holds the shared state (workspace, models, the model lock); the tab-specific
-methods live in :mod:`.data`, :mod:`.guidance`, :mod:`.generate` and :mod:`.train`.
+:mod:`.core` holds what every service shares (workspace, models, the model lock, sessions and
+:meth:`~.core.Core.run_job`); :mod:`.jobs` the event every long action yields; one module per
+service: :mod:`.data`, :mod:`.similarity`, :mod:`.guidance`, :mod:`.runs`, :mod:`.training`;
+:mod:`.session` the per-user state; :mod:`.studio` puts them together.
 """
 
-from .core import SAMPLE, WEIGHTS, GuidanceSettings, Session, Studio, parse_values
+from .guidance import SAMPLE, WEIGHTS, GuidanceSettings, parse_values
+from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Progress
+from .session import Session
+from .studio import Studio
 
-__all__ = ["SAMPLE", "WEIGHTS", "GuidanceSettings", "Session", "Studio", "parse_values"]
+__all__ = ["CANCELLED", "DONE", "FAILED", "PROGRESS", "SAMPLE", "STEP", "WEIGHTS", "GuidanceSettings",
+           "Progress", "Session", "Studio", "parse_values"]  # fmt: skip

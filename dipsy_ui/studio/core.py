@@ -1,58 +1,45 @@
-"""The engine facade the app calls: typed methods over the engine modules, no Gradio.
+"""The Studio's core: the workspace, the models (loaded once, lazily, shared by every user),
+the model lock, the users' sessions, and :meth:`Core.run_job`, the one way long work runs.
 
-One :class:`Studio` per server process holds the models (loaded once, lazily, shared by every
-user) and the workspace folder. Everything a user does lives in their own :class:`Session`
-(kept by the UI in per-browser state) and their own workspace subfolder
-``WORKSPACE/sessions/<id>/``. Long actions are generators of progress values so the UI, the
-API and the tests drive them the same way; cancel goes through :meth:`Studio.cancel`.
-
-The methods are grouped by tab in sibling modules, combined here as mixins over the shared
-state (``workspace``, ``gpu``, ``load_models``, ``session``): :mod:`.studio_data` (classes,
-images, presets), :mod:`.studio_guidance` (similarity, previews, sweeps), :mod:`.studio_generate`
-(the batch job, curation), :mod:`.studio_train` (classifier, comparison); :mod:`.studio_session`
-holds the per-user :class:`Session`.
-
-Errors are raised as ``ValueError`` (or the engine's subclasses) with a message written for the
-user; the UI shows them as they are.
+Every long action (preview, sweep, generation, ranking, training, comparison, similarity) is a
+``work(job)`` function handed to :meth:`Core.run_job`, which registers it with the session (so
+Cancel reaches it while it waits or runs), waits for the model lock in arrival order, runs it in
+a worker thread and yields its :class:`~.jobs.Progress` events, ending in exactly one of done,
+cancelled or failed. Nothing else takes the model lock.
 """
 
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 from ..models import WORLD_DIR, ModelSpec, Runtime
 from ..presets import load_preset
-from .data import DataMixin
-from .generate import GenerateMixin
-from .guidance import SAMPLE, WEIGHTS, GuidanceMixin, GuidanceSettings, parse_values
+from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
 from .session import Session
-from .train import TrainMixin
-
-# What the UI imports from here; the tab-specific methods live in the mixins' modules.
-__all__ = ["SAMPLE", "WEIGHTS", "GuidanceSettings", "Session", "Studio", "parse_values"]
 
 RESULTS = ("runs", "classifiers", "comparisons", "exports", "presets")  # kept after the session
 SCRATCH = ("previews", "sweeps", "test")  # session folders nothing refers to once it has ended
 
 
-class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
-    """Models and workspace shared by all users; methods take the user's :class:`Session`."""
+class Core:
+    """What every service shares: workspace, models, the model lock, sessions and jobs."""
 
     def __init__(self, spec: ModelSpec | None, workspace: str | Path, demo: bool = False,
                  runtime: Runtime | None = None):  # fmt: skip
         self.workspace = Path(workspace).expanduser().resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.demo = demo
-        self._spec = spec
         self.runtime = runtime
+        self.model_lock = ModelLock()  # one U-Net / CLIP job at a time, whatever the entry point
+        self.load_error: str | None = None
+        self._spec = spec
         self._pipe = self._clip = None
         self._load_lock = threading.Lock()
-        self.gpu = threading.Lock()  # one U-Net / CLIP job at a time, whatever the entry point
-        self.load_error: str | None = None
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -94,10 +81,16 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
                     raise
         return self._pipe, self._clip
 
+    def models(self, job: Job) -> tuple:
+        """(pipeline, clip) for a running job, saying so while they load the first time."""
+        if not self.models_loaded:
+            job.progress(job.done, job.total, "Loading the models (first use)...")
+        return self.load_models()
+
     # -- sessions -------------------------------------------------------------------------------
 
     def session(self, session: Session | None) -> Session:
-        """The user's session, given a folder on first use."""
+        """The user's session, given a folder and the default preset's settings on first use."""
         session = session if session is not None else Session()
         if not session.id:
             session.id = uuid.uuid4().hex[:12]
@@ -108,19 +101,15 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
             session.generation, session.train = preset.generation, preset.train
         return session
 
-    def cancel(self, session: Session) -> str:
-        self.session(session).cancel_event.set()
-        return "Cancelling..."
-
     def end_session(self, session: Session) -> None:
         """Tidy up after a browser session has ended (the UI's state ``delete_callback``, which
         Gradio calls an hour after the tab closes). A new tab is a new session and cannot reach
         an old folder, so a folder holding no results is deleted; one holding results (runs,
         classifiers, comparisons, exports, saved presets: GPU time or the user's own choices)
         is kept for the user to find on disk, minus its scratch files."""
+        session.jobs.cancel()  # a job still running for the closed tab stops
         if not session.id or session.root is None:
             return
-        session.cancel_event.set()  # a job still running for the closed tab stops
         results = [session.root / name for name in RESULTS]
         if any(folder.is_dir() and any(folder.iterdir()) for folder in results):
             for name in SCRATCH:
@@ -128,7 +117,69 @@ class Studio(DataMixin, GuidanceMixin, GenerateMixin, TrainMixin):
         else:
             shutil.rmtree(session.root, ignore_errors=True)
 
-    def _start(self, session: Session) -> threading.Event:
-        event = session.cancel_event
-        event.clear()
-        return event
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def cancel(self, session: Session, kinds: tuple[str, ...]) -> bool:
+        """Cancel the session's requests of these kinds, running or waiting; False when there
+        was none. A cancelled job's own stream reports "Cancelling..." and how it ended."""
+        return self.session(session).jobs.cancel(kinds) > 0
+
+    def run_job(self, session: Session, kind: str, work: Callable[[Job], object], *,
+                key: Hashable | None = None, changed_only: bool = False) -> Iterator[Progress]:  # fmt: skip
+        """Run ``work(job)`` under the model lock in a worker thread; yield its events.
+
+        ``work`` returns the result ("done"), raises :class:`~.jobs.Cancelled` when it stopped
+        early ("cancelled") or anything else ("failed"). ``key`` and ``changed_only`` make the
+        newest request of a kind win (see :meth:`~.jobs.SessionJobs.open`). Closing the
+        generator cancels the job and waits for its thread, which releases the lock itself, so
+        an abandoned stream never keeps the model.
+        """
+        jobs = self.session(session).jobs
+        ticket = jobs.open(kind, key, changed_only)
+        events: queue.Queue[Progress] = queue.Queue()
+        job = Job(ticket.cancel, events.put)
+
+        def target():
+            try:
+                if ticket.cancel.is_set():  # superseded on arrival: never waits, never runs
+                    raise Cancelled(message="Cancelled before it started.")
+                if self.model_lock.busy:
+                    job.progress(0, 0, "Waiting for the model: another job is running...")
+                if not self.model_lock.acquire(give_up=ticket.cancel.is_set):
+                    raise Cancelled(message="Cancelled before it started.")
+                jobs.start(ticket)
+                try:
+                    result = work(job)
+                finally:
+                    self.model_lock.release()  # before the terminal event: its reader may run next
+                events.put(Progress(DONE, job.done, job.total, "Done.", result=result))
+            except Cancelled as stop:
+                message = stop.message or job.stopped_message()
+                events.put(Progress(CANCELLED, job.done, job.total, message, result=stop.result,
+                                    superseded=ticket.superseded))  # fmt: skip
+            except BaseException as error:  # handed to the reader, who reports it
+                events.put(Progress(FAILED, job.done, job.total, str(error), error=error))
+
+        thread = threading.Thread(target=target, name=f"job-{kind}", daemon=True)
+        thread.start()
+        told = False
+        try:
+            while True:
+                try:
+                    event = events.get(timeout=0.1)
+                except queue.Empty:
+                    if ticket.cancel.is_set() and not ticket.superseded and not told:
+                        # The job stops at its next step; the stream says so meanwhile, in order,
+                        # so no reply to the Cancel button can land after the terminal event.
+                        told = True
+                        yield Progress(PROGRESS, job.done, job.total, "Cancelling...")
+                    continue
+                if event.kind == STEP and not events.empty():
+                    continue  # a newer event is waiting: only the latest preview matters to a viewer
+                yield event
+                if event.terminal:
+                    return
+        finally:
+            ticket.cancel.set()  # no-op after the terminal event; stops an abandoned job
+            thread.join()
+            jobs.close(ticket)

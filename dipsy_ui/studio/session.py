@@ -1,15 +1,15 @@
-"""One user's state (:class:`Session`), user-given names, and running long work in a thread."""
+"""One user's state (:class:`Session`): a part per service, each written by its service only,
+and user-given names (:func:`check_name`)."""
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import GenerationConfig, TrainConfig
+from ..data import FewShotDataset
 from ..errors import UsageError
+from .jobs import SessionJobs
 
 
 def check_name(name: str, what: str) -> str:
@@ -25,71 +25,65 @@ def check_name(name: str, what: str) -> str:
 
 
 @dataclass
-class Session:
-    """One user's state. Plain data until first use, so the UI can deep-copy the default."""
+class DataState:
+    """The data service's part: the user's classes and what the last upload said."""
 
-    id: str = ""
-    root: Path | None = None  # WORKSPACE/sessions/<id>
     classes: dict[str, list[str]] = field(default_factory=dict)  # display name -> PNG paths
     slugs: dict[str, str] = field(default_factory=dict)  # display name -> folder under data/
     notes: list[str] = field(default_factory=list)  # what the last upload skipped and why
     report: str = ""  # the last loaded dataset's validation report
-    preset: str = "demo"
-    generation: GenerationConfig | None = None  # the current generation settings
-    train: TrainConfig | None = None  # the current classifier-training settings
-    similarity: object | None = None  # SimilarityResult for the current classes
-    allowed: dict[str, list[str]] = field(default_factory=dict)
-    excluded: dict[str, list[str]] = field(default_factory=dict)
-    last_preview: str | None = None  # path of the previous preview, for comparison
-    run_dir: Path | None = None  # the current generation run
-    classifier_dir: Path | None = None  # the last trained classifier
-    scores: dict[str, float] = field(default_factory=dict)  # curation ranking, by manifest file
-    score_source: str = ""
-    _cancel: threading.Event | None = None
+    dataset: FewShotDataset | None = None  # the classes decoded, kept until they change
+    version: int = 0  # counts the changes, so what was computed from older classes is known
 
-    @property
-    def cancel_event(self) -> threading.Event:
-        if self._cancel is None:
-            self._cancel = threading.Event()
-        return self._cancel
+
+@dataclass
+class SimilarityState:
+    """The similarity service's part: the class similarity and the user's overrides."""
+
+    result: object | None = None  # SimilarityResult, for the classes of data version ``version``
+    version: int = -1
+    allowed: dict[str, list[str]] = field(default_factory=dict)  # class -> pinned negatives
+    excluded: dict[str, list[str]] = field(default_factory=dict)  # class -> excluded negatives
+
+
+@dataclass
+class GuidanceState:
+    """The guidance service's part: the last two finished previews (image paths)."""
+
+    latest: str | None = None
+    previous: str | None = None
+
+
+@dataclass
+class RunState:
+    """The run service's part: the current generation run and its curation ranking."""
+
+    run_dir: Path | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # ranking score by manifest file
+    score_source: str = ""
+
+
+@dataclass
+class Session:
+    """One user's state. Plain data until first use (:meth:`~.core.Core.session` gives it a
+    folder and the preset's settings)."""
+
+    id: str = ""
+    root: Path | None = None  # WORKSPACE/sessions/<id>
+    preset: str = ""  # the active preset's name (or the path of the user's own)
+    # The current settings: set by the preset, tuned in Guidance and Train, used by every service.
+    generation: GenerationConfig | None = None
+    train: TrainConfig | None = None
+    data: DataState = field(default_factory=DataState)
+    similarity: SimilarityState = field(default_factory=SimilarityState)
+    guidance: GuidanceState = field(default_factory=GuidanceState)
+    run: RunState = field(default_factory=RunState)
+    classifier_dir: Path | None = None  # the last trained classifier (training writes, ranking reads)
+    jobs: SessionJobs = field(default_factory=SessionJobs)
 
     def __deepcopy__(self, memo):
-        # The UI copies the default session once per browser; an event is never shared.
-        copy = replace(self, classes={}, slugs={}, notes=[], allowed={}, excluded={}, scores={})
-        copy._cancel = None
-        return copy
-
-
-def in_thread(work: Callable[[Callable], object], cancel: threading.Event, poll: float = 0.1) -> Iterator:
-    """Run ``work(emit)`` in a thread and yield what it emits; its result comes last as
-    ``("result", value)``. Closing the generator sets ``cancel`` and waits for the thread."""
-    events: queue.Queue = queue.Queue()
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = work(events.put)
-        except BaseException as error:  # re-raised in the consumer's thread
-            outcome["error"] = error
-        finally:
-            events.put(_DONE)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = events.get()
-            if item is _DONE:
-                break
-            if item[0] == "step" and not events.empty():
-                continue  # a newer event is waiting: only the latest preview matters to a viewer
-            yield item
-    finally:
-        cancel.set()
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    yield ("result", outcome.get("value"))
-
-
-_DONE = object()
+        # Gradio copies the State's default value once per browser; the default is never used,
+        # and a session in use (its jobs, its folder) must never be shared.
+        if self.id:
+            raise TypeError("a session in use is never copied")
+        return Session()

@@ -4,7 +4,7 @@ import gradio as gr
 
 from ..studio import Session
 from . import curate_tab, data_tab, generate_tab, guidance_tab, similarity_tab, train_tab
-from .common import GPU, progress_callback, readable_errors
+from .common import JOBS, progress_callback, readable_errors
 
 # Previews fill their box (a 32x32 demo image would otherwise show as a speck), pixels kept sharp.
 CSS = (
@@ -14,34 +14,36 @@ CSS = (
 
 
 def build_app(studio) -> gr.Blocks:
+    """The app over a :class:`~dipsy_ui.studio.Studio`: each tab gets its service only."""
+    core = studio.core
     with gr.Blocks(title="DIPSY Studio") as app:
         # One copy per browser session (see Session.__deepcopy__). No time_to_live: long jobs
         # mutate the session in place, which would not renew it.
-        state = gr.State(Session(), delete_callback=studio.end_session)
+        state = gr.State(Session(), delete_callback=core.end_session)
         gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
                     "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
-        if studio.demo:
+        if core.demo:
             gr.Markdown("**Demo mode**: the digit world, a small model trained on handwritten digits (32x32 "
                         "pixels, not Stable Diffusion), with its own image adapter and CLIP, and a few-shot digits "
                         "dataset. Everything works offline; the method and the controls are those used with the "
                         "real models.", elem_classes=["dipsy-demo"])  # fmt: skip
         with gr.Row():
-            model_status = gr.Markdown(studio.model_status())
+            model_status = gr.Markdown(core.model_status())
             load = gr.Button("Load models", scale=0)
         with gr.Tabs() as tabs:
-            data_tab.create(studio, state)
-            similarity_tab.create(studio, state)
-            guidance_tab.create(studio, state)
-            generate_tab.create(studio, state)
-            curate_tab.create(studio, state)
-            train_tab.create(studio, state)
+            data_tab.create(studio.data, state)
+            similarity_tab.create(studio.similarity, state)
+            guidance_tab.create(studio.guidance, state)
+            generate_tab.create(studio.runs, state)
+            curate_tab.create(studio.runs, state)
+            train_tab.create(studio.training, state)
 
         @readable_errors
         def on_load(progress=gr.Progress()):  # noqa: B008
-            studio.load_models(progress_callback(progress))
-            return studio.model_status()
+            core.load_models(progress_callback(progress))
+            return core.model_status()
 
-        load.click(on_load, None, [model_status], api_name="load_models", **GPU)
-        tabs.select(studio.model_status, None, [model_status], api_visibility="private")
-        app.load(studio.model_status, None, [model_status], api_name="model_status")
+        load.click(on_load, None, [model_status], api_name="load_models", **JOBS)
+        tabs.select(core.model_status, None, [model_status], api_visibility="private")
+        app.load(core.model_status, None, [model_status], api_name="model_status")
     return app

@@ -1,4 +1,5 @@
-"""Helpers shared by the tab modules: engine errors as readable UI messages, the GPU queue."""
+"""Helpers shared by the tab modules: engine errors as readable UI messages, event options,
+following a Studio job."""
 
 import functools
 import html
@@ -8,11 +9,15 @@ import logging
 import gradio as gr
 
 from ..errors import DipsyError
+from ..studio import FAILED
 
-# Every event that runs a model shares one queue slot, so two users never run the U-Net at once.
-GPU = {"concurrency_limit": 1, "concurrency_id": "gpu"}
+# Long actions start at once and wait their turn for the model in the Studio's lock, where Cancel
+# and a newer preview can reach them (a request held in Gradio's queue is reached by neither);
+# the limit only bounds the threads that wait.
+JOBS = {"concurrency_limit": 32, "concurrency_id": "jobs"}
 # Cancel buttons must never wait behind the job they cancel.
 FREE = {"concurrency_limit": None, "queue": False}
+NOTHING_TO_CANCEL = "Nothing to cancel."
 
 LOG = logging.getLogger("dipsy_ui")
 INTERNAL = "Internal error: this is a bug, not something you did. The details are in the server log."
@@ -65,11 +70,20 @@ def progress_callback(progress: gr.Progress):
     return lambda fraction, message: progress(fraction, desc=message)
 
 
-def eta_text(seconds) -> str:
-    if seconds is None:
-        return "estimating..."
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def follow(events):
+    """A Studio job's events for a view; a failed job raises its error here, where
+    :func:`readable_errors` shows it (the job's other ends, done and cancelled, are the view's)."""
+    for event in events:
+        if event.kind == FAILED:
+            raise event.error
+        yield event
+
+
+def cancel_reply(cancelled: bool):
+    """What a Cancel button writes to its tab's status: nothing when a job was cancelled (the
+    job's own stream reports "Cancelling..." and how it ended, in order), else that there was
+    nothing to cancel."""
+    return gr.skip() if cancelled else NOTHING_TO_CANCEL
 
 
 def progress_html(done: int, total: int, label: str) -> str:

@@ -3,12 +3,13 @@
 import gradio as gr
 
 from ..errors import UsageError
-from .common import GPU, progress_callback, readable_errors
+from ..studio import DONE
+from .common import JOBS, follow, readable_errors
 
 PAGE_SIZE = 40
 
 
-def create(studio, state):
+def create(runs, state):
     with gr.Tab("5. Curate", id="curate") as tab:
         pages_state = gr.State([])  # the files shown on the current page, in order (per session)
         gr.Markdown("Click an image to reject it (crossed out); click again to keep it. Rejected images are "
@@ -33,12 +34,11 @@ def create(studio, state):
             download = gr.File(label="Kept set", interactive=False)
 
     def page_view(session, name, number):
-        session = studio.session(session)
-        if session.run_dir is None:
-            return [], [], "", [], gr.update(), 1
-        items, number, pages = studio.curate_page(session, name or None, number or 1, PAGE_SIZE)
+        if not runs.has_run(session):
+            return [], [], "", [], gr.skip(), 1
+        items, number, pages = runs.curate_page(session, name or None, number or 1, PAGE_SIZE)
         return ([(thumb, caption) for thumb, caption, _ in items], [file for _, _, file in items],
-                f"page {number} of {pages}", studio.curate_counts(session), gr.update(), number)  # fmt: skip
+                f"page {number} of {pages}", runs.curate_counts(session), gr.skip(), number)  # fmt: skip
 
     outputs = [gallery, pages_state, page_info, counts, status, page]
 
@@ -50,35 +50,37 @@ def create(studio, state):
     def on_select(session, files, name, number, evt: gr.SelectData):
         if evt.index is None or evt.index >= len(files):
             raise UsageError("that image is no longer on this page")
-        message = studio.toggle(session, files[evt.index])
+        message = runs.toggle(session, files[evt.index])
         view = page_view(session, name, number)
         return (*view[:4], message, view[5])
 
     @readable_errors
     def on_toggle(session, file, name, number):
-        message = studio.toggle(session, file)
+        message = runs.toggle(session, file)
         view = page_view(session, name, number)
         return (*view[:4], message, view[5])
 
     @readable_errors
-    def on_rank(session, name, number, progress=gr.Progress()):  # noqa: B008
-        message = studio.rank(studio.session(session), progress_callback(progress))
-        view = page_view(session, name, 1)
-        return (*view[:4], message, view[5])
+    def on_rank(session, name, number):
+        for event in follow(runs.rank(session)):
+            if event.kind == DONE:
+                view = page_view(session, name, 1)
+                yield (*view[:4], event.result, view[5])
+            else:
+                yield (*[gr.skip()] * 4, event.message, gr.skip())
 
     @readable_errors
     def on_reject(session, name, value, number):
-        message = studio.reject_below(session, name or None, value)
+        message = runs.reject_below(session, name or None, value)
         view = page_view(session, name, number)
         return (*view[:4], message, view[5])
 
     @readable_errors
     def on_export(session):
-        return studio.export_kept(session)
+        return runs.export_kept(session)
 
     def on_open(session):
-        session = studio.session(session)
-        names = [row[0] for row in studio.curate_counts(session)] if session.run_dir is not None else []
+        names = [row[0] for row in runs.curate_counts(session)] if runs.has_run(session) else []
         return gr.update(choices=[("all classes", "")] + [(n, n) for n in names]), *page_view(
             session, None, 1
         )
@@ -87,7 +89,7 @@ def create(studio, state):
     class_name.input(on_show, [state, class_name, page], outputs, api_visibility="private")
     gallery.select(on_select, [state, pages_state, class_name, page], outputs, api_visibility="private")
     file_box.submit(on_toggle, [state, file_box, class_name, page], outputs, api_name="curate_toggle")
-    rank.click(on_rank, [state, class_name, page], outputs, api_name="curate_rank", **GPU)
+    rank.click(on_rank, [state, class_name, page], outputs, api_name="curate_rank", **JOBS)
     reject.click(on_reject, [state, class_name, threshold, page], outputs, api_name="reject_below")
     export.click(on_export, [state], [download], api_name="export_kept")
     tab.select(on_open, [state], [class_name, *outputs], api_visibility="private")

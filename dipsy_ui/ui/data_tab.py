@@ -6,7 +6,7 @@ from ..errors import UsageError
 from .common import readable_errors
 
 
-def create(studio, state):
+def create(data, state):
     with gr.Tab("1. Data", id="data") as tab:
         gr.Markdown(
             "Give a few images per class. Add a class by name and drop its images, upload a **.zip** of "
@@ -31,9 +31,7 @@ def create(studio, state):
                 )
                 upload = gr.Button("Load the zip")
                 demo = gr.Button("Load the demo digits")
-                preset = gr.Dropdown(
-                    label="Preset", choices=studio.preset_choices(None), allow_custom_value=False
-                )
+                preset = gr.Dropdown(label="Preset", choices=data.preset_choices(), allow_custom_value=False)
                 preset_info = gr.Markdown()
             with gr.Column(scale=2):
                 table = gr.Dataframe(
@@ -52,54 +50,52 @@ def create(studio, state):
                 )
 
     def view(session, message=None):
-        session = studio.session(session)
-        names = list(session.classes)
-        text = studio.report(session) if message is None else message + "\n\n" + studio.report(session)
+        text = data.report(session) if message is None else message + "\n\n" + data.report(session)
         return (
-            studio.class_table(session), studio.thumbnails(session), text,
-            gr.update(choices=names, value=None), gr.update(choices=studio.preset_choices(session), value=session.preset),
+            data.class_table(session), data.thumbnails(session), text, gr.update(choices=data.class_names(session), value=None),
+            gr.update(choices=data.preset_choices(session), value=data.preset(session)),
         )  # fmt: skip
 
     outputs = [table, gallery, report, remove_name, preset]
 
     @readable_errors
     def on_add(session, name, paths):
-        message = studio.add_images(session, name, paths or [])
+        message = data.add_images(session, name, paths or [])
         return (*view(session, message), None, "")
 
     @readable_errors
     def on_upload(session, path):
         if not path:
             raise UsageError("choose a .zip file first")
-        studio.load_source(session, path)
+        data.load_source(session, path)
         return view(session)
 
     @readable_errors
     def on_demo(session):
-        studio.load_demo(session)
+        data.load_demo(session)
         return view(session)
 
     @readable_errors
     def on_remove_class(session, name):
         if not name:
             raise UsageError("choose a class to remove")
-        return view(session, studio.remove_class(session, name))
+        return view(session, data.remove_class(session, name))
 
     def on_select(session, evt: gr.SelectData):
-        items = studio.thumbnails(session)
+        items = data.thumbnails(session)
         return items[evt.index][0] if evt.index is not None and evt.index < len(items) else ""
 
     @readable_errors
     def on_remove_image(session, path):
         if not path:
             raise UsageError("click an image first")
-        return (*view(session, studio.remove_image(session, path)), "")
+        return (*view(session, data.remove_image(session, path)), "")
 
     @readable_errors
     def on_preset(session, name):
         if not name:
             return ""
-        return studio.set_preset(studio.session(session), name)
+        return data.set_preset(session, name)
 
     add.click(on_add, [state, class_name, files], [*outputs, files, class_name], api_name="add_class")
     upload.click(on_upload, [state, archive], outputs, api_name="upload_dataset")

@@ -2,10 +2,11 @@
 
 import gradio as gr
 
-from .common import FREE, GPU, eta_text, progress_callback, progress_html, readable_errors
+from ..studio import DONE, PROGRESS, STEP
+from .common import FREE, JOBS, cancel_reply, follow, progress_html, readable_errors
 
 
-def create(studio, state):
+def create(runs, state):
     with gr.Tab("4. Generate", id="generate") as tab:
         settings = gr.Markdown()
         with gr.Row():
@@ -30,39 +31,36 @@ def create(studio, state):
             preview = gr.Image(label="Current batch (denoising)", interactive=False, height=200)
 
     def describe(session):
-        session = studio.session(session)
-        c = session.generation
-        return (f"**Settings** (from the preset `{session.preset}` and the Guidance tab): prompt `{c.template}`, "
+        preset, c = runs.settings(session)
+        return (f"**Settings** (from the preset `{preset}` and the Guidance tab): prompt `{c.template}`, "
                 f"weights text {c.w_text:g} / positive {c.w_pos:g} / negative {c.w_neg:g}, adapter scale "
                 f"{c.ip_adapter_scale:g}, {c.steps} steps, {c.width}x{c.height}, negatives `{c.negatives}` "
                 f"(T={c.temperature:g}), seed {c.seed}.")  # fmt: skip
 
     @readable_errors
-    def on_start(session, count, size, name, progress=gr.Progress()):  # noqa: B008
-        session = studio.session(session)
-        # The bar and ETA come from the job's own events; gr.Progress covers the model loading.
-        yield progress_html(0, 1, "Starting..."), gr.update(), None
-        for event in studio.generate(session, count or 1, size or 1, name, progress_callback(progress)):
-            label = f"{event.done} / {event.total} images - ETA {eta_text(event.eta_seconds)}"
-            if event.kind == "step":
-                strip = studio.preview_strip(event)
-                yield (
-                    progress_html(event.done, event.total, f"{label} (step {event.step}/{event.steps})"),
-                    gr.update(),
-                    strip,
-                )
-            elif event.kind == "batch":
-                yield progress_html(event.done, event.total, label), studio.run_files(session), gr.update()
+    def on_start(session, count, size, name):
+        # The bar and ETA come from the job's own events; the gallery fills batch by batch.
+        yield progress_html(0, 1, "Starting..."), gr.skip(), None
+        for event in follow(runs.generate(session, count or 1, size or 1, name)):
+            bar = progress_html(event.done, event.total, event.message)
+            if event.kind == STEP:
+                yield bar, gr.skip(), event.preview
+            elif event.kind == PROGRESS:
+                yield bar, runs.run_files(session) if event.detail else gr.skip(), gr.skip()
             else:
-                word = "Done" if event.kind == "done" else "Cancelled (Resume continues where it stopped)"
-                yield (progress_html(event.done, event.total, f"{word}: {event.done} / {event.total} images in "
-                                     f"{session.run_dir.name}"), studio.run_files(session), None)  # fmt: skip
+                summary = event.result
+                if event.kind == DONE:
+                    bar = progress_html(summary.done, summary.total,
+                                        f"Done: {summary.done} / {summary.total} images in {summary.name}")  # fmt: skip
+                elif summary is not None:
+                    bar = progress_html(summary.done, summary.total, event.message)
+                yield bar, runs.run_files(session), None
 
     inputs = [state, per_class, batch_size, folder]
     outputs = [progress_bar, gallery, preview]
-    start_event = start.click(on_start, inputs, outputs, api_name="generate", **GPU)
-    resume_event = resume.click(on_start, inputs, outputs, api_name="resume", **GPU)
-    cancel.click(lambda s: studio.cancel(s), [state], [progress_bar], cancels=[start_event, resume_event],
-                 api_name="cancel_generation", **FREE)  # fmt: skip
+    start.click(on_start, inputs, outputs, api_name="generate", **JOBS)
+    resume.click(on_start, inputs, outputs, api_name="resume", **JOBS)
+    cancel.click(lambda s: cancel_reply(runs.cancel(s)), [state], [progress_bar], api_name="cancel_generation",
+                 **FREE)  # fmt: skip
     tab.select(describe, [state], [settings], api_visibility="private")
-    tab.select(lambda s: studio.run_files(s), [state], [gallery], api_visibility="private")
+    tab.select(lambda s: runs.run_files(s), [state], [gallery], api_visibility="private")

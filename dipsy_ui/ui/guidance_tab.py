@@ -3,8 +3,8 @@
 import gradio as gr
 
 from ..config import GenerationConfig
-from ..studio import SAMPLE, WEIGHTS, GuidanceSettings, parse_values
-from .common import FREE, GPU, readable_errors
+from ..studio import CANCELLED, DONE, SAMPLE, STEP, WEIGHTS, GuidanceSettings, parse_values
+from .common import FREE, JOBS, cancel_reply, follow, readable_errors
 
 HELP = """
 **Text weight** pulls the image towards the class prompt ("A photo of a ..."); higher is more literal.
@@ -16,7 +16,7 @@ More **steps** are slower and cleaner. The same **seed** gives the same image; l
 DEFAULTS = GenerationConfig()
 
 
-def create(studio, state):
+def create(guidance, state):
     with gr.Tab("3. Guidance", id="guidance") as tab:
         with gr.Row():
             with gr.Column(scale=1):
@@ -48,9 +48,9 @@ def create(studio, state):
                     stop = gr.Button("Cancel")
                 gr.Markdown(HELP)
         with gr.Row():
-            live = gr.Image(
-                label="Preview (live)", type="filepath", interactive=False, height=300, elem_id="preview"
-            )
+            # PNG, not the default WebP: the enlarged step previews keep their sharp pixels.
+            live = gr.Image(label="Preview (live)", type="filepath", interactive=False, height=300,
+                            elem_id="preview", format="png")  # fmt: skip
             previous = gr.Image(
                 label="Previous result", type="filepath", interactive=False, height=300, elem_id="previous"
             )
@@ -68,102 +68,89 @@ def create(studio, state):
             save = gr.Button("Save the current settings as a preset")
             saved = gr.Markdown()
 
-    controls = [
-        class_name,
-        positive,
-        negative_class,
-        negative,
-        w_text,
-        w_pos,
-        w_neg,
-        scale,
-        steps,
-        seed,
-        lock,
-    ]
+    sliders = [w_text, w_pos, w_neg, scale, steps]
+    controls = [class_name, positive, negative_class, negative, *sliders, seed, lock]
 
-    def settings(name, pos, neg_class, neg, wt, wp, wn, s, n, sd):
+    def settings(name, pos, neg_class, neg, wt, wp, wn, s, n, sd, locked):
         return GuidanceSettings(name or "", int(pos or 0), neg_class or SAMPLE, -1 if neg is None else int(neg),
-                                float(wt), float(wp), float(wn), float(s), int(n), int(sd or 0))  # fmt: skip
+                                float(wt), float(wp), float(wn), float(s), int(n),
+                                int(sd or 0) if locked else None)  # fmt: skip
 
     def refresh(session):
-        session = studio.session(session)
-        names = list(session.classes)
-        config = session.generation
+        names = guidance.class_names(session)
+        config = guidance.settings(session)
         first = names[0] if names else None
         return (gr.update(choices=names, value=first), *class_choices(session, first),
                 gr.update(choices=[SAMPLE, "none", *names]), config.w_text, config.w_pos, config.w_neg,
                 config.ip_adapter_scale, config.steps)  # fmt: skip
 
     def class_choices(session, name):
-        paths = studio.session(session).classes.get(name, [])
+        paths = guidance.image_paths(session, name)
         return gr.update(choices=[(f"image {i + 1}", i) for i in range(len(paths))], value=0), paths
 
     def negative_choices(session, name):
-        paths = studio.session(session).classes.get(name, [])
+        paths = guidance.image_paths(session, name)
         return gr.update(
             choices=[(SAMPLE, -1)] + [(f"image {i + 1}", i) for i in range(len(paths))], value=-1
         )
 
+    def show_preview(session, values, edit):
+        """(live, previous, seed, status) as the preview job goes; a cancelled preview puts back
+        what was shown before it, and a superseded one shows nothing (a newer one is coming)."""
+        latest, before = guidance.shown(session)
+        for event in follow(guidance.preview(session, settings(*values), edit=edit)):
+            if event.superseded:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            elif event.kind == STEP:
+                yield event.preview, latest, gr.skip(), event.message
+            elif event.kind == DONE:
+                yield event.result.path, latest, event.result.seed, f"Done (seed {event.result.seed})."
+            elif event.kind == CANCELLED:
+                yield latest, before, gr.skip(), f"{event.message} The previous result is kept."
+            else:  # waiting for the model, loading it, cancelling
+                yield gr.skip(), gr.skip(), gr.skip(), event.message
+
     @readable_errors
     def on_preview(session, *values):
-        *rest, sd, locked = values
-        session = studio.session(session)
-        sd = studio.resolve_seed(sd, locked)
-        previous_path = session.last_preview
-        for kind, value in studio.preview(session, settings(*rest, sd)):
-            if kind == "step":
-                step, total, pixels = value
-                yield pixels.repeat(8, axis=0).repeat(8, axis=1), previous_path, sd, f"Step {step}/{total}..."
-            else:
-                session.last_preview = value
-                yield value, previous_path, sd, f"Done (seed {sd})."
+        yield from show_preview(session, values, edit=False)
+
+    @readable_errors
+    def on_edit(session, *values):
+        yield from show_preview(session, values, edit=True)
 
     @readable_errors
     def on_sweep(session, *values):
-        *rest, sd, locked, xn, xv, yn, yv = values
-        session = studio.session(session)
-        sd = studio.resolve_seed(sd, locked)
-        for kind, value in studio.sweep(
-            session, settings(*rest, sd), xn, parse_values(xv), yn, parse_values(yv)
+        *rest, xn, xv, yn, yv = values
+        for event in follow(
+            guidance.sweep(session, settings(*rest), xn, parse_values(xv), yn, parse_values(yv))
         ):
-            if kind == "step":
-                yield gr.update(), sd, f"Sweep: step {value[0]}/{value[1]}..."
-            else:
-                yield value, sd, f"Sweep done (seed {sd})."
+            if event.kind == DONE:
+                yield event.result.path, event.result.seed, f"Sweep done (seed {event.result.seed})."
+            else:  # the grid stays as it was until a sweep finishes
+                yield gr.skip(), gr.skip(), f"Sweep: {event.message[:1].lower()}{event.message[1:]}"
 
     @readable_errors
     def on_save(session, name, *values):
-        *rest, sd, locked = values
-        session = studio.session(session)
-        studio.remember_guidance(session, settings(*rest, sd))
-        return f"Saved to `{studio.save_preset(session, name)}` (choose it in the Data tab's preset list)."
+        path = guidance.save_preset(session, name, settings(*values))
+        return f"Saved to `{path}` (choose it in the Data tab's preset list)."
 
     def on_example(evt: gr.SelectData):
         return gr.update(value=evt.index)  # clicking a thumbnail makes it the positive image
 
     outputs = [live, previous, seed, status]
-    preview_event = run.click(on_preview, [state, *controls], outputs, api_name="preview", **GPU)
-    for slider in (w_text, w_pos, w_neg, scale, steps):
-        slider.release(on_preview, [state, *controls], outputs, api_visibility="private", **GPU)
-    sweep_event = sweep.click(
-        on_sweep,
-        [state, *controls, x_name, x_values, y_name, y_values],
-        [grid, seed, status],
-        api_name="sweep",
-        **GPU,
-    )
+    run.click(on_preview, [state, *controls], outputs, api_name="preview", **JOBS)
+    # Every edit reaches the Studio at once ("multiple"), where the newest wins; a slider's number
+    # box fires "release" when it loses focus, so an edit that changed nothing is dropped there.
+    gr.on([slider.release for slider in sliders], on_edit, [state, *controls], outputs,
+          api_visibility="private", trigger_mode="multiple", **JOBS)  # fmt: skip
+    sweep.click(on_sweep, [state, *controls, x_name, x_values, y_name, y_values], [grid, seed, status],
+                api_name="sweep", **JOBS)  # fmt: skip
     stop.click(
-        lambda s: studio.cancel(s),
-        [state],
-        [status],
-        cancels=[preview_event, sweep_event],
-        api_name="cancel_preview",
-        **FREE,
+        lambda s: cancel_reply(guidance.cancel(s)), [state], [status], api_name="cancel_preview", **FREE
     )
     save.click(on_save, [state, preset_name, *controls], [saved], api_name="save_preset")
     examples.select(on_example, None, [positive], api_visibility="private")
     class_name.input(class_choices, [state, class_name], [positive, examples], api_visibility="private")
     negative_class.input(negative_choices, [state, negative_class], [negative], api_visibility="private")
-    tab.select(refresh, [state], [class_name, positive, examples, negative_class, w_text, w_pos, w_neg, scale, steps],
+    tab.select(refresh, [state], [class_name, positive, examples, negative_class, *sliders],
                api_visibility="private")  # fmt: skip

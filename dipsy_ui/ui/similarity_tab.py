@@ -5,10 +5,11 @@ import html
 import gradio as gr
 
 from ..config import GenerationConfig
-from .common import GPU, progress_callback, readable_errors
+from ..studio import DONE
+from .common import JOBS, follow, readable_errors
 
 
-def create(studio, state):
+def create(similarity, state):
     with gr.Tab("2. Similarity", id="similarity") as tab:
         gr.Markdown(
             "Each generated image of a class is steered **away** from a *negative* class. Negatives are drawn "
@@ -45,38 +46,40 @@ def create(studio, state):
                 status = gr.Markdown(elem_id="similarity-status")
 
     def view(session, message=""):
-        session = studio.session(session)
-        names = list(session.similarity.names) if session.similarity is not None else []
-        rows = studio.probability_rows(session) if names else []
+        names = similarity.names(session)
+        rows = similarity.probability_rows(session) if names else []
         choices = gr.update(choices=names)
-        return studio.heatmap_path(session), rows, choices, choices, choices, message
+        return similarity.heatmap_path(session), rows, choices, choices, choices, message
 
     outputs = [heatmap, table, target, pinned, excluded, status]
 
     @readable_errors
-    def on_compute(session, temp, progress=gr.Progress()):  # noqa: B008
-        session = studio.session(session)
-        result = studio.compute_similarity(session, temp, progress_callback(progress))
-        return view(session, f"Similarity of {len(result.names)} classes at temperature {temp:g}.")
+    def on_compute(session, temp):
+        for event in follow(similarity.compute(session, temp)):
+            if event.kind == DONE:
+                yield view(
+                    session, f"Similarity of {len(event.result.names)} classes at temperature {temp:g}."
+                )
+            else:
+                yield (*[gr.skip()] * 5, event.message)
 
     @readable_errors
     def on_temperature(session, temp):
-        session = studio.session(session)
-        if session.similarity is None:
-            return gr.update(), "Compute the similarity first."
-        studio.set_temperature(session, temp)
-        return studio.probability_rows(session), f"Temperature {temp:g}."
+        if not similarity.names(session):
+            return gr.skip(), "Compute the similarity first."
+        similarity.set_temperature(session, temp)
+        return similarity.probability_rows(session), f"Temperature {temp:g}."
 
     @readable_errors
     def on_override(session, name, pins, blocks):
-        message = studio.set_override(studio.session(session), name, pins or [], blocks or [])
-        return studio.probability_rows(session), html.escape(message)
+        message = similarity.set_override(session, name, pins or [], blocks or [])
+        return similarity.probability_rows(session), html.escape(message)
 
     def on_target(session, name):
-        session = studio.session(session)
-        return gr.update(value=session.allowed.get(name, [])), gr.update(value=session.excluded.get(name, []))
+        pins, blocks = similarity.override(session, name)
+        return gr.update(value=pins), gr.update(value=blocks)
 
-    compute.click(on_compute, [state, temperature], outputs, api_name="compute_similarity", **GPU)
+    compute.click(on_compute, [state, temperature], outputs, api_name="compute_similarity", **JOBS)
     temperature.change(on_temperature, [state, temperature], [table, status], api_name="set_temperature",
                        show_progress="hidden")  # fmt: skip
     apply.click(on_override, [state, target, pinned, excluded], [table, status], api_name="set_override")

@@ -3,9 +3,8 @@
 import gradio as gr
 import pandas as pd
 
-from .common import FREE, GPU, eta_text, progress_callback, readable_errors
-
-RUNS = {"real_only": "real only", "real_synthetic": "real+synthetic"}
+from ..studio import CANCELLED, DONE, PROGRESS
+from .common import FREE, JOBS, cancel_reply, follow, readable_errors
 
 
 class Curves:
@@ -14,7 +13,9 @@ class Curves:
     def __init__(self):
         self.losses, self.accuracy = [], []
 
-    def add(self, event, run: str = "train") -> None:
+    def add(self, step) -> None:
+        """Add a :class:`~dipsy_ui.studio.training.TrainingStep` (a job's progress detail)."""
+        event, run = step.event, step.label
         if event.phase == "step":
             self.losses.append({"step": event.step, "loss": event.loss, "run": run})
             self.accuracy.append({"step": event.step, "accuracy": event.accuracy, "set": f"{run} (running)"})
@@ -30,13 +31,8 @@ class Curves:
         return (losses.astype({c: types[c] for c in losses.columns}),
                 accuracy.astype({c: types[c] for c in accuracy.columns}))  # fmt: skip
 
-    @staticmethod
-    def status(event) -> str:
-        return (f"Epoch {event.epoch}/{event.epochs}, step {event.step}/{event.total_steps}, "
-                f"loss {event.loss:.3f}, ETA {eta_text(event.eta_s)}")  # fmt: skip
 
-
-def create(studio, state):
+def create(training, state):
     with gr.Tab("6. Train", id="train"):
         gr.Markdown("Fine-tune CLIP with LoRA on your real images plus the kept synthetic images of the current "
                     "run, and see whether the synthetic images help.")  # fmt: skip
@@ -55,7 +51,7 @@ def create(studio, state):
             test = gr.File(
                 elem_id="test-zip", label="Test set (.zip of class folders, optional)", file_types=[".zip"]
             )
-            demo_test = gr.Checkbox(label="Use the demo test set", value=studio.demo)
+            demo_test = gr.Checkbox(label="Use the demo test set", value=training.demo)
         with gr.Row():
             start = gr.Button("Train", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
@@ -87,68 +83,71 @@ def create(studio, state):
             changes["lora_alpha"] = 2 * int(r)  # the recipe's alpha / rank = 2
         return changes
 
+    def outcome(session, result, word) -> tuple:
+        """(status, per-class rows, confusion image, metrics) of a finished or cancelled run."""
+        epochs = result.metrics["epochs"]
+        test = epochs[-1]["test"] if epochs else None
+        rows = (
+            [[name, "-" if v is None else f"{100 * v:.1f}%"] for name, v in test["per_class"].items()]
+            if test
+            else []
+        )
+        confusion = result.out_dir / "confusion.png"
+        image = str(confusion) if test and confusion.is_file() else None
+        summary = {"cancelled": result.cancelled, "test_top1": result.test_top1,
+                   "zero_shot_top1": result.zero_shot_top1, "epochs": len(epochs), "out_dir": str(result.out_dir),
+                   "per_class": test["per_class"] if test else None, "confusion": test["confusion"] if test else None}  # fmt: skip
+        top1 = f", test top-1 {100 * result.test_top1:.1f}%" if result.test_top1 is not None else ""
+        used = training.settings(session)
+        settings = (
+            f"epochs {used.epochs}, lr {used.lr:g}, lambda {used.lambda_real:g}, LoRA rank {used.lora_rank}"
+        )
+        return f"{word}: {len(epochs)} epoch(s){top1}. Settings: {settings}.", rows, image, summary
+
     @readable_errors
-    def on_train(session, ep, lam, r, rate, test_file, use_demo, progress=gr.Progress()):  # noqa: B008
-        session = studio.session(session)
+    def on_train(session, ep, lam, r, rate, test_file, use_demo):
         curves = Curves()
         # The plots get their first data with the first step: an empty first frame leaves the
         # line plot without series (no line is ever drawn) in Gradio 6.
-        yield "Starting...", gr.update(), gr.update(), [], None, {}
-        for event in studio.train(
-            session, config(ep, lam, r, rate), test_file, use_demo, progress_callback(progress)
-        ):
-            if isinstance(event, tuple):
-                result = event[1]
-                epochs = result.metrics["epochs"]
-                test = epochs[-1]["test"] if epochs else None
-                rows = (
-                    [[name, "-" if v is None else f"{100 * v:.1f}%"] for name, v in test["per_class"].items()]
-                    if test
-                    else []
+        yield "Starting...", gr.skip(), gr.skip(), [], None, {}
+        for event in follow(training.train(session, config(ep, lam, r, rate), test_file, use_demo)):
+            if event.kind == PROGRESS and event.detail is not None:
+                curves.add(event.detail)
+                yield event.message, *curves.frames(), gr.skip(), gr.skip(), gr.skip()
+            elif event.result is not None:  # done, or cancelled after training began
+                status, rows, image, summary = outcome(
+                    session, event.result, "Done" if event.kind == DONE else "Cancelled"
                 )
-                image = (
-                    str(result.out_dir / "confusion.png")
-                    if test and (result.out_dir / "confusion.png").is_file()
-                    else None
-                )
-                summary = {"cancelled": result.cancelled, "test_top1": result.test_top1,
-                           "zero_shot_top1": result.zero_shot_top1, "epochs": len(epochs), "out_dir": str(result.out_dir),
-                           "per_class": test["per_class"] if test else None, "confusion": test["confusion"] if test else None}  # fmt: skip
-                word = "Cancelled" if result.cancelled else "Done"
-                top1 = f", test top-1 {100 * result.test_top1:.1f}%" if result.test_top1 is not None else ""
-                used = session.train
-                settings = (f"epochs {used.epochs}, lr {used.lr:g}, lambda {used.lambda_real:g}, "
-                            f"LoRA rank {used.lora_rank}")  # fmt: skip
-                yield (f"{word}: {len(epochs)} epoch(s){top1}. Settings: {settings}.", gr.update(), gr.update(),
-                       rows, image, summary)  # fmt: skip
-                return
-            curves.add(event)
-            yield curves.status(event), *curves.frames(), gr.update(), gr.update(), gr.update()
+                yield status, gr.skip(), gr.skip(), rows, image, summary
+            else:
+                yield event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     @readable_errors
     def on_compare(session, ep, lam, r, rate, test_file, use_demo):
         curves = Curves()
-        yield "Comparing: training real-only first...", gr.update(), gr.update(), "", {}
-        for name, value in studio.compare(
-            studio.session(session), config(ep, lam, r, rate), test_file, use_demo
-        ):
-            if name == "result":
-                word = "Comparison cancelled" if value["cancelled"] else "Comparison done"
-                summary = {k: v for k, v in value.items() if k != "table"}
-                yield f"{word}.", gr.update(), gr.update(), value["table"], summary
-                return
-            curves.add(value, RUNS[name])
-            yield f"{RUNS[name]}: {curves.status(value)}", *curves.frames(), gr.update(), gr.update()
+        yield "Comparing: training real-only first...", gr.skip(), gr.skip(), "", {}
+        for event in follow(training.compare(session, config(ep, lam, r, rate), test_file, use_demo)):
+            if event.kind == PROGRESS and event.detail is not None:
+                curves.add(event.detail)
+                yield event.message, *curves.frames(), gr.skip(), gr.skip()
+            elif event.result is not None:
+                word = "Comparison done" if event.kind == DONE else "Comparison cancelled"
+                summary = {k: v for k, v in event.result.items() if k != "table"}
+                yield f"{word}.", gr.skip(), gr.skip(), event.result["table"], summary
+            else:
+                prefix = "Comparison: " if event.kind == CANCELLED else ""
+                yield prefix + event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     @readable_errors
     def on_download(session):
-        return studio.adapter_zip(session)
+        return training.adapter_zip(session)
 
     inputs = [state, epochs, lambda_real, rank, lr, test, demo_test]
-    train_event = start.click(on_train, inputs, [status, loss_plot, accuracy_plot, per_class, confusion, metrics],
-                              api_name="train", **GPU)  # fmt: skip
-    compare_event = compare.click(on_compare, inputs, [status, loss_plot, accuracy_plot, comparison, metrics],
-                                  api_name="compare", **GPU)  # fmt: skip
-    cancel.click(lambda s: studio.cancel(s), [state], [status], cancels=[train_event, compare_event],
-                 api_name="cancel_training", **FREE)  # fmt: skip
+    start.click(on_train, inputs, [status, loss_plot, accuracy_plot, per_class, confusion, metrics],
+                api_name="train", **JOBS)  # fmt: skip
+    compare.click(on_compare, inputs, [status, loss_plot, accuracy_plot, comparison, metrics],
+                  api_name="compare", **JOBS)  # fmt: skip
+    cancel.click(
+        lambda s: cancel_reply(training.cancel(s)), [state], [status], api_name="cancel_training", **FREE
+    )
     download_button.click(on_download, [state], [download], api_name="download_adapter")

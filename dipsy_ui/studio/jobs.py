@@ -1,0 +1,192 @@
+"""Long actions: the one event they all yield (:class:`Progress`), what a running action sees
+(:class:`Job`), the model lock (:class:`ModelLock`) and a session's actions in flight
+(:class:`SessionJobs`). :meth:`dipsy_ui.studio.core.Core.run_job` puts them together."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+STEP = "step"  # a denoising step, with a preview image; a newer one replaces one not yet read
+PROGRESS = "progress"  # a unit of work done (a batch written, a training step); each is delivered
+DONE, CANCELLED, FAILED = "done", "cancelled", "failed"
+TERMINAL = (DONE, CANCELLED, FAILED)
+PREVIEW_SIZE = 256  # step previews are enlarged (nearest neighbour) to at least this many pixels
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One event of a long action (preview, sweep, generation, ranking, training, comparison).
+
+    An action yields any number of "step" and "progress" events, then exactly one terminal
+    event: "done" (with its result), "cancelled" (with what it kept, if anything) or "failed"
+    (with the error)."""
+
+    kind: str
+    done: int = 0  # units finished: denoising steps, images, training steps
+    total: int = 0  # units in the whole action (0: not known yet)
+    message: str = ""  # what to show the user, written for them
+    preview: object | None = None  # "step": uint8 RGB array (H, W, 3), enlarged for display
+    result: object | None = None  # "done": the action's result; "cancelled": what it kept
+    detail: object | None = None  # "progress": the engine's own event, for views that plot it
+    error: BaseException | None = None  # "failed": the exception, for the view to report
+    superseded: bool = False  # "cancelled" because a newer or identical request answers it
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL
+
+
+def enlarge(pixels, size: int = PREVIEW_SIZE):
+    """An (H, W, 3) uint8 array enlarged by a whole factor (nearest neighbour) to at least ``size``
+    pixels high: a 4x4 latent preview stays a grid of sharp squares in the browser."""
+    factor = max(1, -(-size // pixels.shape[0]))
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def eta_text(seconds: float | None) -> str:
+    """Seconds left, as a person reads them ("estimating..." before there is a rate)."""
+    if seconds is None:
+        return "estimating..."
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Cancelled(Exception):
+    """Raised by an action's work when it stopped early because its job was cancelled."""
+
+    def __init__(self, result: object | None = None, message: str = ""):
+        super().__init__(message or "cancelled")
+        self.result, self.message = result, message
+
+
+class Job:
+    """What a running action sees: its cancel flag, and calls that report its progress."""
+
+    def __init__(self, cancel: threading.Event, emit: Callable[[Progress], None]):
+        self.cancel = cancel
+        self.done = self.total = 0
+        self.unit = "step"  # what done/total count, for the "Cancelled at ..." message
+        self._emit = emit
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+    def step(self, done: int, total: int, message: str, preview=None) -> None:
+        self.done, self.total = done, total
+        self._emit(Progress(STEP, done, total, message, preview=preview))
+
+    def progress(self, done: int, total: int, message: str, detail=None) -> None:
+        self.done, self.total = done, total
+        self._emit(Progress(PROGRESS, done, total, message, detail=detail))
+
+    def stopped_message(self) -> str:
+        if not self.total:
+            return "Cancelled."
+        return f"Cancelled at {self.unit} {self.done}/{self.total}."
+
+
+class ModelLock:
+    """One model-running job at a time, in the order they asked; a waiter may give up."""
+
+    def __init__(self, poll: float = 0.1):
+        self._changed = threading.Condition()
+        self._waiting: deque = deque()
+        self._held = False
+        self._poll = poll  # how often a waiter checks whether to give up
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def busy(self) -> bool:
+        """True when a new job would have to wait."""
+        with self._changed:
+            return self._held or bool(self._waiting)
+
+    def acquire(self, give_up: Callable[[], bool]) -> bool:
+        """Wait for the lock; False (without it) once ``give_up()`` says so."""
+        turn = object()
+        with self._changed:
+            self._waiting.append(turn)
+            try:
+                while True:
+                    if give_up():
+                        return False
+                    if not self._held and self._waiting[0] is turn:
+                        self._held = True
+                        return True
+                    self._changed.wait(self._poll)
+            finally:
+                self._waiting.remove(turn)
+                self._changed.notify_all()
+
+    def release(self) -> None:
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request of a session for a long action, from its arrival to its terminal event."""
+
+    kind: str  # "preview", "sweep", "generate", "rank", "train", ...
+    key: Hashable | None = None  # what it asks for (requests with a key replace each other)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: bool = False  # holds the model lock (or has held it)
+    superseded: bool = False
+
+
+class SessionJobs:
+    """A session's requests in flight: what Cancel stops, and the "newest request wins" rules."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._active: list[Ticket] = []
+        self._last_key: dict[str, Hashable] = {}
+
+    def __deepcopy__(self, memo):
+        # Gradio copies the State's default value (an unused Session): requests are never shared.
+        return SessionJobs()
+
+    def open(self, kind: str, key: Hashable | None = None, changed_only: bool = False) -> Ticket:
+        """Register a request. With a ``key`` (previews): a request asking what one in flight
+        already asks for, or (``changed_only``: an edit rather than a button) what the last
+        request asked for, is answered by that one and comes back superseded; any other
+        supersedes the requests of its kind still waiting for the model."""
+        ticket = Ticket(kind, key)
+        with self._lock:
+            if key is not None:
+                same = [t for t in self._active if t.kind == kind and t.key == key and not t.cancel.is_set()]
+                if same or (changed_only and self._last_key.get(kind) == key):
+                    ticket.superseded = True
+                    ticket.cancel.set()
+                else:
+                    for other in self._active:
+                        if other.kind == kind and not other.started:
+                            other.superseded = True
+                            other.cancel.set()
+                    self._last_key[kind] = key
+            self._active.append(ticket)
+        return ticket
+
+    def start(self, ticket: Ticket) -> None:
+        with self._lock:
+            ticket.started = True
+
+    def close(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._active.remove(ticket)
+
+    def cancel(self, kinds: tuple[str, ...] | None = None) -> int:
+        """Cancel the requests in flight of these kinds (all when None); how many there were."""
+        with self._lock:
+            hit = [t for t in self._active if (kinds is None or t.kind in kinds) and not t.cancel.is_set()]
+            for ticket in hit:
+                ticket.cancel.set()
+        return len(hit)

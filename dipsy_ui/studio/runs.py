@@ -1,0 +1,260 @@
+"""The run service: the batch generation job (Generate tab) and reviewing its images (Curate
+tab). The run's manifest is the source of truth for both."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..config import GenerationConfig
+from ..data import class_slugs, resolve_inside, safe_slug
+from ..errors import UsageError
+from ..images import open_image
+from ..manifest import kept_images, read_manifest, set_status
+from .core import Core
+from .data import DataService
+from .jobs import Cancelled, Job, Progress, enlarge, eta_text
+from .session import Session, check_name
+from .similarity import SimilarityService
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Where a generation job stands when it ends: images there out of the run's total."""
+
+    name: str  # the run's folder name
+    done: int
+    total: int
+
+
+class RunService:
+    """Runs under ``<session>/runs/<folder>``; curation through the run's manifest."""
+
+    def __init__(self, core: Core, data: DataService, similarity: SimilarityService):
+        self.core, self.data, self.similarity = core, data, similarity
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def settings(self, session: Session) -> tuple[str, GenerationConfig]:
+        """(the active preset's name, the generation settings a run would use)."""
+        session = self.core.session(session)
+        return session.preset, session.generation
+
+    def generate(
+        self, session: Session, images_per_class: int, batch_size: int, folder: str
+    ) -> Iterator[Progress]:
+        """Generate (or resume) the run in ``folder`` as a job: "step" events carry the current
+        batch's denoising previews side by side, "progress" events each written batch, and the
+        end a :class:`RunSummary` (what a cancelled run kept stays valid: Resume continues)."""
+        from ..generate import GenerationJob
+
+        session = self.core.session(session)
+        dataset = self.data.dataset(session)
+        config = replace(
+            session.generation, images_per_class=int(images_per_class), batch_size=int(batch_size)
+        )
+        if len(dataset.class_names) < 2:
+            config = replace(config, negatives="none")
+        out_dir = self.run_dir(session, folder)
+        state = session.run
+        state.run_dir, state.scores = out_dir, {}
+
+        def work(job: Job) -> RunSummary:
+            similarity = self.similarity.current(session)
+            if config.negatives == "similarity" and similarity is None:
+                similarity = self.similarity.compute_in(job, session, config.temperature)
+            pipe, _ = self.core.models(job)
+            job.unit = "image"
+            run = GenerationJob(pipe, dataset, config, out_dir, self.core.spec, similarity)
+            last = run.run(lambda event: self._report(job, event), job.cancel)
+            summary = RunSummary(out_dir.name, last.done, last.total)
+            if last.kind == "cancelled":
+                raise Cancelled(summary, f"Cancelled: {last.done} / {last.total} images in {out_dir.name} "
+                                         "(Resume continues where it stopped).")  # fmt: skip
+            return summary
+
+        return self.core.run_job(session, "generate", work)
+
+    @staticmethod
+    def _report(job: Job, event) -> None:
+        """A GenerationJob event as the job's progress."""
+        label = f"{event.done} / {event.total} images - ETA {eta_text(event.eta_seconds)}"
+        if event.kind == "step":
+            strip = enlarge(event.preview.transpose(1, 0, 2, 3).reshape(event.preview.shape[1], -1, 3))
+            job.step(event.done, event.total, f"{label} (step {event.step}/{event.steps})", strip)
+        elif event.kind == "batch":
+            job.progress(event.done, event.total, label, detail=event.files)
+
+    def cancel(self, session: Session) -> bool:
+        return self.core.cancel(session, ("generate",))
+
+    def run_dir(self, session: Session, folder: str) -> Path:
+        name = safe_slug(check_name(folder, "output folder name"))
+        return resolve_inside(self.core.session(session).root, "runs", name)
+
+    def run_files(self, session: Session, limit: int = 48) -> list[tuple[str, str]]:
+        """The newest images of the current run, for the live gallery."""
+        run_dir = self.core.session(session).run.run_dir
+        if run_dir is None:
+            return []
+        records = list(read_manifest(run_dir).values())[-limit:]
+        return [(str(run_dir / r["file"]), r["class_name"]) for r in reversed(records)]
+
+    def runs(self, session: Session) -> list[str]:
+        folder = self.core.session(session).root / "runs"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def open_run(self, session: Session, folder: str) -> str:
+        session = self.core.session(session)
+        path = self.run_dir(session, folder)
+        if not path.is_dir():
+            raise UsageError(f"there is no run {folder!r}")
+        session.run.run_dir, session.run.scores = path, {}
+        return f"{len(read_manifest(path))} images in {folder}"
+
+    def current_run(self, session: Session) -> Path:
+        """The current run's folder; refused before any image was generated."""
+        if not self.has_run(session):
+            raise UsageError("no generated images yet: run the Generate tab first (or open a run)")
+        return session.run.run_dir
+
+    def kept_run(self, session: Session) -> Path | None:
+        """The current run's folder if it has kept images (a training set), else None."""
+        run_dir = self.core.session(session).run.run_dir
+        return run_dir if run_dir is not None and kept_images(run_dir) else None
+
+    # -- curation -------------------------------------------------------------------------------
+
+    def has_run(self, session: Session) -> bool:
+        """Whether there is a current run with images to curate."""
+        run_dir = self.core.session(session).run.run_dir
+        return run_dir is not None and (run_dir / "manifest.jsonl").is_file()
+
+    def curate_counts(self, session: Session) -> list[list]:
+        counts: dict[str, list[int]] = {}
+        for record in read_manifest(self.current_run(session)).values():
+            entry = counts.setdefault(record["class_name"], [0, 0])
+            entry[record["status"] == "rejected"] += 1
+        return [[name, kept, rejected] for name, (kept, rejected) in counts.items()]
+
+    def curate_page(self, session: Session, class_name: str | None, page: int, page_size: int = 40):
+        """(thumbnail path, caption, manifest file) of one page; ranked when scores exist."""
+        session = self.core.session(session)
+        run = self.current_run(session)
+        scores = session.run.scores
+        records = [r for r in read_manifest(run).values() if not class_name or r["class_name"] == class_name]
+        if scores:
+            records.sort(key=lambda r: scores.get(r["file"], 2.0))
+        pages = max(1, -(-len(records) // page_size))
+        page = min(max(int(page), 1), pages)
+        items = []
+        for record in records[(page - 1) * page_size : page * page_size]:
+            score = scores.get(record["file"])
+            caption = ("REJECTED" if record["status"] == "rejected" else "kept") + (
+                f" {score:.2f}" if score is not None else "")  # fmt: skip
+            items.append((str(thumbnail(run, record["file"], record["status"])), caption, record["file"]))
+        return items, page, pages
+
+    def toggle(self, session: Session, file: str) -> str:
+        run = self.current_run(session)
+        records = read_manifest(run)
+        if file not in records:
+            raise UsageError(f"{file} is not in the run's manifest")
+        status = "kept" if records[file]["status"] == "rejected" else "rejected"
+        set_status(run, [file], status)
+        return f"{file}: {status}"
+
+    def rank(self, session: Session) -> Iterator[Progress]:
+        """Score every image, as a job ending in a message: the trained classifier's confidence
+        in its class, else the CLIP cosine similarity to its class's real images."""
+        session = self.core.session(session)
+        run = self.current_run(session)
+        dataset = None if session.classifier_dir is not None else self.data.dataset(session)
+
+        def work(job: Job) -> str:
+            records = list(read_manifest(run).values())
+            paths = [run / r["file"] for r in records]
+            job.unit = "phase"
+            if dataset is None:
+                from ..classifier.evaluate import predict
+
+                job.progress(0, 1, f"Classifying {len(paths)} synthetic images...")
+                predictions = predict(session.classifier_dir, paths, runtime=self.core.runtime)
+                scores = [
+                    p.probs.get(r["class_name"], 0.0) for p, r in zip(predictions, records, strict=True)
+                ]
+                source = "classifier confidence"
+            else:
+                scores = self._clip_scores(job, dataset, records, paths)
+                source = "CLIP similarity to the class's real images"
+            session.run.scores = {r["file"]: float(s) for r, s in zip(records, scores, strict=True)}
+            session.run.score_source = source
+            return f"Ranked {len(records)} images by {source} (lowest first)."
+
+        return self.core.run_job(session, "rank", work)
+
+    def _clip_scores(self, job: Job, dataset, records: list[dict], paths: list[Path]) -> list[float]:
+        """Each image's cosine similarity to the mean CLIP embedding of its class's real images."""
+        import torch
+
+        from ..similarity import embed_images, similarity_matrix
+
+        _, clip = self.core.models(job)
+        job.progress(0, 1, f"Embedding {len(paths)} synthetic images with CLIP...")
+        real = {c.name: embed_images(clip, [r.image for r in c.images], cache_dir=self.core.workspace / "cache")
+                for c in dataset.classes}  # fmt: skip
+        synthetic = embed_images(clip, [open_image(p) for p in paths])
+        # Cosine similarity to the class mean, via the engine's similarity matrix of the pair.
+        return [float(similarity_matrix(torch.stack([real[r["class_name"]].mean(dim=0), e]))[0, 1])
+                for r, e in zip(records, synthetic, strict=True)]  # fmt: skip
+
+    def reject_below(self, session: Session, class_name: str | None, threshold: float) -> str:
+        session = self.core.session(session)
+        run = self.current_run(session)
+        scores = session.run.scores
+        if not scores:
+            raise UsageError("rank the images first")
+        records = read_manifest(run)
+        files = [f for f, s in scores.items() if s < threshold and f in records
+                 and (not class_name or records[f]["class_name"] == class_name)]  # fmt: skip
+        if files:
+            set_status(run, files, "rejected")
+        return f"Rejected {len(files)} image(s) scoring below {threshold:.2f}."
+
+    def export_kept(self, session: Session) -> str:
+        """A zip of the kept images as an ImageFolder tree (class folders = safe names)."""
+        session = self.core.session(session)
+        run = self.current_run(session)
+        kept = kept_images(run)
+        if not kept:
+            raise UsageError("no kept images to export")
+        slugs = class_slugs(sorted({name for _, name in kept}))
+        path = session.root / "exports" / f"{run.name}-kept.zip"
+        path.parent.mkdir(exist_ok=True)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            for file, name in kept:
+                archive.write(file, f"{run.name}/{slugs[name]}/{file.name}")
+        return str(path)
+
+
+def thumbnail(run: Path, file: str, status: str, size: int = 128) -> Path:
+    """A small cached copy of a run's image (crossed out when rejected): pages stay light."""
+    thumb = resolve_inside(run, ".thumbs", *f"{file}.{status}.png".split("/"))
+    if not thumb.is_file():
+        thumb.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(resolve_inside(run, *file.split("/"))) as image:
+            small = image.convert("RGB")
+            small.thumbnail((size, size))
+            small = small.resize((size, size)) if max(small.size) < size else small
+        if status == "rejected":
+            small = Image.blend(small, Image.new("RGB", small.size, (255, 255, 255)), 0.6)
+            draw = ImageDraw.Draw(small)
+            w, h = small.size
+            draw.line((0, 0, w, h), fill=(220, 0, 0), width=max(3, w // 20))
+            draw.line((0, h, w, 0), fill=(220, 0, 0), width=max(3, w // 20))
+        small.save(thumb)
+    return thumb

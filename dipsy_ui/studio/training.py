@@ -1,0 +1,166 @@
+"""The training service: the LoRA classifier on the real (+ kept synthetic) images and the
+real-only vs real+synthetic comparison (Train tab)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..data import load_dataset, resolve_inside, safe_slug
+from ..errors import UsageError
+from ..images import save_png
+from .core import Core
+from .data import DataService
+from .jobs import Cancelled, Job, Progress, eta_text
+from .runs import RunService
+from .session import Session
+
+RUNS = ("real_only", "real_synthetic")  # a comparison's two runs, in the order they train
+LABELS = {"train": "train", "real_only": "real only", "real_synthetic": "real+synthetic"}
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """A "progress" event's detail: which run (``"train"`` or one of :data:`RUNS`) and the
+    engine's :class:`~dipsy_ui.classifier.train.TrainProgress`."""
+
+    run: str
+    event: object
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.run]
+
+
+class TrainingService:
+    """Classifiers under ``<session>/classifiers/``, comparisons under ``<session>/comparisons/``."""
+
+    def __init__(self, core: Core, data: DataService, runs: RunService):
+        self.core, self.data, self.runs = core, data, runs
+
+    @property
+    def demo(self) -> bool:
+        """Whether the app runs the demo (whose test set is then the natural choice)."""
+        return self.core.demo
+
+    def settings(self, session: Session) -> TrainConfig:
+        """The training settings in use (the preset's, with what the user changed)."""
+        return self.core.session(session).train
+
+    def cancel(self, session: Session) -> bool:
+        return self.core.cancel(session, ("train", "compare"))
+
+    def train(self, session: Session, settings: dict, test_upload: str | None = None,
+              use_demo_test: bool = False) -> Iterator[Progress]:  # fmt: skip
+        """Train a LoRA classifier on the real and the current run's kept images, as a job:
+        "progress" events carry a :class:`TrainingStep`, the end the
+        :class:`~dipsy_ui.classifier.train.TrainResult` (a cancelled run keeps its last step)."""
+        from ..classifier.train import iter_train
+        from ..models import load_clip
+
+        session = self.core.session(session)
+        config = session.train = replace(session.train, **settings)
+        real = self.data.labelled_images(session)
+        synthetic = self.runs.kept_run(session)
+        test = self.test_set(session, test_upload, use_demo_test)
+        out_dir = session.root / "classifiers" / time.strftime("%Y%m%d-%H%M%S")
+
+        def work(job: Job):
+            job.progress(0, 0, "Loading CLIP for training...")
+            clip = load_clip(self.core.spec, self.core.runtime)  # a fresh copy: LoRA is injected in place
+            run = iter_train(real, out_dir, self.core.spec, synthetic=synthetic, test=test, config=config,
+                             runtime=self.core.runtime, should_stop=job.cancel, clip=clip)  # fmt: skip
+            while True:
+                try:
+                    event = next(run)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                job.progress(event.step, event.total_steps, status(event), TrainingStep("train", event))
+            session.classifier_dir = out_dir
+            if result.cancelled:
+                raise Cancelled(result)
+            return result
+
+        return self.core.run_job(session, "train", work)
+
+    def compare(self, session: Session, settings: dict, test_upload: str | None = None,
+                use_demo_test: bool = False) -> Iterator[Progress]:  # fmt: skip
+        """Real-only vs real+synthetic on the current run's kept images, as a job: "progress"
+        events carry a :class:`TrainingStep` of either run, the end
+        :func:`dipsy_ui.classifier.train.compare`'s report (``report["cancelled"]`` after a cancel)."""
+        from ..classifier.train import compare
+
+        session = self.core.session(session)
+        config = replace(session.train, **settings)
+        test = self.test_set(session, test_upload, use_demo_test)
+        if test is None:
+            raise UsageError("the comparison needs a test set: upload one or use the demo test set")
+        synthetic = self.runs.current_run(session)
+        real = self.data.labelled_images(session)
+
+        def work(job: Job) -> dict:
+            def on_event(name, event):
+                done = event.step + RUNS.index(name) * event.total_steps
+                job.progress(
+                    done, 2 * event.total_steps, f"{LABELS[name]}: {status(event)}", TrainingStep(name, event)
+                )
+
+            report = compare(real, synthetic, test, session.root / "comparisons" / synthetic.name, self.core.spec,
+                             config=config, runtime=self.core.runtime, should_stop=job.cancel,
+                             callback=on_event)  # fmt: skip
+            if report["cancelled"]:
+                raise Cancelled(report)
+            return report
+
+        return self.core.run_job(session, "compare", work)
+
+    def test_set(self, session: Session, upload: str | None, use_demo: bool) -> list | Path | None:
+        """The test set: an uploaded zip of class folders (decoded and checked as the few-shot
+        loader does, stored as PNGs and listed with the class names), the demo's test folder, or
+        None. A zip folder named like a class's folder (its slug, as exports write it) counts as
+        that class, so classes whose names cannot be folder names ("a/b") can be tested too."""
+        session = self.core.session(session)
+        if upload:
+            path = Path(upload)
+            if path.suffix.lower() != ".zip":
+                raise UsageError("the test set must be a .zip of class folders")
+            target = session.root / "test" / safe_slug(path.stem)
+            shutil.rmtree(target, ignore_errors=True)
+            dataset = load_dataset(path)
+            names = self.data.class_names(session)
+            by_slug = {slug: name for name, slug in self.data.slugs(session).items() if name in names}
+            items = []
+            for cls in dataset.classes:
+                name = cls.name if cls.name in names else by_slug.get(cls.name, cls.name)
+                for i, record in enumerate(cls.images):
+                    out = resolve_inside(target, cls.slug, f"{i:05d}.png")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    save_png(record.image, out)
+                    items.append((out, name))
+            return items
+        if use_demo:
+            return self.data.demo_data_dir() / "test"
+        return None
+
+    def adapter_zip(self, session: Session) -> str:
+        session = self.core.session(session)
+        if session.classifier_dir is None:
+            raise UsageError("train a classifier first")
+        path = session.classifier_dir.with_suffix(".zip")
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(session.classifier_dir.rglob("*")):
+                if file.is_file():
+                    archive.write(file, f"classifier/{file.relative_to(session.classifier_dir)}")
+        return str(path)
+
+
+def status(event) -> str:
+    """A training event as a status line."""
+    return (f"Epoch {event.epoch}/{event.epochs}, step {event.step}/{event.total_steps}, "
+            f"loss {event.loss:.3f}, ETA {eta_text(event.eta_s)}")  # fmt: skip
