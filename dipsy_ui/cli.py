@@ -100,7 +100,7 @@ def cmd_train_world(args: argparse.Namespace) -> int:
 
 
 def cmd_make_demo_data(args: argparse.Namespace) -> int:
-    from .data import write_demo_data
+    from .digits import write_demo_data
 
     out = write_demo_data(args.out_dir, shots=args.shots, test_per_class=args.test_per_class)
     print(f"Demo digits data written to {out}/train (few-shot) and {out}/test")
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import NEGATIVE_MODES, SCHEDULER_NAMES, GenerationConfig
 
     authors = GenerationConfig()  # the authors' defaults, where a command takes no preset
-    from .data import DIGIT_TEST_PER_CLASS
+    from .digits import DIGIT_TEST_PER_CLASS
 
     parser = argparse.ArgumentParser(prog="python -m dipsy_ui", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -13,10 +13,8 @@ line there. Only an input with no usable class at all raises :class:`DatasetErro
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import shutil
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +23,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from .errors import DatasetError, UsageError
@@ -43,7 +40,6 @@ _WINDOWS_RESERVED = frozenset(
     {"con", "prn", "aux", "nul"} | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
 )
 _SLUG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_DEMO_MARKER = ".dipsy-demo"
 # Hidden class folders are skipped with this reason, so a class hidden by accident shows up in the
 # report; hidden files and folders inside a class folder (.DS_Store, .ipynb_checkpoints) are
 # skipped silently: they are tools' clutter, never a class.
@@ -347,92 +343,6 @@ def load_mapping(mapping: Mapping[str, Sequence[ImageLike]]) -> FewShotDataset:
             source = str(item) if isinstance(item, str | os.PathLike) else f"{name}[{index}]"
             entries[name].append((source, partial(_read_item, item, source)))
     return _build(entries, report, "no classes given")
-
-
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_TEST_PER_CLASS = 30  # held-out digits per class: no model of the digit world ever sees them
-DIGIT_SPLIT_SEED = 0
-
-
-@functools.cache  # read once per process: the split, the demo data and the world all use it
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled handwritten digits (no download): (N, 8, 8) ink in 0..16, labels."""
-    from sklearn.datasets import load_digits as sklearn_digits  # only the digits need scikit-learn
-
-    digits = sklearn_digits()
-    return digits.images, digits.target
-
-
-def digits_split() -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """The fixed split of the digits into a pool and a held-out test set, per label.
-
-    The digit world (:mod:`dipsy_ui.world.build`) trains every model on the pool only; the demo data
-    draws its few-shot images from the pool and its test images from the held-out set, so demo
-    and benchmark test accuracies are measured on digits no model has seen.
-    """
-    _, labels = load_digits()
-    rng = np.random.default_rng(DIGIT_SPLIT_SEED)
-    pool, test = {}, {}
-    for label in range(len(DIGIT_NAMES)):
-        indices = rng.permutation(np.flatnonzero(labels == label))
-        test[label], pool[label] = indices[:DIGIT_TEST_PER_CLASS], indices[DIGIT_TEST_PER_CLASS:]
-    return pool, test
-
-
-def fewshot_indices(shots: int, seed: int) -> dict[int, np.ndarray]:
-    """``shots`` pool digits per label, drawn by ``seed``: the demo data's few-shot images."""
-    pool, _ = digits_split()
-    smallest = min(len(indices) for indices in pool.values())
-    if not 1 <= shots <= smallest:
-        raise UsageError(f"shots must be in 1..{smallest}, got {shots}")
-    rng = np.random.default_rng(seed)
-    return {label: rng.permutation(indices)[:shots] for label, indices in pool.items()}
-
-
-def digit_image(ink: np.ndarray, size: int) -> Image.Image:
-    """One 8x8 digit as an RGB image of ``size`` pixels: dark ink on white (the data is white on
-    black), closer to the photos the real diffusion model has seen; bicubic upscaling."""
-    pixels = (255 - ink * (255 / 16)).round().astype(np.uint8)
-    return Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
-
-
-def write_demo_data(
-    out_dir: str | Path,
-    shots: int = 8,
-    test_per_class: int = DIGIT_TEST_PER_CLASS,
-    size: int = 32,
-    seed: int = 0,
-) -> Path:
-    """Write a ten-class few-shot set from scikit-learn's bundled digits (no download).
-
-    ``out_dir/train/<zero..nine>/<n>.png`` holds ``shots`` images per class drawn (by ``seed``)
-    from the pool of :func:`digits_split`, and ``out_dir/test`` the first ``test_per_class`` of
-    its held-out digits, at ``size`` pixels (32: the digit world's native size). The same seed
-    gives the same bytes. A non-empty ``out_dir`` is only rewritten if an earlier call made it.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / _DEMO_MARKER).is_file())
-    ):
-        raise UsageError(
-            f"{out_dir} exists and is not an empty folder or a DIPSY demo dataset; choose another folder"
-        )
-    if not 1 <= test_per_class <= DIGIT_TEST_PER_CLASS:
-        raise UsageError(f"test_per_class must be in 1..{DIGIT_TEST_PER_CLASS}, got {test_per_class}")
-    images, _ = load_digits()
-    train, (_, test) = fewshot_indices(shots, seed), digits_split()  # raises before anything is removed
-    for split in ("train", "test"):
-        shutil.rmtree(resolve_inside(out_dir, split), ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / _DEMO_MARKER).write_text("written by dipsy_ui.data.write_demo_data\n")
-    for label, class_name in enumerate(DIGIT_NAMES):
-        chosen = {"train": train[label], "test": test[label][:test_per_class]}
-        for split, indices in chosen.items():
-            folder = out_dir / split / class_name
-            folder.mkdir(parents=True)
-            for n, index in enumerate(indices):
-                digit_image(images[index], size).save(folder / f"{n:03d}.png")
-    return out_dir
 
 
 def _accept(class_name: str, source: str, report: LoadReport) -> bool:

@@ -21,8 +21,8 @@ from dipsy_ui.data import (
     load_dataset,
     resolve_inside,
     safe_slug,
-    write_demo_data,
 )
+from dipsy_ui.digits import write_demo_data
 from dipsy_ui.errors import UsageError
 from dipsy_ui.images import image_digest, open_image
 

@@ -25,7 +25,8 @@ from dipsy_ui.classifier.model import ClipClassifier, load_classifier, split_att
 from dipsy_ui.classifier.report import comparison_table, comparison_verdict
 from dipsy_ui.classifier.train import compare, iter_train, train
 from dipsy_ui.config import TrainConfig
-from dipsy_ui.data import load_dataset, write_demo_data
+from dipsy_ui.data import load_dataset
+from dipsy_ui.digits import write_demo_data
 from dipsy_ui.errors import TrainDataError
 from dipsy_ui.images import ImageReadError
 from dipsy_ui.manifest import append_lines, set_status

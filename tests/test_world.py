@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from dipsy_ui.cli import main
-from dipsy_ui.data import DIGIT_NAMES, digit_image, digits_split, load_digits
+from dipsy_ui.digits import DIGIT_NAMES, digit_image, digits_split, load_digits
 from dipsy_ui.models import WORLD_DIR, ModelSpec, load_clip, load_pipeline, load_stock_pipeline
 from dipsy_ui.presets import load_preset
 from dipsy_ui.world.adapters import h94_state_dict

@@ -34,7 +34,8 @@ from pathlib import Path
 from ..classifier.data import check_classes, labelled_images
 from ..classifier.train import TrainProgress, iter_train
 from ..config import GenerationConfig, TrainConfig
-from ..data import class_slugs, load_dataset, write_demo_data
+from ..data import class_slugs, load_dataset
+from ..digits import write_demo_data
 from ..errors import JobConflictError
 from ..files import write_atomic
 from ..generate import GenerationJob, JobEvent

@@ -43,7 +43,7 @@ REAL_ONLY = "real only"
 TEXT_ONLY = "text only"
 # What makes the text-only arm: no image guidance at all, so no negative class is drawn either.
 TEXT_ONLY_SETTINGS = {"w_pos": 0.0, "w_neg": 0.0, "negatives": "none"}
-DEMO_DIGITS = "demo-digits"  # "data": the demo digits (dipsy_ui.data.write_demo_data) and their test set
+DEMO_DIGITS = "demo-digits"  # "data": the demo digits (dipsy_ui.digits.write_demo_data) and their test set
 DIGIT_WORLD = "digit-world"  # "models": the digit world shipped in assets/digit-world
 KEYS = ("description", "preset", "models", "data", "test", "shots", "seeds", "reference", "generation",
         "train", "arms")  # fmt: skip

@@ -25,7 +25,7 @@ real weights (``sd/``, ``ip-adapter/models/``, ``clip/``), models that really dr
 
 Every model starts as :mod:`dipsy_ui.tiny` writes it (random weights, real layouts) and is
 loaded and trained through :mod:`dipsy_ui.models`, the loader the real weights go through.
-Only the pool of :func:`dipsy_ui.data.digits_split` is used; its held-out digits never are.
+Only the pool of :func:`dipsy_ui.digits.digits_split` is used; its held-out digits never are.
 The run is deterministic for a seed on a given machine, and ``world.json`` records the
 settings, the split, losses, wall times and the SHA-256 of every written file.
 
@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..data import DIGIT_NAMES, digits_split
+from ..digits import DIGIT_NAMES, digits_split
 from ..errors import UsageError
 from ..files import write_atomic
 from ..models import ModelSpec, load_clip, load_stock_pipeline, resolve_runtime

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import digit_image, digits_split, load_digits
+from ..digits import digit_image, digits_split, load_digits
 from ..tiny import Shapes
 
 IMAGE_SIZE = 32

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import DIGIT_NAMES, digit_image, fewshot_indices, load_digits, write_demo_data
+from ..digits import DIGIT_NAMES, digit_image, fewshot_indices, load_digits, write_demo_data
 from ..models import ModelSpec, load_clip, load_pipeline, resolve_runtime
 from ..presets import load_preset
 from ..similarity import compute_similarity

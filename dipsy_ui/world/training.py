@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data import DIGIT_NAMES
 from ..diffusion.augment import augment_adapter_image
+from ..digits import DIGIT_NAMES
 from .config import CAPTION_TEMPLATES, WorldConfig, to_tensor
 
 # -- the training loop -----------------------------------------------------------------------------
