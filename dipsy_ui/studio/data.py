@@ -8,7 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..data import FewShotDataset, class_slugs, load_dataset, resolve_inside, safe_slug, write_demo_data
+from ..data import FewShotDataset, class_slugs, load_dataset, resolve_inside, safe_slug
+from ..digits import write_demo_data
 from ..errors import ImageReadError, UsageError
 from ..images import image_digest, open_image, save_png
 from ..presets import Preset, list_presets, load_preset, save_preset
