@@ -161,16 +161,16 @@ def _load_dataset(path: Path):
 
 def _similarity(args, dataset, spec, runtime, temperature: float, mode: str, out: Path):
     """Class similarity of ``dataset`` (embeddings cached under OUT/.cache), saved with its heatmap."""
+    from .heatmap import save_similarity
     from .models import load_clip
-    from .similarity import compute_similarity, save_heatmap
+    from .similarity import compute_similarity
 
     dataset.require_classes(2, purpose="class similarity")
     clip = load_clip(spec, runtime)
-    classes = {c.name: [record.image for record in c.images] for c in dataset.classes}
-    result = compute_similarity(clip, classes, temperature=temperature, mode=mode, cache_dir=out / ".cache")
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out)
-    save_heatmap(out / "similarity.png", result.names, result.similarity)
+    result = compute_similarity(
+        clip, dataset.image_lists(), temperature=temperature, mode=mode, cache_dir=out / ".cache"
+    )
+    save_similarity(result, out)
     return result
 
 

@@ -143,6 +143,10 @@ class FewShotDataset:
     def class_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.classes)
 
+    def image_lists(self) -> dict[str, list[Image.Image]]:
+        """Class name -> its decoded images, in order (what the similarity embeds)."""
+        return {c.name: [record.image for record in c.images] for c in self.classes}
+
     def slug(self, name: str) -> str:
         return self._get(name).slug
 

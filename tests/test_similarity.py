@@ -17,8 +17,8 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.text import Text
 from PIL import Image
 
+from dipsy_ui.heatmap import ESCAPE_NOTE, heatmap_figure, save_heatmap
 from dipsy_ui.similarity import (
-    ESCAPE_NOTE,
     NegativeSampler,
     SimilarityResult,
     apply_override,
@@ -26,11 +26,9 @@ from dipsy_ui.similarity import (
     compute_similarity,
     dissimilar_probabilities,
     embed_images,
-    heatmap_figure,
     mode_probabilities,
     negative_probabilities,
     sample_negative,
-    save_heatmap,
     similarity_matrix,
     similarity_order,
     top_similar,

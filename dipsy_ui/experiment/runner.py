@@ -39,6 +39,7 @@ from ..digits import write_demo_data
 from ..errors import JobConflictError
 from ..files import write_atomic
 from ..generate import GenerationJob, JobEvent
+from ..heatmap import save_similarity
 from ..models import ModelSpec, Runtime, dtype_name, load_clip, load_pipeline, resolve_runtime
 from ..similarity import SIMILARITY_MODES, compute_similarity
 from .report import write_report
@@ -187,15 +188,14 @@ class Experiment:
         if config.negatives in SIMILARITY_MODES:
             if self._clip is None:
                 self._clip = load_clip(self.models, self.runtime)
-            classes = {c.name: [record.image for record in c.images] for c in dataset.classes}
             similarity = compute_similarity(
                 self._clip,
-                classes,
+                dataset.image_lists(),
                 config.temperature,
                 mode=config.negatives,
                 cache_dir=self.out_dir / ".cache",
             )
-            similarity.save(folder)  # beside the images, as `generate` keeps it (regenerate reads it)
+            save_similarity(similarity, folder)  # beside the images, as `generate` keeps it (regenerate reads it)
         if self._pipe is None:
             self._pipe = load_pipeline(self.models, self.runtime)
         job = GenerationJob(self._pipe, dataset, config, folder, self.models, similarity)

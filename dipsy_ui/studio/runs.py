@@ -205,8 +205,8 @@ class RunService:
 
         _, clip = self.core.models(job)
         job.progress(0, 1, f"Embedding {len(paths)} synthetic images with CLIP...")
-        real = {c.name: embed_images(clip, [r.image for r in c.images], cache_dir=self.core.workspace / "cache")
-                for c in dataset.classes}  # fmt: skip
+        real = {name: embed_images(clip, images, cache_dir=self.core.workspace / "cache")
+                for name, images in dataset.image_lists().items()}  # fmt: skip
         synthetic = embed_images(clip, [open_image(p) for p in paths])
         # Cosine similarity to the class mean, via the engine's similarity matrix of the pair.
         return [float(similarity_matrix(torch.stack([real[r["class_name"]].mean(dim=0), e]))[0, 1])

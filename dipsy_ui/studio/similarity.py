@@ -29,7 +29,8 @@ class SimilarityService:
 
     def compute_in(self, job: Job, session: Session, temperature: float | None = None):
         """:meth:`compute`'s work, for a job that already holds the model lock (generation)."""
-        from ..similarity import compute_similarity, save_heatmap
+        from ..heatmap import save_similarity
+        from ..similarity import compute_similarity
 
         session = self.core.session(session)
         dataset = self.data.dataset(session)
@@ -39,14 +40,13 @@ class SimilarityService:
         temperature = float(temperature or session.generation.temperature)
         state = self._state(session)
         result = compute_similarity(
-            clip, {c.name: [r.image for r in c.images] for c in dataset.classes}, temperature,
+            clip, dataset.image_lists(), temperature,
             allowed=state.allowed, excluded=state.excluded, cache_dir=self.core.workspace / "cache",
         )  # fmt: skip
         state.result, state.version = result, self.data.version(session)
         session.generation = replace(session.generation, temperature=temperature)
         job.progress(1, 2, "Drawing the heatmap...")
-        save_heatmap(session.root / "similarity.png", result.names, result.similarity)
-        result.save(session.root)
+        save_similarity(result, session.root)
         return result
 
     def current(self, session: Session):
