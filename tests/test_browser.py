@@ -8,8 +8,10 @@ step leaves a screenshot in the test's tmp folder (its path is in the failure me
 """
 
 import io
+import json
 import os
 import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dipsy_ui.data import DIGIT_NAMES
+from dipsy_ui.digits import DIGIT_NAMES
 from dipsy_ui.world.report import digit_features, reference_classifier
 
 CHROMIUM = "/usr/bin/chromium"
@@ -115,6 +117,9 @@ def test_browser_flow(demo_app, page, tmp_path):
         expect(page.locator("#heatmap img")).to_be_visible()
         steps.shot("tab-similarity")
 
+    def shown_preview() -> bytes:
+        return page.request.get(page.locator("#preview img").get_attribute("src")).body()
+
     def guidance():
         page.get_by_role("tab", name="3. Guidance").click()
         steps_box = field(page, "steps", "input[type=number]")
@@ -124,12 +129,55 @@ def test_browser_flow(demo_app, page, tmp_path):
         # What the page shows is a digit, and the right one: a reference digit classifier that
         # never saw a generated image reads the displayed preview as the chosen class's digit.
         chosen = field(page, "guidance-class").input_value()
-        shown = page.request.get(page.locator("#preview img").get_attribute("src")).body()
+        shown = shown_preview()
         read = reference_classifier().predict(digit_features([Image.open(io.BytesIO(shown))]))
         assert read.tolist() == [DIGIT_NAMES.index(chosen)], (
             f"the preview of {chosen!r} reads as {read.tolist()}"
         )
+        # The 32-pixel image fills its frame's height (enlarged, pixels kept sharp).
+        frame = page.locator("#preview").bounding_box()
+        image = page.locator("#preview img").bounding_box()
+        assert image["height"] > 0.7 * frame["height"], (image, frame)
         steps.shot("tab-guidance")
+
+    def cancel_preview():
+        # A number typed into a slider's box starts one preview when the box is left; Cancel
+        # stops it, says so, and puts the earlier result back (no error anywhere).
+        before = shown_preview()
+        steps_box = field(page, "steps", "input[type=number]")
+        steps_box.fill("100")
+        steps_box.blur()
+        status = page.locator("#guidance-status")
+        expect(status).to_contain_text("Step")
+        page.locator("#guidance-cancel").click()
+        expect(status).to_contain_text(re.compile(r"Cancelled at step \d+/100"))
+        expect(page.locator("#preview img")).to_be_visible()
+        assert shown_preview() == before, "the cancelled preview did not put the previous result back"
+        expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+
+    def quick_edits():
+        # Five edits in a row while a 100-step preview renders: the first renders, the newest
+        # supersedes the ones waiting, so at most two previews are written, the last one the
+        # newest's settings.
+        folder = next((workspace / "sessions").glob("*/previews"))
+        before = set(folder.iterdir())
+        text_box = field(page, "guidance-w-text", "input[type=number]")
+        values = ["4.5", "5", "5.5", "6", "6.5"]
+        for value in values:
+            text_box.fill(value)
+            text_box.blur()
+        deadline = time.monotonic() + TIMEOUT / 1000
+
+        def newest_written() -> bool:
+            written = [Image.open(path).text.get("dipsy", "{}") for path in set(folder.iterdir()) - before]
+            return any(json.loads(record).get("w_text") == float(values[-1]) for record in written)
+
+        while not newest_written() and time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+        assert newest_written(), "the newest edit never rendered"
+        rendered = set(folder.iterdir()) - before
+        assert 1 <= len(rendered) <= 2, f"five quick edits rendered {len(rendered)} previews"
+        expect(page.locator("#guidance-status")).to_contain_text("Done")
 
     def generate():
         page.get_by_role("tab", name="4. Generate").click()
@@ -149,18 +197,24 @@ def test_browser_flow(demo_app, page, tmp_path):
 
     def train():
         page.get_by_role("tab", name="6. Train").click()
-        field(page, "epochs", "input").fill("3")  # three steps: the curves have lines to draw
+        field(page, "epochs").fill("3")  # three steps: the curves have lines to draw
         test_zip = zip_classes(workspace / "demo-data" / "test", tmp_path / "test.zip", per_class=4)
         page.locator("#test-zip input[type=file]").set_input_files(str(test_zip))
         page.get_by_role("checkbox", name="Use the demo test set").uncheck()
         page.get_by_role("button", name="Train", exact=True).click()
         expect(page.locator("#train-status")).to_contain_text("Done: 3 epoch(s), test top-1")
         # The loss curve is drawn: the plot holds line-coloured pixels (vega's default blue),
-        # not only grey axes and grid.
+        # not only grey axes and grid, and its SVG a line path through the three steps.
         plot = Image.open(io.BytesIO(page.locator("#loss-plot").screenshot())).convert("RGB")
         pixels = np.asarray(plot).astype(int)
         blue = (pixels[..., 2] > pixels[..., 0] + 40) & (pixels[..., 2] > 120)
         assert blue.sum() > 100, f"the loss plot shows no line ({blue.sum()} line pixels)"
+        line = page.locator("#loss-plot svg .mark-line path").first
+        path, stroke = line.evaluate("p => [p.getAttribute('d') || '', getComputedStyle(p).stroke]")
+        assert len(re.findall(r"[ML]", path)) >= 3, f"the loss line's path is {path!r}"
+        assert stroke not in ("", "none", "transparent", "rgba(0, 0, 0, 0)"), (
+            f"the loss line's stroke is {stroke!r}"
+        )
         steps.shot("tab-train")
 
     def bad_input():
@@ -175,7 +229,8 @@ def test_browser_flow(demo_app, page, tmp_path):
         expect(page.get_by_text("<b>evil</b>").first).to_be_visible()  # shown as text, never as HTML
 
     for name, action in [("data", data), ("similarity", similarity), ("guidance", guidance),
-                         ("generate", generate), ("curate", curate), ("train", train), ("bad-input", bad_input)]:  # fmt: skip
+                         ("cancel-preview", cancel_preview), ("quick-edits", quick_edits), ("generate", generate),
+                         ("curate", curate), ("train", train), ("bad-input", bad_input)]:  # fmt: skip
         steps.run(name, action)
 
     manifests = list((workspace / "sessions").glob("*/runs/run-1/manifest.jsonl"))

@@ -35,7 +35,9 @@ def create(guidance, state):
                 examples = gr.Gallery(label="The class's images", columns=6, height=140, allow_preview=False)
             with gr.Column(scale=1):
                 # Initial values only: selecting the tab shows the session's settings.
-                w_text = gr.Slider(0, 20, value=DEFAULTS.w_text, step=0.5, label="Text weight")
+                w_text = gr.Slider(
+                    0, 20, value=DEFAULTS.w_text, step=0.5, label="Text weight", elem_id="guidance-w-text"
+                )
                 w_pos = gr.Slider(0, 20, value=DEFAULTS.w_pos, step=0.5, label="Positive image weight")
                 w_neg = gr.Slider(0, 20, value=DEFAULTS.w_neg, step=0.5, label="Negative image weight")
                 scale = gr.Slider(0, 1.5, value=DEFAULTS.ip_adapter_scale, step=0.05, label="Adapter scale")
@@ -45,7 +47,7 @@ def create(guidance, state):
                     lock = gr.Checkbox(label="Lock seed", value=True)
                 with gr.Row():
                     run = gr.Button("Preview", variant="primary")
-                    stop = gr.Button("Cancel")
+                    stop = gr.Button("Cancel", elem_id="guidance-cancel")
                 gr.Markdown(HELP)
         with gr.Row():
             # PNG, not the default WebP: the enlarged step previews keep their sharp pixels.

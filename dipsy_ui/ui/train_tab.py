@@ -3,8 +3,17 @@
 import gradio as gr
 import pandas as pd
 
+from ..errors import UsageError
 from ..studio import CANCELLED, DONE, PROGRESS
 from .common import FREE, JOBS, cancel_reply, follow, readable_errors
+
+# The settings a user may type (TrainConfig's field: label, type); blank keeps the preset's.
+FIELDS = {
+    "epochs": ("Epochs", int),
+    "lambda_real": ("Lambda (weight of the real images' loss, 0..1)", float),
+    "lora_rank": ("LoRA rank (alpha = 2 x rank)", int),
+    "lr": ("Learning rate", float),
+}
 
 
 class Curves:
@@ -33,20 +42,18 @@ class Curves:
 
 
 def create(training, state):
-    with gr.Tab("6. Train", id="train"):
+    with gr.Tab("6. Train", id="train") as tab:
         gr.Markdown("Fine-tune CLIP with LoRA on your real images plus the kept synthetic images of the current "
                     "run, and see whether the synthetic images help.")  # fmt: skip
         gr.Markdown("Leave a setting blank to use the active preset's value (see the status line after "
                     "training for the settings used).")  # fmt: skip
         with gr.Row():
-            # Blank by default: only what the user types overrides the preset (a widget default
-            # would silently replace the preset's value on every run).
-            epochs = gr.Number(elem_id="epochs", label="Epochs", value=None, precision=0, minimum=1)
-            lambda_real = gr.Number(
-                label="Lambda (weight of the real images' loss, 0..1)", value=None, minimum=0, maximum=1
-            )
-            rank = gr.Number(label="LoRA rank (alpha = 2 x rank)", value=None, precision=0, minimum=1)
-            lr = gr.Number(label="Learning rate", value=None, minimum=0)
+            # Text boxes, blank by default: only what the user types overrides the preset (a number
+            # box always holds a number, and its 0 would silently replace the preset's value).
+            boxes = {
+                key: gr.Textbox(label=label, elem_id=key.replace("_", "-"))
+                for key, (label, _) in FIELDS.items()
+            }
         with gr.Row():
             test = gr.File(
                 elem_id="test-zip", label="Test set (.zip of class folders, optional)", file_types=[".zip"]
@@ -75,13 +82,27 @@ def create(training, state):
             download = gr.File(label="Adapter", interactive=False)
         metrics = gr.JSON(visible=False)  # the run's numbers, for API clients
 
-    def config(ep, lam, r, rate) -> dict:
+    def config(*typed) -> dict:
         """The settings the user typed; blank fields keep the preset's values."""
-        given = {"epochs": ep, "lambda_real": lam, "lora_rank": r, "lr": rate}
-        changes = {key: value for key, value in given.items() if value is not None}
-        if r is not None:
-            changes["lora_alpha"] = 2 * int(r)  # the recipe's alpha / rank = 2
+        changes = {}
+        for (key, (label, kind)), text in zip(FIELDS.items(), typed, strict=True):
+            text = "" if text is None else str(text).strip()
+            if text:
+                try:
+                    changes[key] = kind(text)
+                except ValueError:
+                    what = "a whole number" if kind is int else "a number"
+                    raise UsageError(
+                        f"{label} must be {what} (or blank for the preset's), got {text!r}"
+                    ) from None
+        if "lora_rank" in changes:
+            changes["lora_alpha"] = 2 * changes["lora_rank"]  # the recipe's alpha / rank = 2
         return changes
+
+    def placeholders(session):
+        """Each blank box shows the preset's value it stands for."""
+        used = training.settings(session)
+        return [gr.update(placeholder=f"{getattr(used, key):g} (preset)") for key in FIELDS]
 
     def outcome(session, result, word) -> tuple:
         """(status, per-class rows, confusion image, metrics) of a finished or cancelled run."""
@@ -105,12 +126,13 @@ def create(training, state):
         return f"{word}: {len(epochs)} epoch(s){top1}. Settings: {settings}.", rows, image, summary
 
     @readable_errors
-    def on_train(session, ep, lam, r, rate, test_file, use_demo):
+    def on_train(session, *values):
+        *typed, test_file, use_demo = values
         curves = Curves()
         # The plots get their first data with the first step: an empty first frame leaves the
         # line plot without series (no line is ever drawn) in Gradio 6.
         yield "Starting...", gr.skip(), gr.skip(), [], None, {}
-        for event in follow(training.train(session, config(ep, lam, r, rate), test_file, use_demo)):
+        for event in follow(training.train(session, config(*typed), test_file, use_demo)):
             if event.kind == PROGRESS and event.detail is not None:
                 curves.add(event.detail)
                 yield event.message, *curves.frames(), gr.skip(), gr.skip(), gr.skip()
@@ -123,10 +145,11 @@ def create(training, state):
                 yield event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     @readable_errors
-    def on_compare(session, ep, lam, r, rate, test_file, use_demo):
+    def on_compare(session, *values):
+        *typed, test_file, use_demo = values
         curves = Curves()
         yield "Comparing: training real-only first...", gr.skip(), gr.skip(), "", {}
-        for event in follow(training.compare(session, config(ep, lam, r, rate), test_file, use_demo)):
+        for event in follow(training.compare(session, config(*typed), test_file, use_demo)):
             if event.kind == PROGRESS and event.detail is not None:
                 curves.add(event.detail)
                 yield event.message, *curves.frames(), gr.skip(), gr.skip()
@@ -142,7 +165,7 @@ def create(training, state):
     def on_download(session):
         return training.adapter_zip(session)
 
-    inputs = [state, epochs, lambda_real, rank, lr, test, demo_test]
+    inputs = [state, *boxes.values(), test, demo_test]
     start.click(on_train, inputs, [status, loss_plot, accuracy_plot, per_class, confusion, metrics],
                 api_name="train", **JOBS)  # fmt: skip
     compare.click(on_compare, inputs, [status, loss_plot, accuracy_plot, comparison, metrics],
@@ -151,3 +174,4 @@ def create(training, state):
         lambda s: cancel_reply(training.cancel(s)), [state], [status], api_name="cancel_training", **FREE
     )
     download_button.click(on_download, [state], [download], api_name="download_adapter")
+    tab.select(placeholders, [state], list(boxes.values()), api_visibility="private")
