@@ -40,7 +40,7 @@ def test_the_cli_lets_a_bug_propagate_with_its_traceback(monkeypatch):
     def bug(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_make_demo_data", bug)
+    monkeypatch.setattr(cli.setup, "cmd_make_demo_data", bug)
     with pytest.raises(ZeroDivisionError):
         cli.main(["make-demo-data", "unused"])
 

@@ -1,0 +1,69 @@
+"""``experiment``: the paper's ablations as one resumable command (see :mod:`dipsy_ui.experiment`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import add_model_arguments, runtime_of, spec_from_args
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    import threading
+
+    from tqdm import tqdm
+
+    from ..experiment.runner import Experiment
+    from ..experiment.spec import ExperimentSpec
+
+    spec = ExperimentSpec.load(args.spec)
+    # Model flags name the same models stored elsewhere (or others); without them, the spec's.
+    flagged = args.models or args.sd or args.ip_adapter or args.clip
+    experiment = Experiment(spec, args.out, spec_from_args(args) if flagged else None, runtime_of(args))
+    bar = tqdm(total=len(experiment.cells), unit="cell", desc="experiment")
+    cancel = threading.Event()
+
+    def on_event(event) -> None:
+        bar.n = event.done
+        if event.kind == "note":
+            bar.write(f"warning: {event.message}")
+        elif event.cell is not None:
+            arm, shots, seed = event.cell
+            detail = ""
+            if event.generation is not None:
+                detail = f", generating {event.generation.done}/{event.generation.total}"
+            elif event.training is not None:
+                detail = f", training step {event.training.step}/{event.training.total_steps}"
+            bar.set_postfix_str(f"{arm}, {shots} shots, seed {seed}{detail}")
+        bar.refresh()
+
+    try:
+        final = experiment.run(on_event, cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        bar.close()
+        print(
+            "\ninterrupted: finished cells are kept in results.jsonl; run the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
+    bar.close()
+    if final.done:
+        summary = json.loads((args.out / "summary.json").read_text(encoding="utf-8"))
+        print(f"{summary['table']}\n\n{summary['verdict']}\n")
+    print(f"{final.done}/{final.total} cells in {args.out} (results.jsonl, summary.md, plots)")
+    return 0 if final.kind == "done" else 1
+
+
+def register(commands) -> None:
+    """Add this module's commands to the ``python -m dipsy_ui`` subparsers."""
+    exp = commands.add_parser(
+        "experiment",
+        help="compare ways of making the training set over shots and seeds (resumable)",
+    )
+    exp.add_argument("spec", type=Path, help="experiment spec .json (e.g. presets/experiments/digits.json)")
+    exp.add_argument("--out", required=True, type=Path, help="experiment folder (rerun to continue)")
+    add_model_arguments(exp)
+    exp.set_defaults(run=cmd_experiment)

@@ -1,0 +1,239 @@
+"""Commands that generate: ``generate-one``, ``similarity``, ``generate``, ``regenerate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import add_model_arguments, load_dataset_reporting, runtime_of, spec_from_args
+
+
+def cmd_generate_one(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..images import open_image, save_png
+    from ..models import load_pipeline
+    from ..reproduce import generation_environment
+
+    positive = open_image(args.positive)
+    negative = open_image(args.negative) if args.negative else None
+    spec = spec_from_args(args)
+    runtime = runtime_of(args)
+    pipe = load_pipeline(spec, runtime)
+    pipe.use_scheduler(args.scheduler)
+    settings = {
+        "prompt": args.prompt,
+        "w_text": args.w_text,
+        "w_pos": args.w_pos,
+        "w_neg": args.w_neg if negative is not None else 0.0,
+        "ip_adapter_scale": args.scale,
+        "num_inference_steps": args.steps,
+        "height": args.height,
+        "width": args.width,
+    }
+    generator = torch.Generator(runtime.device).manual_seed(args.seed)
+    image = pipe(positive_image=positive, negative_image=negative, generator=generator, **settings).images[0]
+    # The same environment fields as a manifest line, so a single image is as reproducible.
+    record = (
+        settings
+        | generation_environment(runtime.device, runtime.dtype)
+        | {
+            "seed": args.seed,
+            "scheduler": args.scheduler,
+            "positive": str(args.positive),
+            "negative": str(args.negative) if args.negative else None,
+            "models": spec.to_dict(),
+        }
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(image, out, {"dipsy": json.dumps(record, sort_keys=True)})
+    print(f"Wrote {out} ({image.width}x{image.height}); settings are stored in its 'dipsy' PNG text chunk")
+    return 0
+
+
+def _similarity(args, dataset, spec, runtime, temperature: float, mode: str, out: Path):
+    """Class similarity of ``dataset`` (embeddings cached under OUT/.cache), saved with its heatmap."""
+    from ..heatmap import save_similarity
+    from ..models import load_clip
+    from ..similarity import compute_similarity
+
+    dataset.require_classes(2, purpose="class similarity")
+    clip = load_clip(spec, runtime)
+    result = compute_similarity(
+        clip, dataset.image_lists(), temperature=temperature, mode=mode, cache_dir=out / ".cache"
+    )
+    save_similarity(result, out)
+    return result
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    dataset = load_dataset_reporting(args.data)
+    result = _similarity(
+        args, dataset, spec_from_args(args), runtime_of(args), args.temperature, "similarity", args.out
+    )
+    from ..similarity import top_similar
+
+    for name, neighbours in top_similar(result.names, result.similarity, k=3):
+        print(f"{name}: " + ", ".join(f"{other} ({value:.2f})" for other, value in neighbours))
+    print(f"Wrote {args.out / 'similarity.json'} and {args.out / 'similarity.png'}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import threading
+
+    from tqdm import tqdm
+
+    from ..generate import GenerationJob, Shard
+    from ..models import load_pipeline
+    from ..presets import load_preset
+    from ..similarity import SIMILARITY_MODES
+
+    preset = load_preset(args.preset)
+    overrides = {
+        "images_per_class": args.per_class,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "negatives": args.negatives,
+    }
+    config = dataclasses.replace(preset.generation, **{k: v for k, v in overrides.items() if v is not None})
+    dataset = load_dataset_reporting(args.data)
+    spec, runtime = spec_from_args(args), runtime_of(args)
+    similarity = None
+    if config.negatives in SIMILARITY_MODES:
+        similarity = _similarity(args, dataset, spec, runtime, config.temperature, config.negatives, args.out)
+    job = GenerationJob(
+        load_pipeline(spec, runtime), dataset, config, args.out, spec, similarity, Shard.from_env()
+    )
+    cancel = threading.Event()
+    bar = tqdm(total=sum(len(batch) for batch in job.batches()), unit="img", desc="generating")
+
+    def on_event(event):
+        bar.n = event.done
+        bar.set_postfix_str(f"step {event.step}/{event.steps}" if event.kind == "step" else event.kind)
+
+    try:
+        final = job.run(on_event, cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        bar.close()
+        print(
+            "\ninterrupted: everything written so far is kept; run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    bar.close()
+    print(f"{final.done}/{final.total} images in {args.out} (manifest: {args.out / 'manifest.jsonl'})")
+    return 0 if final.kind == "done" else 1
+
+
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    from ..generate import GenerationJob, recorded_run
+    from ..images import save_png
+    from ..models import load_pipeline
+    from ..similarity import SIMILARITY_MODES, SimilarityResult
+
+    config, spec = recorded_run(args.out)
+    if args.models or args.sd or args.ip_adapter:
+        spec = spec_from_args(args)  # the same weights stored elsewhere
+    similarity = SimilarityResult.load(args.out) if config.negatives in SIMILARITY_MODES else None
+    job = GenerationJob(
+        load_pipeline(spec, runtime_of(args)),
+        load_dataset_reporting(args.data),
+        config,
+        args.out,
+        spec,
+        similarity,
+    )
+    report = job.regenerate(args.file, batch_size=args.batch_size)
+    if args.save:
+        save_png(report.image, args.save)
+    print(f"{args.file}: regenerated, {report.summary()}")
+    return 1 if report.verdict == "different" else 0
+
+
+def register(commands) -> None:
+    """Add this module's commands to the ``python -m dipsy_ui`` subparsers."""
+    from ..config import NEGATIVE_MODES, SCHEDULER_NAMES, GenerationConfig
+
+    authors = GenerationConfig()  # the authors' defaults, where a command takes no preset
+    one = commands.add_parser("generate-one", help="generate one image with dual IP-Adapter guidance")
+    one.add_argument("--prompt", required=True, help='e.g. "A photo of a Bombay cat"')
+    one.add_argument("--positive", required=True, type=Path, help="image of the class to generate")
+    one.add_argument("--negative", type=Path, help="image of a confusable class to steer away from")
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--out", required=True, type=Path, help="output PNG")
+    one.add_argument(
+        "--w-text", type=float, default=authors.w_text, help="text guidance weight (default: %(default)s)"
+    )
+    one.add_argument(
+        "--w-pos",
+        type=float,
+        default=authors.w_pos,
+        help="positive image guidance weight (default: %(default)s)",
+    )
+    one.add_argument(
+        "--w-neg",
+        type=float,
+        default=authors.w_neg,
+        help="negative image guidance weight, subtracted (default: %(default)s)",
+    )
+    one.add_argument(
+        "--scale",
+        type=float,
+        default=authors.ip_adapter_scale,
+        help="IP-Adapter scale (default: %(default)s)",
+    )
+    one.add_argument(
+        "--steps", type=int, default=authors.steps, help="denoising steps (default: %(default)s)"
+    )
+    one.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=authors.scheduler)
+    one.add_argument("--height", type=int, help="default: the model's native size (512 for SD1.5)")
+    one.add_argument("--width", type=int)
+    add_model_arguments(one)
+    one.set_defaults(run=cmd_generate_one)
+
+    sim = commands.add_parser("similarity", help="class similarity matrix and heatmap of a few-shot set")
+    sim.add_argument("data", type=Path, help="folder (or .zip) with one subfolder of images per class")
+    sim.add_argument("--out", required=True, type=Path)
+    sim.add_argument(
+        "--temperature",
+        type=float,
+        default=authors.temperature,
+        help="softmax temperature (default: %(default)s)",
+    )
+    add_model_arguments(sim)
+    sim.set_defaults(run=cmd_similarity)
+
+    gen = commands.add_parser(
+        "generate", help="generate the synthetic set (resumable; shards across processes)"
+    )
+    gen.add_argument("data", type=Path, help="folder (or .zip) with one subfolder of images per class")
+    gen.add_argument("--preset", required=True, help="preset name (see presets/) or a preset .json file")
+    gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument("--per-class", type=int, help="images per class (default: the preset's)")
+    gen.add_argument("--batch-size", type=int, help="images per U-Net call (default: the preset's)")
+    gen.add_argument("--seed", type=int, help="base seed (default: the preset's)")
+    gen.add_argument(
+        "--negatives", choices=NEGATIVE_MODES, help="negative-class sampling (default: the preset's)"
+    )
+    add_model_arguments(gen)
+    gen.set_defaults(run=cmd_generate)
+
+    regen = commands.add_parser("regenerate", help="recompute one image of a run from its manifest line")
+    regen.add_argument("out", type=Path, help="the run's output folder (with job.json and manifest.jsonl)")
+    regen.add_argument("file", help="the image, relative to the folder (e.g. cat/00012.png)")
+    regen.add_argument("--data", required=True, type=Path, help="the few-shot set the run was generated from")
+    regen.add_argument("--save", type=Path, help="also write the regenerated image here")
+    regen.add_argument(
+        "--batch-size",
+        type=int,
+        help="recompute the image in the batch a run with this batch size would have used (1: alone) "
+        "instead of its recorded batch",
+    )
+    add_model_arguments(regen)
+    regen.set_defaults(run=cmd_regenerate)
