@@ -67,8 +67,7 @@ class Job:
 
     def __init__(self, cancel: threading.Event, emit: Callable[[Progress], None]):
         self.cancel = cancel
-        self.done = self.total = 0
-        self.unit = "step"  # what done/total count, for the "Cancelled at ..." message
+        self.done = self.total = 0  # the counters of the last event, for how a stop is reported
         self._emit = emit
 
     @property
@@ -84,9 +83,7 @@ class Job:
         self._emit(Progress(PROGRESS, done, total, message, detail=detail))
 
     def stopped_message(self) -> str:
-        if not self.total:
-            return "Cancelled."
-        return f"Cancelled at {self.unit} {self.done}/{self.total}."
+        return f"Cancelled at step {self.done}/{self.total}." if self.total else "Cancelled."
 
 
 class ModelLock:

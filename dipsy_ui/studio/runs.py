@@ -68,7 +68,6 @@ class RunService:
             if config.negatives == "similarity" and similarity is None:
                 similarity = self.similarity.compute_in(job, session, config.temperature)
             pipe, _ = self.core.models(job)
-            job.unit = "image"
             run = GenerationJob(pipe, dataset, config, out_dir, self.core.spec, similarity)
             last = run.run(lambda event: self._report(job, event), job.cancel)
             summary = RunSummary(out_dir.name, last.done, last.total)
@@ -178,11 +177,10 @@ class RunService:
         def work(job: Job) -> str:
             records = list(read_manifest(run).values())
             paths = [run / r["file"] for r in records]
-            job.unit = "phase"
             if dataset is None:
                 from ..classifier.evaluate import predict
 
-                job.progress(0, 1, f"Classifying {len(paths)} synthetic images...")
+                job.progress(0, 0, f"Classifying {len(paths)} synthetic images...")
                 predictions = predict(session.classifier_dir, paths, runtime=self.core.runtime)
                 scores = [
                     p.probs.get(r["class_name"], 0.0) for p, r in zip(predictions, records, strict=True)
@@ -204,7 +202,7 @@ class RunService:
         from ..similarity import embed_images, similarity_matrix
 
         _, clip = self.core.models(job)
-        job.progress(0, 1, f"Embedding {len(paths)} synthetic images with CLIP...")
+        job.progress(0, 0, f"Embedding {len(paths)} synthetic images with CLIP...")
         real = {name: embed_images(clip, images, cache_dir=self.core.workspace / "cache")
                 for name, images in dataset.image_lists().items()}  # fmt: skip
         synthetic = embed_images(clip, [open_image(p) for p in paths])
