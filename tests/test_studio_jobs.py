@@ -134,11 +134,9 @@ def test_a_newer_preview_supersedes_waiting_ones_and_cancel_drops_the_rest(core)
     requests = [waiting(core, session, key, ran) for key in (1, 2, 3)]
     for seen, _ in requests:
         assert seen[0].kind == PROGRESS and seen[0].message.startswith("Waiting for the model")
-    ends = []
     for seen, stream in requests[:2]:
         end = terminal(seen + list(stream))
         assert end.kind == CANCELLED and end.superseded
-        ends.append(end)
     blocker.finish()
     seen, stream = requests[2]
     assert terminal(seen + list(stream)).result == 3 and ran == [3]
@@ -204,13 +202,14 @@ def three_class_zip(studio, folder: Path) -> str:
 
 def test_every_long_action_ends_in_exactly_one_terminal_event(studio, session, tmp_path):
     settings = GuidanceSettings("one", steps=2, seed=0)
+    test_set = three_class_zip(studio, tmp_path)
     actions = {
         "preview": lambda: studio.guidance.preview(session, settings),
         "sweep": lambda: studio.guidance.sweep(session, settings, "w_pos", [0.0, 6.0], "w_neg", [3.0]),
         "generation": lambda: studio.runs.generate(session, 1, 1, "run-2"),
         "ranking": lambda: studio.runs.rank(session),
         "training": lambda: studio.training.train(session, {"epochs": 1}),
-        "comparison": lambda: studio.training.compare(session, {"epochs": 1}, three_class_zip(studio, tmp_path)),
+        "comparison": lambda: studio.training.compare(session, {"epochs": 1}, test_set),
         "similarity": lambda: studio.similarity.compute(session, 0.4),
     }
     for name, action in actions.items():

@@ -96,6 +96,7 @@ class GuidanceService:
         :class:`Rendered`. The newest request wins: it supersedes the previews still waiting,
         one asking what a preview in flight asks is answered by it, and an ``edit`` (a slider
         released, a number typed) asking what the last request asked is no request."""
+        session = self.core.session(session)
         self.remember(session, settings)  # validates the weights too
         self._images(session, settings)  # refuses an unknown class or image now, not in the job
 
@@ -117,6 +118,7 @@ class GuidanceService:
               y_name: str, y_values: list[float]) -> Iterator[Progress]:  # fmt: skip
         """A labelled grid over two weights for one seed, as one batched pipeline call in a
         job whose "done" carries a :class:`Rendered` grid."""
+        session = self.core.session(session)
         for name in (x_name, y_name):
             if name not in WEIGHTS:
                 raise UsageError(f"sweep weights must be among {WEIGHTS}, got {name!r}")

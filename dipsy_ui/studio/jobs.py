@@ -75,10 +75,12 @@ class Job:
         return self.cancel.is_set()
 
     def step(self, done: int, total: int, message: str, preview=None) -> None:
+        """Report a denoising step and its preview (an unread one is replaced by the next)."""
         self.done, self.total = done, total
         self._emit(Progress(STEP, done, total, message, preview=preview))
 
     def progress(self, done: int, total: int, message: str, detail=None) -> None:
+        """Report work done (every such event reaches the reader)."""
         self.done, self.total = done, total
         self._emit(Progress(PROGRESS, done, total, message, detail=detail))
 
