@@ -126,13 +126,14 @@ def create(training, state):
         return f"{word}: {len(epochs)} epoch(s){top1}. Settings: {settings}.", rows, image, summary
 
     @readable_errors
-    def on_train(session, *values):
-        *typed, test_file, use_demo = values
+    def on_train(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):  # named for the API
         curves = Curves()
         # The plots get their first data with the first step: an empty first frame leaves the
         # line plot without series (no line is ever drawn) in Gradio 6.
         yield "Starting...", gr.skip(), gr.skip(), [], None, {}
-        for event in follow(training.train(session, config(*typed), test_file, use_demo)):
+        for event in follow(
+            training.train(session, config(epochs, lambda_real, lora_rank, lr), test_file, use_demo)
+        ):
             if event.kind == PROGRESS and event.detail is not None:
                 curves.add(event.detail)
                 yield event.message, *curves.frames(), gr.skip(), gr.skip(), gr.skip()
@@ -145,11 +146,12 @@ def create(training, state):
                 yield event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     @readable_errors
-    def on_compare(session, *values):
-        *typed, test_file, use_demo = values
+    def on_compare(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):  # named for the API
         curves = Curves()
         yield "Comparing: training real-only first...", gr.skip(), gr.skip(), "", {}
-        for event in follow(training.compare(session, config(*typed), test_file, use_demo)):
+        for event in follow(
+            training.compare(session, config(epochs, lambda_real, lora_rank, lr), test_file, use_demo)
+        ):
             if event.kind == PROGRESS and event.detail is not None:
                 curves.add(event.detail)
                 yield event.message, *curves.frames(), gr.skip(), gr.skip()
