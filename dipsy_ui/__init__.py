@@ -25,8 +25,8 @@ MOVED = {
     "studio_session": "studio.session",
     "studio_data": "studio.data",
     "studio_guidance": "studio.guidance",
-    "studio_generate": "studio.generate",
-    "studio_train": "studio.train",
+    "studio_generate": "studio.runs",
+    "studio_train": "studio.training",
     "bench_train": "bench.training",
     "world_report": "world.report",
 }
