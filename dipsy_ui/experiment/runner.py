@@ -110,6 +110,8 @@ class Experiment:
         out_dir: str | Path,
         models: ModelSpec | None = None,
         runtime: Runtime | None = None,
+        pipeline=None,
+        clip=None,
     ):
         self.spec, self.out_dir = spec, Path(out_dir)
         self.models = models or spec.model_spec()
@@ -117,7 +119,10 @@ class Experiment:
         self.cells = plan(spec)
         self.warnings: list[str] = []
         self._slugs = class_slugs(arm.name for arm in spec.arms)
-        self._pipe = self._clip = None
+        # Models already loaded from ``models`` (the Studio's, shared with its other jobs) are
+        # used as they are; otherwise each is loaded on first need. Training loads its own CLIP
+        # in every cell: LoRA is injected in place.
+        self._pipe, self._clip = pipeline, clip
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -195,7 +200,9 @@ class Experiment:
                 mode=config.negatives,
                 cache_dir=self.out_dir / ".cache",
             )
-            save_similarity(similarity, folder)  # beside the images, as `generate` keeps it (regenerate reads it)
+            save_similarity(
+                similarity, folder
+            )  # beside the images, as `generate` keeps it (regenerate reads it)
         if self._pipe is None:
             self._pipe = load_pipeline(self.models, self.runtime)
         job = GenerationJob(self._pipe, dataset, config, folder, self.models, similarity)
@@ -275,7 +282,7 @@ class Experiment:
 
         ``on_event`` receives progress; setting ``cancel`` stops the running generation at its
         next denoising step or the running training at its next step (that cell is not recorded;
-        a rerun continues). The report covers the finished cells. Returns the last event.
+        a rerun continues). The report (rewritten after each finished cell) covers the finished cells. Returns the last event.
         """
         on_event = on_event or (lambda event: None)
         cancel = cancel or threading.Event()
@@ -301,6 +308,8 @@ class Experiment:
             records.append(record)
             lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
             write_atomic(self.out_dir / RESULTS_FILE, lines)
+            # The report as cells finish, so a viewer (or an interrupted run) has the summary so far.
+            write_report(self.out_dir, self.spec, records, self.warnings)
             emit("result", record=record)
         if records:
             write_report(self.out_dir, self.spec, records, self.warnings)
