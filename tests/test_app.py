@@ -5,6 +5,7 @@ what each step produced, then bad input: non-images, empty and hostile class nam
 resume of a generation run.
 """
 
+import io
 import json
 import re
 import time
@@ -97,9 +98,15 @@ def test_full_flow(demo_app, tmp_path):
     grid, _, sweep_status = client.predict(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
     assert sweep_status.startswith("Sweep done")
     assert Image.open(grid).size == (90 + 2 * 128, 40 + 2 * 128)
-    saved = client.predict("My tuned, settings!", *controls, api_name="/save_preset")
-    preset = json.loads((root / "presets" / "My_tuned_settings.json").read_text())
-    assert preset["generation"]["steps"] == 2 and "saved" in saved.lower()
+    saved = client.predict("My tuned settings", *controls, api_name="/save_preset")
+    preset = json.loads((root / "presets" / "My tuned settings.json").read_text())
+    assert preset["generation"]["steps"] == 2 and saved.startswith("Saved as preset **My tuned settings**")
+    # A preset is named, never a path; an existing name asks before it is replaced.
+    asked = client.predict("my tuned settings", *controls, api_name="/save_preset")
+    assert "exists" in asked and "Replace it" in asked
+    refused = client.predict("../evil", *controls, api_name="/save_preset")
+    assert refused.startswith("Not done:") and not (root.parent / "evil.json").exists()
+    assert client.predict("../evil", api_name="/set_preset").startswith("Not done:")
 
     # 4. Generate: two images per class (one batch each); the manifest is the source of truth.
     bar, gallery, _ = client.predict(2, 2, "run-1", api_name="/generate")
@@ -152,25 +159,58 @@ def test_bad_input(demo_app, tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGB", (32, 32), (10, 200, 30)).save(good)
 
-    with pytest.raises(AppError, match="not a readable image"):
-        client.predict("cat", [handle_file(str(text))], api_name="/add_class")
-    with pytest.raises(AppError, match="no images given"):
-        client.predict("cat", [], api_name="/add_class")
-    with pytest.raises(AppError, match="empty"):
-        client.predict("   ", [handle_file(str(good))], api_name="/add_class")
+    # A refused upload writes the reason into the report (the tab's status) and changes nothing
+    # else: the class name stays, the upload box is emptied, no server path is shown.
+    table, gallery, report, _, _, files, name = client.predict(
+        "cat", [handle_file(str(text))], api_name="/add_class"
+    )
+    assert (
+        report.startswith("Not done: class 'cat' was not added")
+        and "notes.png: not a readable image" in report
+    )
+    assert name == "cat" and files is None
+    assert str(tmp_path) not in report and "/tmp" not in report and "object at 0x" not in report
+    *_, report, _, _, _, name = client.predict("cat", [], api_name="/add_class")
+    assert "no images given" in report and name == "cat"
+    *_, report, _, _, _, _ = client.predict("   ", [handle_file(str(good))], api_name="/add_class")
+    assert "class name is empty" in report
     with pytest.raises(AppError, match="compute the class similarity first|no data yet"):
         client.predict("cat", [], [], api_name="/set_override")
 
     # A hostile name is kept as the display name, and its files stay inside the session folder.
     hostile = "../../etc/passwd\u202e<script>"
-    table, _, report, *_ = client.predict(hostile, [handle_file(str(good)), handle_file(str(text))],
-                                          api_name="/add_class")  # fmt: skip
+    big = tmp_path / "big.png"
+    Image.new("RGB", (3000, 1500), (10, 20, 200)).save(big)
+    table, _, report, *_ = client.predict(hostile, [handle_file(str(good)), handle_file(str(text)),
+                                                    handle_file(str(big))], api_name="/add_class")  # fmt: skip
     assert table_names(table) == [hostile]
-    assert "skipped notes.png" in report
+    assert "skipped notes.png: not a readable image" in report
+    assert "big.png: 3000x1500 downscaled to 2048x1024" in report and "1 class, 2 images." in report
     root = session_dir(workspace, before)
     stored = list((root / "data").rglob("*.png"))
-    assert len(stored) == 1 and stored[0].resolve().is_relative_to(root.resolve())
+    assert len(stored) == 2 and stored[0].resolve().is_relative_to(root.resolve())
+
+    # A zip holding a decompression bomb (a 12000x12000 PNG, small on disk) and a non-image: both
+    # are refused with a line each in the report, named by their place in the zip, the rest loads.
+    bomb, pixels = io.BytesIO(), io.BytesIO()
+    Image.new("L", (12000, 12000)).save(bomb, "PNG")
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(pixels, "PNG")
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("mixed/red/a.png", pixels.getvalue())
+        zipped.writestr("mixed/red/huge.png", bomb.getvalue())
+        zipped.writestr("mixed/blue/b.png", good.read_bytes())
+        zipped.writestr("mixed/blue/notes.png", b"not an image")
+    table, _, report, _, _, upload = client.predict(handle_file(str(archive)), api_name="/upload_dataset")
+    assert sorted(table_names(table)) == ["blue", "red"] and upload is None
+    assert re.search(
+        r"skipped mixed\.zip:mixed/red/huge\.png: 12000x12000 pixels \(144 MP\) is over the \d+ MP limit",
+        report,
+    ), report
+    assert "skipped mixed.zip:mixed/blue/notes.png: not a readable image" in report
+    assert "/tmp" not in report and str(workspace) not in report and "object at 0x" not in report
     # A single class cannot have negatives.
+    client.predict("blue", api_name="/remove_class")
     with pytest.raises(AppError, match="at least 2 classes"):
         client.predict(0.4, api_name="/compute_similarity")
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from ..data import FewShotDataset, class_slugs, load_dataset, resolve_inside, safe_slug
+from ..data import FewShotDataset, class_slugs, load_dataset, resolve_inside
 from ..digits import write_demo_data
 from ..errors import ImageReadError, UsageError
-from ..images import image_digest, open_image, save_png
-from ..presets import Preset, list_presets, load_preset, save_preset
+from ..images import image_digest, read_image, save_png
+from ..presets import (
+    Preset,
+    existing_user_preset,
+    list_presets,
+    list_user_presets,
+    load_preset,
+    save_user_preset,
+)
 from .core import Core
 from .session import Session, check_name
 
@@ -28,27 +36,32 @@ class DataService:
     # -- classes and images ---------------------------------------------------------------------
 
     def add_images(self, session: Session, name: str, files: list[str]) -> str:
-        """Add images to a class (created if new). Unreadable files are skipped and reported."""
+        """Add images to a class (created if new), through the engine's limits: a file that is
+        not an image or is too large is skipped with the engine's reason, a downscaled one noted.
+        Files are named by their upload name, never by their path on the server."""
         state = self.core.session(session).data
         name = check_name(name, "class name")
         if not files:
             raise UsageError(f"no images given for class {name!r}; drop one or more image files")
         added, notes = 0, []
         for file in files:
+            shown = Path(file).name
             try:
-                image = open_image(file)
-            except ImageReadError:
-                notes.append(f"skipped {Path(file).name}: not a readable image")
+                decoded = read_image(file, source=shown)
+            except ImageReadError as error:
+                notes.append(f"skipped {readable_reason(error, file, shown)}")
                 continue
-            added += self._store(session, name, image) is not None
+            if decoded.note:
+                notes.append(f"{shown}: {decoded.note}")
+            added += self._store(session, name, decoded.image) is not None
         if not state.classes.get(name):
             state.classes.pop(name, None)
             state.slugs.pop(name, None)
-            raise UsageError(f"class {name!r} was not added: none of the {len(files)} file(s) is a readable image. "
-                             + "; ".join(notes[:5]))  # fmt: skip
+            raise UsageError(f"class {name!r} was not added: none of the {plural(len(files), 'file')} is a "
+                             "readable image. " + "; ".join(notes[:5]))  # fmt: skip
         self._changed(session)
         state.notes = notes
-        message = f"Class {name!r}: added {added} image(s), {len(state.classes[name])} in total."
+        message = f"Class {name!r}: added {plural(added, 'image')}, {len(state.classes[name])} in total."
         return "\n".join([message, *notes])
 
     def load_source(self, session: Session, source: str | Path, replace_all: bool = True) -> str:
@@ -61,7 +74,7 @@ class DataService:
             for record in cls.images:
                 self._store(session, cls.name, record.image)
         self._changed(session)
-        state.report, state.notes = dataset.report.summary(), []
+        state.report, state.notes = public_text(dataset.report.summary(), source), []
         return state.report
 
     def demo_data_dir(self) -> Path:
@@ -146,7 +159,7 @@ class DataService:
     def report(self, session: Session) -> str:
         state = self.core.session(session).data
         count = sum(map(len, state.classes.values()))
-        lines = [f"{len(state.classes)} classes, {count} images."]
+        lines = [f"{plural(len(state.classes), 'class', 'classes')}, {plural(count, 'image')}."]
         lines += [f"  - {note}" for note in state.notes]
         if state.report:
             lines += ["", "Last folder/zip loaded:", state.report]
@@ -160,32 +173,31 @@ class DataService:
         return self.core.session(session).preset
 
     def preset_choices(self, session: Session | None = None) -> list[str]:
-        """The built-in presets, then the user's own (none for a session not used yet)."""
-        folder = session.root / "presets" if session is not None and session.root is not None else None
-        own = sorted(str(p) for p in folder.glob("*.json")) if folder is not None and folder.is_dir() else []
-        return list_presets() + own
+        """The built-in presets' names, then the user's own (none for a session not used yet)."""
+        if session is None or session.root is None:
+            return list_presets()
+        return list_presets() + list_user_presets(session.root / "presets")
 
     def set_preset(self, session: Session, name: str) -> str:
+        """Make a preset (built-in or the user's own, by name only) the session's settings."""
         session = self.core.session(session)
-        if name not in list_presets():
-            # Only the user's own saved presets, whatever path a client sends.
-            name = str(resolve_inside(session.root / "presets", Path(name).name))
-        preset = load_preset(name)
-        session.preset = name
+        preset = load_preset(name, user_folder=session.root / "presets")
+        session.preset = preset.name
         session.generation, session.train = preset.generation, preset.train
         return f"Preset {preset.name}: {preset.description or 'no description'}"
 
-    def save_preset(self, session: Session, name: str) -> str:
-        """Save the session's current settings as the user's own preset; its path."""
+    def existing_preset(self, session: Session, name: str) -> str | None:
+        """The user's preset that saving ``name`` would replace, or None."""
+        return existing_user_preset(self.core.session(session).root / "presets", name)
+
+    def save_preset(self, session: Session, name: str, overwrite: bool = False) -> str:
+        """Save the session's current settings as the user's own preset ``name``; its name. A
+        built-in name is refused, an existing one replaced only with ``overwrite``."""
         session = self.core.session(session)
-        slug = safe_slug(check_name(name, "preset name"))
-        folder = session.root / "presets"
-        folder.mkdir(exist_ok=True)
-        path = save_preset(
-            Preset(slug, "saved from the app", session.generation, session.train), folder / f"{slug}.json"
-        )
-        session.preset = str(path)
-        return str(path)
+        preset = Preset(name, "saved from the app", session.generation, session.train)
+        path = save_user_preset(preset, session.root / "presets", name, overwrite=overwrite)
+        session.preset = path.stem
+        return path.stem
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -211,3 +223,26 @@ class DataService:
         old classes sees a new version."""
         session.data.dataset = None
         session.data.version += 1
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``"1 class"``, ``"3 classes"``."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
+_REPR = re.compile(r"<[\w.]+ (object at 0x[0-9a-f]+|name=[^>]*)>")
+
+
+def public_text(text: str, source: str | Path) -> str:
+    """An engine message with the server's path of an upload replaced by its file name and
+    Python object reprs removed: the page never shows where the server keeps files."""
+    text = text.replace(str(source), Path(source).name)
+    return _REPR.sub("the file", text)
+
+
+def readable_reason(error: ImageReadError, file: str | Path, shown: str) -> str:
+    """Why an uploaded file was refused, naming it by ``shown`` (PIL's own message names the
+    server's path or a Python object)."""
+    if isinstance(error.__cause__, UnidentifiedImageError):
+        return f"{shown}: not a readable image (not a format Pillow can decode)"
+    return public_text(str(error), file)

@@ -80,10 +80,16 @@ class GuidanceService:
             w_neg=float(settings.w_neg), ip_adapter_scale=float(settings.ip_adapter_scale), steps=int(settings.steps),
         )  # fmt: skip
 
-    def save_preset(self, session: Session, name: str, settings: GuidanceSettings) -> str:
-        """Save these settings (with the rest of the session's) as the user's preset; its path."""
+    def existing_preset(self, session: Session, name: str) -> str | None:
+        """The user's preset that saving ``name`` would replace, or None."""
+        return self.data.existing_preset(session, name)
+
+    def save_preset(
+        self, session: Session, name: str, settings: GuidanceSettings, overwrite: bool = False
+    ) -> str:
+        """Save these settings (with the rest of the session's) as the user's preset; its name."""
         self.remember(session, settings)
-        return self.data.save_preset(session, name)
+        return self.data.save_preset(session, name, overwrite=overwrite)
 
     def cancel(self, session: Session) -> bool:
         """Stop the running preview or sweep and drop the waiting ones."""

@@ -37,6 +37,18 @@ def _as_ui_error(error: Exception) -> gr.Error:
     return gr.Error(INTERNAL, print_exception=False)
 
 
+def refusal(error: Exception) -> str:
+    """The status line for an action that did not happen: the engine's reason for a
+    :class:`DipsyError` (also shown as a toast, which repeats the status), else the internal-error
+    line (its traceback logged)."""
+    if not isinstance(error, DipsyError):
+        LOG.error("internal error", exc_info=error)
+        return INTERNAL
+    message = str(error) or error.__class__.__name__
+    gr.Warning(_message(error))
+    return f"Not done: {message}"
+
+
 def readable_errors(fn):
     """Turn exceptions into ``gr.Error``: the engine's own message for a :class:`DipsyError`, an
     "internal error, see the log" message (and the traceback logged) for anything else."""

@@ -1,9 +1,11 @@
 """Tab 1, Data: classes and their images, the validation report, the preset."""
 
+import html
+
 import gradio as gr
 
-from ..errors import UsageError
-from .common import readable_errors
+from ..errors import DipsyError, UsageError
+from .common import readable_errors, refusal
 
 
 def create(data, state):
@@ -31,7 +33,8 @@ def create(data, state):
                 )
                 upload = gr.Button("Load the zip")
                 demo = gr.Button("Load the demo digits")
-                preset = gr.Dropdown(label="Preset", choices=data.preset_choices(), allow_custom_value=False)
+                # Custom values reach the service, which takes a preset name only (a built-in or the user's own).
+                preset = gr.Dropdown(label="Preset", choices=data.preset_choices(), allow_custom_value=True)
                 preset_info = gr.Markdown()
             with gr.Column(scale=2):
                 table = gr.Dataframe(
@@ -45,6 +48,10 @@ def create(data, state):
                 with gr.Row():
                     remove_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
                     remove_class = gr.Button("Remove class", variant="stop")
+                with gr.Row(visible=False) as confirm_row:  # removing a class asks first
+                    confirm_text = gr.Markdown()
+                    confirm = gr.Button("Yes, remove it", variant="stop", elem_id="confirm-remove")
+                    keep = gr.Button("Keep it")
                 report = gr.Textbox(
                     elem_id="data-report", label="Validation report", lines=6, interactive=False
                 )
@@ -58,28 +65,51 @@ def create(data, state):
 
     outputs = [table, gallery, report, remove_name, preset]
 
+    def refused(session, error) -> tuple:
+        """A refused action: the reason in the report (the tab's status), every input as it was."""
+        text = refusal(error) + "\n\n" + data.report(session)
+        return data.class_table(session), data.thumbnails(session), text, gr.skip(), gr.skip()
+
     @readable_errors
     def on_add(session, name, paths):
-        message = data.add_images(session, name, paths or [])
+        # The upload box is emptied either way: its files were consumed or refused.
+        try:
+            message = data.add_images(session, name, paths or [])
+        except DipsyError as error:
+            return (*refused(session, error), None, name)
         return (*view(session, message), None, "")
 
     @readable_errors
     def on_upload(session, path):
-        if not path:
-            raise UsageError("choose a .zip file first")
-        data.load_source(session, path)
-        return view(session)
+        try:
+            if not path:
+                raise UsageError("choose a .zip file first")
+            data.load_source(session, path)
+        except DipsyError as error:
+            return (*refused(session, error), None)
+        return (*view(session), None)
 
     @readable_errors
     def on_demo(session):
         data.load_demo(session)
         return view(session)
 
+    def on_ask_remove(session, name):
+        if not name or name not in data.class_names(session):
+            return gr.update(visible=False), "", "Choose a class to remove first.\n\n" + data.report(session)
+        count = len(data.image_paths(session, name))
+        question = f"Remove class **{html_text(name)}** and its {count} image(s)?"
+        return gr.update(visible=True), question, gr.skip()
+
     @readable_errors
     def on_remove_class(session, name):
-        if not name:
-            raise UsageError("choose a class to remove")
-        return view(session, data.remove_class(session, name))
+        try:
+            if not name:
+                raise UsageError("choose a class to remove")
+            message = data.remove_class(session, name)
+        except DipsyError as error:
+            return (*refused(session, error), gr.update(visible=False))
+        return (*view(session, message), gr.update(visible=False))
 
     def on_select(session, evt: gr.SelectData):
         items = data.thumbnails(session)
@@ -87,22 +117,37 @@ def create(data, state):
 
     @readable_errors
     def on_remove_image(session, path):
-        if not path:
-            raise UsageError("click an image first")
-        return (*view(session, data.remove_image(session, path)), "")
+        try:
+            if not path:
+                raise UsageError("click an image first")
+            message = data.remove_image(session, path)
+        except DipsyError as error:
+            return (*refused(session, error), gr.skip())
+        return (*view(session, message), "")
 
     @readable_errors
     def on_preset(session, name):
         if not name:
             return ""
-        return data.set_preset(session, name)
+        try:
+            return data.set_preset(session, name)
+        except DipsyError as error:
+            return refusal(error)
 
     add.click(on_add, [state, class_name, files], [*outputs, files, class_name], api_name="add_class")
-    upload.click(on_upload, [state, archive], outputs, api_name="upload_dataset")
+    upload.click(on_upload, [state, archive], [*outputs, archive], api_name="upload_dataset")
     demo.click(on_demo, [state], outputs, api_name="load_demo")
-    remove_class.click(on_remove_class, [state, remove_name], outputs, api_name="remove_class")
+    remove_class.click(on_ask_remove, [state, remove_name], [confirm_row, confirm_text, report],
+                       api_visibility="private")  # fmt: skip
+    confirm.click(on_remove_class, [state, remove_name], [*outputs, confirm_row], api_name="remove_class")
+    keep.click(lambda: gr.update(visible=False), None, [confirm_row], api_visibility="private")
     gallery.select(on_select, [state], [selected], api_visibility="private")
     remove_image.click(on_remove_image, [state, selected], [*outputs, selected], api_name="remove_image")
     preset.input(on_preset, [state, preset], [preset_info], api_name="set_preset")
     tab.select(lambda s: view(s), [state], outputs, api_visibility="private")
     return {"refresh": (lambda s: view(s), [state], outputs)}
+
+
+def html_text(text: str) -> str:
+    """User text inside Markdown, shown as typed (never as HTML or Markdown)."""
+    return html.escape(text).replace("*", "&#42;").replace("_", "&#95;")

@@ -2,18 +2,24 @@
 
 import gradio as gr
 
+from ..config import GenerationConfig
 from ..studio import DONE, PROGRESS, STEP
 from .common import FREE, JOBS, cancel_reply, follow, progress_html, readable_errors
+
+
+def number(name: str, label: str, **kwargs) -> gr.Number:
+    """A whole-number box limited to the range GenerationConfig allows, starting at its default."""
+    low, high = GenerationConfig.bounds(name)
+    return gr.Number(label=label, value=getattr(GenerationConfig, name), precision=0,
+                     minimum=low, maximum=high, **kwargs)  # fmt: skip
 
 
 def create(runs, state):
     with gr.Tab("4. Generate", id="generate") as tab:
         settings = gr.Markdown()
         with gr.Row():
-            per_class = gr.Number(
-                elem_id="per-class", label="Images per class", value=8, precision=0, minimum=1
-            )
-            batch_size = gr.Number(elem_id="batch-size", label="Batch size", value=4, precision=0, minimum=1)
+            per_class = number("images_per_class", "Images per class", elem_id="per-class")
+            batch_size = number("batch_size", "Batch size", elem_id="batch-size")
             folder = gr.Textbox(label="Output folder (inside your workspace)", value="run-1")
         with gr.Row():
             start = gr.Button("Start", variant="primary")

@@ -3,8 +3,9 @@
 import gradio as gr
 
 from ..config import GenerationConfig
+from ..errors import DipsyError
 from ..studio import CANCELLED, DONE, SAMPLE, STEP, WEIGHTS, GuidanceSettings, parse_values
-from .common import FREE, JOBS, cancel_reply, follow, readable_errors
+from .common import FREE, JOBS, cancel_reply, follow, readable_errors, refusal
 
 HELP = """
 **Text weight** pulls the image towards the class prompt ("A photo of a ..."); higher is more literal.
@@ -14,6 +15,13 @@ drift into the wrong class. **Adapter scale** sets how strongly the images speak
 More **steps** are slower and cleaner. The same **seed** gives the same image; lock it to compare weights.
 """
 DEFAULTS = GenerationConfig()
+
+
+def slider(name: str, step: float, label: str, **kwargs) -> gr.Slider:
+    """A slider over the whole range GenerationConfig allows for ``name`` (initial value only:
+    selecting the tab shows the session's settings)."""
+    low, high = GenerationConfig.bounds(name)
+    return gr.Slider(low, high, value=getattr(DEFAULTS, name), step=step, label=label, **kwargs)
 
 
 def create(guidance, state):
@@ -35,15 +43,16 @@ def create(guidance, state):
                 examples = gr.Gallery(label="The class's images", columns=6, height=140, allow_preview=False)
             with gr.Column(scale=1):
                 # Initial values only: selecting the tab shows the session's settings.
-                w_text = gr.Slider(
-                    0, 20, value=DEFAULTS.w_text, step=0.5, label="Text weight", elem_id="guidance-w-text"
-                )
-                w_pos = gr.Slider(0, 20, value=DEFAULTS.w_pos, step=0.5, label="Positive image weight")
-                w_neg = gr.Slider(0, 20, value=DEFAULTS.w_neg, step=0.5, label="Negative image weight")
-                scale = gr.Slider(0, 1.5, value=DEFAULTS.ip_adapter_scale, step=0.05, label="Adapter scale")
-                steps = gr.Slider(1, 100, elem_id="steps", value=DEFAULTS.steps, step=1, label="Steps")
+                w_text = slider("w_text", 0.5, "Text weight", elem_id="guidance-w-text")
+                w_pos = slider("w_pos", 0.5, "Positive image weight")
+                w_neg = slider("w_neg", 0.5, "Negative image weight")
+                scale = slider("ip_adapter_scale", 0.05, "Adapter scale")
+                steps = slider("steps", 1, "Steps", elem_id="steps")
                 with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0)
+                    low, high = GenerationConfig.bounds("seed")
+                    seed = gr.Number(
+                        label="Seed", value=DEFAULTS.seed, precision=0, minimum=low, maximum=high
+                    )
                     lock = gr.Checkbox(label="Lock seed", value=True)
                 with gr.Row():
                     run = gr.Button("Preview", variant="primary")
@@ -68,7 +77,8 @@ def create(guidance, state):
         with gr.Row():
             preset_name = gr.Textbox(label="Preset name", placeholder="my-settings")
             save = gr.Button("Save the current settings as a preset")
-            saved = gr.Markdown()
+            replace = gr.Button("Replace it", variant="stop", visible=False, elem_id="replace-preset")
+        saved = gr.Markdown(elem_id="preset-status")
 
     sliders = [w_text, w_pos, w_neg, scale, steps]
     controls = [class_name, positive, negative_class, negative, *sliders, seed, lock]
@@ -131,10 +141,27 @@ def create(guidance, state):
             else:  # the grid stays as it was until a sweep finishes
                 yield gr.skip(), gr.skip(), f"Sweep: {event.message[:1].lower()}{event.message[1:]}"
 
+    def save_preset(session, name, values, overwrite):
+        """(status, Replace button): saved, refused, or asking before replacing the user's preset."""
+        try:
+            existing = None if overwrite else guidance.existing_preset(session, name)
+            if existing is not None:
+                question = f"A preset named **{existing}** exists: click **Replace it** to save over it, or type another name."
+                return question, gr.update(visible=True)
+            saved_name = guidance.save_preset(session, name, settings(*values), overwrite=overwrite)
+        except DipsyError as error:
+            return refusal(error), gr.update(visible=False)
+        return f"Saved as preset **{saved_name}** (choose it in the Data tab's preset list).", gr.update(
+            visible=False
+        )
+
     @readable_errors
     def on_save(session, name, *values):
-        path = guidance.save_preset(session, name, settings(*values))
-        return f"Saved to `{path}` (choose it in the Data tab's preset list)."
+        return save_preset(session, name, values, overwrite=False)
+
+    @readable_errors
+    def on_replace(session, name, *values):
+        return save_preset(session, name, values, overwrite=True)
 
     def on_example(evt: gr.SelectData):
         return gr.update(value=evt.index)  # clicking a thumbnail makes it the positive image
@@ -150,7 +177,8 @@ def create(guidance, state):
     stop.click(
         lambda s: cancel_reply(guidance.cancel(s)), [state], [status], api_name="cancel_preview", **FREE
     )
-    save.click(on_save, [state, preset_name, *controls], [saved], api_name="save_preset")
+    save.click(on_save, [state, preset_name, *controls], [saved, replace], api_name="save_preset")
+    replace.click(on_replace, [state, preset_name, *controls], [saved, replace], api_name="replace_preset")
     examples.select(on_example, None, [positive], api_visibility="private")
     class_name.input(class_choices, [state, class_name], [positive, examples], api_visibility="private")
     negative_class.input(negative_choices, [state, negative_class], [negative], api_visibility="private")
