@@ -311,22 +311,29 @@ def test_cancel_preview_and_sweep(demo_app):
 
 
 def test_end_session(demo_app, tmp_path):
-    """An ended session's folder goes unless it holds results; those stay, minus the scratch."""
+    """An ended session's folder goes unless it holds the user's data or results (its browser
+    reopens it on the next visit); those stay, minus the scratch. A folder still open in another
+    tab is left alone."""
     _, _, studio = demo_app
     image = tmp_path / "red.png"
     Image.new("RGB", (16, 16), (200, 0, 0)).save(image)
     core = studio.core
-    scratch, kept = core.session(None), core.session(None)
-    for session in (scratch, kept):
+    empty, data, kept = core.session(None), core.session(None), core.session(None)
+    for session in (data, kept):
         studio.data.add_images(session, "red", [str(image)])
+    for session in (empty, data, kept):
         (session.root / "previews").mkdir()
         (session.root / "previews" / "1.png").write_bytes(image.read_bytes())
     (kept.root / "runs" / "run-1").mkdir(parents=True)
-    running = scratch.jobs.open("generate")  # a job still in flight for the closed tab
+    running = empty.jobs.open("generate")  # a job still in flight for the closed tab
 
-    core.end_session(scratch)
+    reopened, _ = core.reopen(kept.id)  # the same browser, refreshed: two tabs on one folder
     core.end_session(kept)
-    assert not scratch.root.exists() and running.cancel.is_set()
+    assert (kept.root / "previews").is_dir()  # still in use by the refreshed page
+    for session in (empty, data, reopened):
+        core.end_session(session)
+    assert not empty.root.exists() and running.cancel.is_set()
+    assert (data.root / "data").is_dir() and not (data.root / "previews").exists()
     assert (kept.root / "runs" / "run-1").is_dir() and (kept.root / "data").is_dir()
     assert not (kept.root / "previews").exists()
     core.end_session(type(kept)())  # a session never used has no folder: nothing to do

@@ -66,3 +66,63 @@ def test_display_names_survive_from_upload_to_per_class_metrics_without_a_manife
     assert sum(map(sum, result.metrics["epochs"][-1]["test"]["confusion"])) == 2 * len(names)
     assert json.loads((result.out_dir / "train_config.json").read_text())["class_names"] == sorted(names)
     assert not list(studio.core.workspace.rglob("manifest.jsonl"))  # no run was generated: none may exist
+
+
+def test_a_session_reopens_from_its_folder_with_data_run_classifier_and_preset(studio):
+    """What a browser finds after a refresh or a server restart: the same classes (display
+    names included), the run and classifier it worked on, the preset it chose, all by name."""
+    session = studio.core.session(None)
+    for name, digit in {"Cat & dog": "zero", "a/b": "one"}.items():
+        studio.data.add_images(session, name, _digits(studio, "train", digit, 3))
+    run = session.root / "runs" / "run-2"
+    run.mkdir(parents=True)
+    (run / "manifest.jsonl").write_text("")
+    (session.root / "runs" / "run-1").mkdir()
+    (session.root / "runs" / "run-1" / "manifest.jsonl").write_text("")
+    studio.runs.open_run(session, "run-2")
+    studio.data.set_preset(session, "pets")
+    result = _train(studio, session, {"epochs": 1})
+
+    again = studio.open_session(session.id)
+    assert again is not session and again.root == session.root
+    assert studio.data.class_names(again) == ["Cat & dog", "a/b"]
+    assert studio.data.image_paths(again, "a/b") == sorted(studio.data.image_paths(session, "a/b"))
+    assert studio.runs.runs(again) == ["run-1", "run-2"] and studio.runs.run_name(again) == "run-2"
+    assert studio.runs.run_line(again) == "Run: run-2 (0 images kept)"
+    assert studio.training.classifier_name(again) == result.out_dir.name
+    assert again.preset == "pets" and again.generation == load_preset("pets").generation
+    # Only an id of an existing session folder is reopened, never a path: anything else is new.
+    for sent in ("../" + session.id, str(session.root), session.id.upper(), "0" * 12, None, 7):
+        fresh = studio.open_session(sent)
+        assert fresh.id != session.id and studio.data.class_names(fresh) == []
+
+
+def test_a_refused_start_changes_nothing_and_names_the_differing_settings(studio):
+    """A folder holding another run's settings: Start is refused before the current run changes,
+    the message lists each differing setting, and the recorded settings can be taken over."""
+    session = studio.core.session(None)
+    studio.data.add_images(session, "zero", _digits(studio, "train", "zero", 2))
+    studio.data.add_images(session, "one", _digits(studio, "train", "one", 2))
+    recorded = session.root / "runs" / "old"
+    recorded.mkdir(parents=True)
+    (recorded / "manifest.jsonl").write_text("")
+    settings = json.loads(json.dumps(session.generation.to_dict())) | {"steps": 3, "w_text": 1.5}
+    (recorded / "job.json").write_text(json.dumps({"generation": settings}))
+    studio.runs.open_run(session, "old")
+    (session.root / "runs" / "current").mkdir()
+    (session.root / "runs" / "current" / "manifest.jsonl").write_text("")
+    studio.runs.open_run(session, "current")
+    from dipsy_ui.errors import JobConflictError
+
+    with pytest.raises(JobConflictError) as refused:
+        studio.runs.generate(session, 1, 1, "old")
+    message = str(refused.value)
+    assert "steps: recorded 3, now" in message and "w_text: recorded 1.5, now" in message
+    assert str(session.root) not in message and studio.runs.run_name(session) == "current"
+    assert studio.runs.free_folder(session, "old") == "old-1"
+    (session.root / "runs" / "old-1").mkdir()
+    assert studio.runs.free_folder(session, "old-1") == "old-2"
+    studio.runs.use_recorded(session, "old")
+    assert (
+        session.generation.steps == 3 and studio.runs.differing_settings(recorded, session.generation) == []
+    )

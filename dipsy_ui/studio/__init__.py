@@ -32,6 +32,20 @@ class Studio:
         self.runs = RunService(self.core, self.data, self.similarity)
         self.training = TrainingService(self.core, self.data, self.runs)
 
+    def open_session(self, session_id: object) -> Session:
+        """The session a browser comes back with (its id, kept by the browser): the folder of an
+        earlier visit reopened with its data, current run and classifier; a new session when the
+        id names no session folder."""
+        reopened = self.core.reopen(session_id)
+        if reopened is None:
+            return self.core.session(None)
+        session, choices = reopened
+        self.data.restore(session)
+        self.runs.restore(session, choices.get("run"))
+        self.training.restore(session, choices.get("classifier"))
+        return session
+
+
 
 __all__ = ["CANCELLED", "DONE", "FAILED", "PROGRESS", "SAMPLE", "STEP", "WEIGHTS", "GuidanceSettings",
            "Progress", "Session", "Studio", "parse_values"]  # fmt: skip

@@ -10,13 +10,17 @@ cancelled or failed. Nothing else takes the model lock.
 
 from __future__ import annotations
 
+import json
 import queue
+import re
 import shutil
 import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
+from ..errors import DipsyError
+from ..files import write_atomic
 from ..models import WORLD_DIR, ModelSpec, Runtime
 from ..presets import load_preset
 from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
@@ -24,6 +28,8 @@ from .session import Session
 
 RESULTS = ("runs", "classifiers", "comparisons", "exports", "presets")  # kept after the session
 SCRATCH = ("previews", "sweeps", "test")  # session folders nothing refers to once it has ended
+SESSION_ID = re.compile(r"[0-9a-f]{12}")  # what Core.session names a session folder
+SESSION_FILE = "session.json"  # the session's choices: preset, current run, current classifier
 
 
 class Core:
@@ -40,6 +46,7 @@ class Core:
         self._spec = spec
         self._pipe = self._clip = None
         self._load_lock = threading.Lock()
+        self._open: dict[str, int] = {}  # session id -> live Session objects using its folder
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -96,21 +103,75 @@ class Core:
             session.id = uuid.uuid4().hex[:12]
             session.root = self.workspace / "sessions" / session.id
             session.root.mkdir(parents=True, exist_ok=True)
-            session.preset = "demo" if self.demo else "pets"
-            preset = load_preset(session.preset)
-            session.generation, session.train = preset.generation, preset.train
+            self._defaults(session)
+            self._opened(session.id)
         return session
+
+    def reopen(self, session_id: object) -> tuple[Session, dict] | None:
+        """A session folder of an earlier visit (``WORKSPACE/sessions/<id>/``) as a fresh
+        :class:`Session` with its saved choices (the preset applied; the rest, ``{"run": name,
+        "classifier": name}``, returned for the services to restore), or None. Only an id of the
+        shape :meth:`session` makes, naming an existing folder, is accepted: a browser sends an
+        id, never a path."""
+        if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
+            return None
+        root = self.workspace / "sessions" / session_id
+        if root.is_symlink() or not root.is_dir():
+            return None
+        session = Session(id=session_id, root=root)
+        self._defaults(session)
+        try:
+            saved = json.loads((root / SESSION_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+        saved = saved if isinstance(saved, dict) else {}
+        if isinstance(saved.get("preset"), str):
+            try:
+                preset = load_preset(saved["preset"], user_folder=root / "presets")
+                session.preset, session.generation, session.train = (
+                    preset.name,
+                    preset.generation,
+                    preset.train,
+                )
+            except DipsyError:
+                pass  # a preset deleted since: the default one
+        self._opened(session_id)
+        return session, {k: v for k, v in saved.items() if k in ("run", "classifier") and isinstance(v, str)}
+
+    def save_choices(self, session: Session) -> None:
+        """Record the session's choices (preset, current run and classifier, by name) in its
+        folder, for :meth:`reopen`."""
+        if session.root is None:
+            return
+        choices = {"preset": session.preset,
+                   "run": session.run.run_dir.name if session.run.run_dir is not None else None,
+                   "classifier": session.classifier_dir.name if session.classifier_dir is not None else None}  # fmt: skip
+        write_atomic(session.root / SESSION_FILE, json.dumps(choices, indent=1))
+
+    def _defaults(self, session: Session) -> None:
+        session.preset = "demo" if self.demo else "pets"
+        preset = load_preset(session.preset)
+        session.generation, session.train = preset.generation, preset.train
+
+    def _opened(self, session_id: str) -> None:
+        with self._load_lock:
+            self._open[session_id] = self._open.get(session_id, 0) + 1
 
     def end_session(self, session: Session) -> None:
         """Tidy up after a browser session has ended (the UI's state ``delete_callback``, which
-        Gradio calls an hour after the tab closes). A new tab is a new session and cannot reach
-        an old folder, so a folder holding no results is deleted; one holding results (runs,
-        classifiers, comparisons, exports, saved presets: GPU time or the user's own choices)
-        is kept for the user to find on disk, minus its scratch files."""
+        Gradio calls an hour after the tab closes). The browser keeps the session's id and
+        reopens the folder on its next visit (:meth:`reopen`), so a folder holding the user's
+        data or results (runs, classifiers, comparisons, exports, saved presets) is kept, minus
+        its scratch files; one holding nothing of the user's is deleted. A folder still open in
+        another tab is left alone."""
         session.jobs.cancel()  # a job still running for the closed tab stops
         if not session.id or session.root is None:
             return
-        results = [session.root / name for name in RESULTS]
+        with self._load_lock:
+            left = self._open[session.id] = self._open.get(session.id, 1) - 1
+        if left > 0:
+            return  # the folder is open in another tab (or the same browser, refreshed)
+        results = [session.root / name for name in ("data", *RESULTS)]
         if any(folder.is_dir() and any(folder.iterdir()) for folder in results):
             for name in SCRATCH:
                 shutil.rmtree(session.root / name, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -11,7 +12,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data import FewShotDataset, class_slugs, load_dataset, resolve_inside
 from ..digits import write_demo_data
-from ..errors import ImageReadError, UsageError
+from ..errors import DipsyError, ImageReadError, UsageError
+from ..files import write_atomic
 from ..images import image_digest, read_image, save_png
 from ..presets import (
     Preset,
@@ -23,6 +25,8 @@ from ..presets import (
 )
 from .core import Core
 from .session import Session, check_name
+
+CLASSES_FILE = "classes.json"  # in data/: display name -> class folder, in the user's order
 
 
 class DataService:
@@ -184,6 +188,7 @@ class DataService:
         preset = load_preset(name, user_folder=session.root / "presets")
         session.preset = preset.name
         session.generation, session.train = preset.generation, preset.train
+        self.core.save_choices(session)
         return f"Preset {preset.name}: {preset.description or 'no description'}"
 
     def existing_preset(self, session: Session, name: str) -> str | None:
@@ -197,6 +202,7 @@ class DataService:
         preset = Preset(name, "saved from the app", session.generation, session.train)
         path = save_user_preset(preset, session.root / "presets", name, overwrite=overwrite)
         session.preset = path.stem
+        self.core.save_choices(session)
         return path.stem
 
     # -- internals ------------------------------------------------------------------------------
@@ -219,10 +225,33 @@ class DataService:
         return str(path)
 
     def _changed(self, session: Session) -> None:
-        """The classes changed: the decoded set goes, and what other services computed from the
-        old classes sees a new version."""
+        """The classes changed: the decoded set goes, what other services computed from the old
+        classes sees a new version, and the folder records the classes' names for a reopen."""
         session.data.dataset = None
         session.data.version += 1
+        if session.root is not None and (session.root / "data").is_dir():
+            slugs = {name: session.data.slugs[name] for name in session.data.classes}
+            write_atomic(
+                session.root / "data" / CLASSES_FILE, json.dumps(slugs, indent=1, ensure_ascii=False)
+            )
+
+    def restore(self, session: Session) -> None:
+        """The classes of a reopened session, from its ``data/`` folder: the names recorded there,
+        each class folder's PNGs (only folders inside ``data/``, whatever the file says)."""
+        state = session.data
+        try:
+            recorded = json.loads((session.root / "data" / CLASSES_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = {}
+        for name, slug in recorded.items() if isinstance(recorded, dict) else ():
+            try:
+                folder = resolve_inside(session.root / "data", str(slug))
+            except DipsyError:
+                continue
+            paths = sorted(str(path) for path in folder.glob("*.png")) if folder.is_dir() else []
+            if paths and isinstance(name, str):
+                state.classes[name], state.slugs[name] = paths, folder.name
+        self._changed(session)
 
 
 def plural(count: int, one: str, many: str | None = None) -> str:

@@ -3,6 +3,9 @@ tab). The run's manifest is the source of truth for both."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -10,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..config import GenerationConfig
+from ..config import GenerationConfig, settings_from_dict
 from ..data import class_slugs, resolve_inside, safe_slug
-from ..errors import UsageError
+from ..errors import DipsyError, JobConflictError, UsageError
 from ..images import open_image
 from ..manifest import kept_images, read_manifest, set_status
 from .core import Core
@@ -20,6 +23,8 @@ from .data import DataService
 from .jobs import Cancelled, Job, Progress, enlarge, eta_text
 from .session import Session, check_name
 from .similarity import SimilarityService
+
+FREE_SETTINGS = ("images_per_class", "batch_size")  # may change between the parts of one run
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,16 @@ class RunService:
         if len(dataset.class_names) < 2:
             config = replace(config, negatives="none")
         out_dir = self.run_dir(session, folder)
+        different = self.differing_settings(out_dir, config)
+        if different:  # refused before anything changes: the current run stays the current run
+            raise JobConflictError(
+                f"the folder {out_dir.name!r} holds images generated with different settings: "
+                + "; ".join(different)
+                + ". Resume with the recorded settings, or start in a new folder."
+            )
         state = session.run
         state.run_dir, state.scores = out_dir, {}
+        self.core.save_choices(session)
 
         def work(job: Job) -> RunSummary:
             similarity = self.similarity.current(session)
@@ -77,6 +90,38 @@ class RunService:
             return summary
 
         return self.core.run_job(session, "generate", work)
+
+    @staticmethod
+    def differing_settings(out_dir: Path, config: GenerationConfig) -> list[str]:
+        """The generation settings of ``config`` that differ from those recorded in the run
+        folder's ``job.json`` ("steps: recorded 20, now 2"); none for a new folder. (Images per
+        class and batch size may change between the parts of a run.)"""
+        recorded = recorded_generation(out_dir)
+        if recorded is None:
+            return []
+        mine = json.loads(json.dumps(config.to_dict()))  # as job.json holds it
+        return [f"{key}: recorded {recorded.get(key)!r}, now {mine.get(key)!r}"
+                for key in sorted(set(mine) | set(recorded))
+                if key not in FREE_SETTINGS and recorded.get(key) != mine.get(key)]  # fmt: skip
+
+    def use_recorded(self, session: Session, folder: str) -> GenerationConfig:
+        """Make the run's recorded generation settings the session's (to resume it as it began)."""
+        session = self.core.session(session)
+        recorded = recorded_generation(self.run_dir(session, folder))
+        if recorded is None:
+            raise UsageError(f"the folder {folder!r} has no recorded settings (no run was started there)")
+        keep = {key: getattr(session.generation, key) for key in FREE_SETTINGS}
+        session.generation = settings_from_dict(GenerationConfig, recorded | keep, "generation")
+        return session.generation
+
+    def free_folder(self, session: Session, folder: str) -> str:
+        """A folder name like ``folder`` that no run uses yet: "run-1" -> "run-2"."""
+        session = self.core.session(session)
+        base = re.sub(r"-\d+$", "", safe_slug(check_name(folder, "output folder name"))) or "run"
+        taken = (
+            {p.name for p in (session.root / "runs").iterdir()} if (session.root / "runs").is_dir() else set()
+        )
+        return next(f"{base}-{n}" for n in range(1, len(taken) + 2) if f"{base}-{n}" not in taken)
 
     @staticmethod
     def _report(job: Job, event) -> None:
@@ -104,16 +149,42 @@ class RunService:
         return [(str(run_dir / r["file"]), r["class_name"]) for r in reversed(records)]
 
     def runs(self, session: Session) -> list[str]:
+        """The session's runs (folder names), oldest first: the picker's choices."""
         folder = self.core.session(session).root / "runs"
-        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        found = [p for p in folder.iterdir() if p.is_dir() and (p / "manifest.jsonl").is_file()]
+        return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime, p.name))]
 
     def open_run(self, session: Session, folder: str) -> str:
+        """Make an earlier run of the session the one Curate and Train work on."""
         session = self.core.session(session)
         path = self.run_dir(session, folder)
-        if not path.is_dir():
-            raise UsageError(f"there is no run {folder!r}")
+        if not (path / "manifest.jsonl").is_file():
+            raise UsageError(
+                f"there is no run {folder!r}; your runs: {', '.join(self.runs(session)) or 'none yet'}"
+            )
         session.run.run_dir, session.run.scores = path, {}
-        return f"{len(read_manifest(path))} images in {folder}"
+        self.core.save_choices(session)
+        return self.run_line(session)
+
+    def restore(self, session: Session, name: str | None) -> None:
+        """A reopened session's current run (by its recorded name), if it still exists."""
+        if name:
+            with contextlib.suppress(DipsyError):
+                self.open_run(session, name)
+
+    def run_name(self, session: Session) -> str | None:
+        """The current run's folder name (None before the first run)."""
+        return session.run.run_dir.name if self.has_run(session) else None
+
+    def run_line(self, session: Session) -> str:
+        """What Curate and Train say about the run they work on: "Run: run-1 (12 images kept)"."""
+        if not self.has_run(session):
+            return "Run: none yet (generate one in the Generate tab, or pick an earlier run)."
+        records = read_manifest(session.run.run_dir).values()
+        kept = sum(r["status"] != "rejected" for r in records)
+        return f"Run: {session.run.run_dir.name} ({kept} image{'' if kept == 1 else 's'} kept)"
 
     def current_run(self, session: Session) -> Path:
         """The current run's folder; refused before any image was generated."""
@@ -237,6 +308,15 @@ class RunService:
             for file, name in kept:
                 archive.write(file, f"{run.name}/{slugs[name]}/{file.name}")
         return str(path)
+
+
+def recorded_generation(out_dir: Path) -> dict | None:
+    """The generation settings recorded in a run folder's ``job.json``, or None."""
+    try:
+        recorded = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("generation")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def thumbnail(run: Path, file: str, status: str, size: int = 128) -> Path:

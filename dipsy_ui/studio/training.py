@@ -3,6 +3,7 @@ real-only vs real+synthetic comparison (Train tab)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import zipfile
@@ -83,6 +84,7 @@ class TrainingService:
                     break
                 job.progress(event.step, event.total_steps, status(event), TrainingStep("train", event))
             session.classifier_dir = out_dir
+            self.core.save_choices(session)
             if result.cancelled:
                 raise Cancelled(result)
             return result
@@ -147,6 +149,58 @@ class TrainingService:
         if use_demo:
             return self.data.demo_data_dir() / "test"
         return None
+
+    # -- earlier results ------------------------------------------------------------------------
+
+    def classifiers(self, session: Session) -> list[str]:
+        """The session's trained classifiers (folder names, oldest first): the picker's choices."""
+        folder = self.core.session(session).root / "classifiers"
+        return (
+            sorted(p.name for p in folder.iterdir() if (p / "metrics.json").is_file())
+            if folder.is_dir()
+            else []
+        )
+
+    def classifier_name(self, session: Session) -> str | None:
+        """The classifier Curate ranks with and "Download the adapter" zips (None before one)."""
+        folder = self.core.session(session).classifier_dir
+        return folder.name if folder is not None else None
+
+    def open_classifier(self, session: Session, name: str) -> dict:
+        """Make an earlier classifier of the session the current one; its recorded metrics."""
+        session = self.core.session(session)
+        if name not in self.classifiers(session):
+            raise UsageError(
+                f"there is no classifier {name!r}; yours: {', '.join(self.classifiers(session)) or 'none yet'}"
+            )
+        session.classifier_dir = session.root / "classifiers" / name
+        self.core.save_choices(session)
+        return json.loads((session.classifier_dir / "metrics.json").read_text(encoding="utf-8"))
+
+    def restore(self, session: Session, name: str | None) -> None:
+        """A reopened session's current classifier (by its recorded name), if it still exists."""
+        if name and name in self.classifiers(session):
+            session.classifier_dir = session.root / "classifiers" / name
+
+    def comparisons(self, session: Session) -> list[str]:
+        """The session's comparisons (named for the run they compared): the picker's choices."""
+        folder = self.core.session(session).root / "comparisons"
+        return (
+            sorted(p.name for p in folder.iterdir() if (p / "comparison.json").is_file())
+            if folder.is_dir()
+            else []
+        )
+
+    def open_comparison(self, session: Session, name: str) -> dict:
+        """An earlier comparison's report (what :meth:`compare` ended with)."""
+        session = self.core.session(session)
+        if name not in self.comparisons(session):
+            raise UsageError(
+                f"there is no comparison {name!r}; yours: {', '.join(self.comparisons(session)) or 'none yet'}"
+            )
+        return json.loads(
+            (session.root / "comparisons" / name / "comparison.json").read_text(encoding="utf-8")
+        )
 
     def adapter_zip(self, session: Session) -> str:
         session = self.core.session(session)
