@@ -11,6 +11,7 @@ from pathlib import Path
 from ..models import ModelSpec, Runtime
 from .core import Core
 from .data import DataService
+from .experiments import ExperimentService
 from .guidance import SAMPLE, WEIGHTS, GuidanceService, GuidanceSettings, parse_values
 from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Progress
 from .runs import RunService
@@ -31,6 +32,7 @@ class Studio:
         self.guidance = GuidanceService(self.core, self.data, self.similarity)
         self.runs = RunService(self.core, self.data, self.similarity)
         self.training = TrainingService(self.core, self.data, self.runs)
+        self.experiments = ExperimentService(self.core, self.data)
 
     def open_session(self, session_id: object) -> Session:
         """The session a browser comes back with (its id, kept by the browser): the folder of an
@@ -44,7 +46,6 @@ class Studio:
         self.runs.restore(session, choices.get("run"))
         self.training.restore(session, choices.get("classifier"))
         return session
-
 
 
 __all__ = ["CANCELLED", "DONE", "FAILED", "PROGRESS", "SAMPLE", "STEP", "WEIGHTS", "GuidanceSettings",

@@ -3,7 +3,7 @@
 import gradio as gr
 
 from ..studio import Session
-from . import curate_tab, data_tab, generate_tab, guidance_tab, similarity_tab, train_tab
+from . import curate_tab, data_tab, experiments_tab, generate_tab, guidance_tab, similarity_tab, train_tab
 from .common import JOBS, progress_callback, readable_errors
 
 # Previews fill their box (a 32x32 demo image would otherwise show as a speck), pixels kept sharp.
@@ -20,6 +20,9 @@ def build_app(studio) -> gr.Blocks:
         # One copy per browser session (see Session.__deepcopy__). No time_to_live: long jobs
         # mutate the session in place, which would not renew it.
         state = gr.State(Session(), delete_callback=core.end_session)
+        # The browser keeps its session's id (never a path) across refreshes and restarts; the
+        # page reopens that session's folder when it loads.
+        browser = gr.BrowserState("", storage_key="dipsy-session")
         gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
                     "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
         if core.demo:
@@ -31,12 +34,13 @@ def build_app(studio) -> gr.Blocks:
             model_status = gr.Markdown(core.model_status())
             load = gr.Button("Load models", scale=0)
         with gr.Tabs() as tabs:
-            data_tab.create(studio.data, state)
+            data_view = data_tab.create(studio.data, state)
             similarity_tab.create(studio.similarity, state)
             guidance_tab.create(studio.guidance, state)
             generate_tab.create(studio.runs, state)
             curate_tab.create(studio.runs, state)
             train_tab.create(studio.training, state)
+            experiments_tab.create(studio.experiments, state)
 
         @readable_errors
         def on_load(progress=gr.Progress()):  # noqa: B008
@@ -46,4 +50,12 @@ def build_app(studio) -> gr.Blocks:
         load.click(on_load, None, [model_status], api_name="load_models", **JOBS)
         tabs.select(core.model_status, None, [model_status], api_visibility="private")
         app.load(core.model_status, None, [model_status], api_name="model_status")
+
+        def on_open(session_id):
+            session = studio.open_session(session_id)
+            return session, session.id
+
+        app.load(on_open, [browser], [state, browser], api_visibility="private").then(
+            *data_view["refresh"], api_visibility="private"
+        )
     return app
