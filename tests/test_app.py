@@ -74,7 +74,7 @@ def test_full_flow(demo_app, tmp_path):
     # 1. Data: the demo digits, reduced to three classes.
     load_three_classes(client)
     root = session_dir(workspace, before)
-    assert sorted(p.name for p in (root / "data").iterdir()) == sorted(CLASSES)
+    assert sorted(p.name for p in (root / "data").iterdir() if p.is_dir()) == sorted(CLASSES)
 
     # 2. Similarity: heatmap and probabilities; the temperature changes them live.
     heatmap, rows, *_, status = client.predict(0.4, api_name="/compute_similarity")
@@ -142,7 +142,7 @@ def test_full_flow(demo_app, tmp_path):
     assert sorted(metrics["per_class"]) == sorted(CLASSES)
     assert sum(map(sum, metrics["confusion"])) == 12  # every test image counted once
     assert [row[0] for row in per_class["data"]] == sorted(CLASSES) and Path(confusion).is_file()
-    adapter = client.predict(api_name="/download_adapter")
+    (adapter,) = client.predict(api_name="/download_adapter")
     with zipfile.ZipFile(adapter) as archive:
         assert "classifier/adapter/adapter_model.safetensors" in archive.namelist()
     # With a classifier, curation ranks by its confidence.
@@ -249,10 +249,20 @@ def test_compare(demo_app, tmp_path):
     load_three_classes(client)
     client.predict(1, 1, "run-compare", api_name="/generate")
     test_zip = handle_file(str(three_class_test_zip(workspace, tmp_path)))
-    status, _, _, table, metrics = client.predict(1, 0.8, 2, 1e-3, test_zip, False, api_name="/compare")
+    status, _, _, text, metrics, per_class, confusion, adapters = client.predict(
+        1, 0.8, 2, 1e-3, test_zip, False, api_name="/compare"
+    )
     assert status == "Comparison done.", status
-    header = table.splitlines()[0]
-    assert all(run in header for run in ("zero-shot", "real only", "real+synthetic")), table
+    # The engine's verdict on its own line above the aligned table; per-class results of both
+    # runs; both runs' adapters to download, and no earlier Train run's confusion matrix.
+    verdict, blank, header = text.splitlines()[:3]
+    assert (
+        verdict and not blank and all(run in header for run in ("zero-shot", "real only", "real+synthetic"))
+    )
+    assert per_class["headers"] == ["class", "zero-shot", "real only", "real+synthetic"]
+    assert sorted(row[0] for row in per_class["data"]) == sorted(CLASSES) and confusion is None
+    tops = sorted(zipfile.ZipFile(a).namelist()[0].split("/")[0] for a in adapters)
+    assert tops == ["real_only", "real_synthetic"]
     assert not metrics["cancelled"] and metrics["steps"] >= 1
     for run in ("zero_shot", "real_only", "real_synthetic"):
         assert 0.0 <= metrics[run]["top1"] <= 1.0 and sorted(metrics[run]["per_class"]) == sorted(CLASSES)
@@ -263,7 +273,7 @@ def test_compare(demo_app, tmp_path):
     while not any("step" in output[0] for output in job.outputs()) and time.monotonic() < deadline:
         time.sleep(0.05)
     client.predict(api_name="/cancel_training")
-    status, _, _, _, metrics = job.result(timeout=120)
+    status, _, _, _, metrics, *_ = job.result(timeout=120)
     assert status == "Comparison cancelled." and metrics["cancelled"]
     assert not any(output[0] == "Comparison done." for output in job.outputs())
     report = session_dir(workspace, before) / "comparisons" / "run-compare" / "comparison.json"

@@ -294,6 +294,15 @@ class RunService:
             set_status(run, files, "rejected")
         return f"Rejected {len(files)} image(s) scoring below {threshold:.2f}."
 
+    def restore_all(self, session: Session, class_name: str | None) -> str:
+        """Keep every rejected image again (of one class, or of all)."""
+        run = self.current_run(session)
+        files = [f for f, r in read_manifest(run).items()
+                 if r["status"] == "rejected" and (not class_name or r["class_name"] == class_name)]  # fmt: skip
+        if files:
+            set_status(run, files, "kept")
+        return f"Restored {len(files)} image{'' if len(files) == 1 else 's'}: kept again."
+
     def export_kept(self, session: Session) -> str:
         """A zip of the kept images as an ImageFolder tree (class folders = safe names)."""
         session = self.core.session(session)

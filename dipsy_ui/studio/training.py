@@ -177,6 +177,16 @@ class TrainingService:
         self.core.save_choices(session)
         return json.loads((session.classifier_dir / "metrics.json").read_text(encoding="utf-8"))
 
+    def classifier_file(self, session: Session, name: str) -> str | None:
+        """A file the current classifier wrote (``confusion.png``), or None."""
+        folder = self.core.session(session).classifier_dir
+        path = folder / name if folder is not None else None
+        return str(path) if path is not None and path.is_file() else None
+
+    def run_line(self, session: Session) -> str:
+        """The run whose kept images training adds ("Run: run-1 (12 images kept)")."""
+        return self.runs.run_line(session)
+
     def restore(self, session: Session, name: str | None) -> None:
         """A reopened session's current classifier (by its recorded name), if it still exists."""
         if name and name in self.classifiers(session):
@@ -206,12 +216,27 @@ class TrainingService:
         session = self.core.session(session)
         if session.classifier_dir is None:
             raise UsageError("train a classifier first")
-        path = session.classifier_dir.with_suffix(".zip")
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(session.classifier_dir.rglob("*")):
-                if file.is_file():
-                    archive.write(file, f"classifier/{file.relative_to(session.classifier_dir)}")
-        return str(path)
+        return zip_folder(session.classifier_dir, "classifier")
+
+    def comparison_zips(self, session: Session, report: dict) -> list[str]:
+        """Both runs' classifiers of a comparison as zips (a run a cancel stopped has none)."""
+        root = self.core.session(session).root / "comparisons"
+        zips = []
+        for run in RUNS:
+            folder = (report.get("folders") or {}).get(run)
+            if folder and Path(folder).is_dir() and Path(folder).resolve().is_relative_to(root.resolve()):
+                zips.append(zip_folder(Path(folder), run))
+        return zips
+
+
+def zip_folder(folder: Path, top: str) -> str:
+    """``folder`` zipped next to itself, its files under ``top/``; the zip's path."""
+    path = folder.with_suffix(".zip")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                archive.write(file, f"{top}/{file.relative_to(folder)}")
+    return str(path)
 
 
 def status(event) -> str:

@@ -2,9 +2,9 @@
 
 import gradio as gr
 
-from ..errors import UsageError
+from ..errors import DipsyError, UsageError
 from ..studio import DONE
-from .common import JOBS, follow, readable_errors
+from .common import JOBS, follow, readable_errors, refusal
 
 PAGE_SIZE = 40
 
@@ -14,6 +14,11 @@ def create(runs, state):
         pages_state = gr.State([])  # the files shown on the current page, in order (per session)
         gr.Markdown("Click an image to reject it (crossed out); click again to keep it. Rejected images are "
                     "never deleted and never used for training.")  # fmt: skip
+        with gr.Row():
+            run_pick = gr.Dropdown(
+                label="Run (earlier runs of this session)", choices=[], elem_id="curate-run"
+            )
+            run_line = gr.Markdown(elem_id="curate-run-line")
         with gr.Row():
             class_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True, value=None)
             page = gr.Number(label="Page", value=1, precision=0, minimum=1)
@@ -27,6 +32,7 @@ def create(runs, state):
             rank = gr.Button("Rank (lowest score first)")
             threshold = gr.Slider(0, 1, value=0.2, step=0.01, label="Reject below")
             reject = gr.Button("Reject below threshold", variant="stop")
+            restore = gr.Button("Restore all (keep every image again)")
         counts = gr.Dataframe(headers=["class", "kept", "rejected"], label="Counts", interactive=False)
         file_box = gr.Textbox(visible=False)  # the API's way to toggle one image by its manifest file
         with gr.Row():
@@ -76,14 +82,28 @@ def create(runs, state):
         return (*view[:4], message, view[5])
 
     @readable_errors
+    def on_restore(session, name, number):
+        message = runs.restore_all(session, name or None)
+        view = page_view(session, name, number)
+        return (*view[:4], message, view[5])
+
+    @readable_errors
     def on_export(session):
         return runs.export_kept(session)
 
     def on_open(session):
         names = [row[0] for row in runs.curate_counts(session)] if runs.has_run(session) else []
-        return gr.update(choices=[("all classes", "")] + [(n, n) for n in names]), *page_view(
-            session, None, 1
-        )
+        return (gr.update(choices=runs.runs(session), value=runs.run_name(session)), runs.run_line(session),
+                gr.update(choices=[("all classes", "")] + [(n, n) for n in names], value=""),
+                *page_view(session, None, 1))  # fmt: skip
+
+    @readable_errors
+    def on_pick(session, name):
+        try:
+            runs.open_run(session, name)
+        except DipsyError as error:
+            return (gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * 4, refusal(error), gr.skip())
+        return on_open(session)
 
     show.click(on_show, [state, class_name, page], outputs, api_name="curate_page")
     class_name.input(on_show, [state, class_name, page], outputs, api_visibility="private")
@@ -92,4 +112,8 @@ def create(runs, state):
     rank.click(on_rank, [state, class_name, page], outputs, api_name="curate_rank", **JOBS)
     reject.click(on_reject, [state, class_name, threshold, page], outputs, api_name="reject_below")
     export.click(on_export, [state], [download], api_name="export_kept")
-    tab.select(on_open, [state], [class_name, *outputs], api_visibility="private")
+    restore.click(on_restore, [state, class_name, page], outputs, api_name="restore_all")
+    run_pick.input(
+        on_pick, [state, run_pick], [run_pick, run_line, class_name, *outputs], api_name="open_run"
+    )
+    tab.select(on_open, [state], [run_pick, run_line, class_name, *outputs], api_visibility="private")

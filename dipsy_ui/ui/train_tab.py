@@ -3,9 +3,9 @@
 import gradio as gr
 import pandas as pd
 
-from ..errors import UsageError
+from ..errors import DipsyError, UsageError
 from ..studio import CANCELLED, DONE, PROGRESS
-from .common import FREE, JOBS, cancel_reply, follow, readable_errors
+from .common import FREE, JOBS, cancel_reply, follow, readable_errors, refusal
 
 # The settings a user may type (TrainConfig's field: label, type); blank keeps the preset's.
 FIELDS = {
@@ -41,12 +41,20 @@ class Curves:
                 accuracy.astype({c: types[c] for c in accuracy.columns}))  # fmt: skip
 
 
+def pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def create(training, state):
     with gr.Tab("6. Train", id="train") as tab:
         gr.Markdown("Fine-tune CLIP with LoRA on your real images plus the kept synthetic images of the current "
                     "run, and see whether the synthetic images help.")  # fmt: skip
         gr.Markdown("Leave a setting blank to use the active preset's value (see the status line after "
                     "training for the settings used).")  # fmt: skip
+        with gr.Row():
+            run_line = gr.Markdown(elem_id="train-run")
+            classifier_pick = gr.Dropdown(label="Earlier classifier", choices=[], elem_id="classifier-pick")
+            comparison_pick = gr.Dropdown(label="Earlier comparison", choices=[], elem_id="comparison-pick")
         with gr.Row():
             # Text boxes, blank by default: only what the user types overrides the preset (a number
             # box always holds a number, and its 0 would silently replace the preset's value).
@@ -73,13 +81,19 @@ def create(training, state):
             )
         with gr.Row():
             per_class = gr.Dataframe(
-                headers=["class", "test accuracy"], label="Per-class accuracy", interactive=False
+                headers=["class", "test accuracy"],
+                label="Per-class accuracy",
+                interactive=False,
+                elem_id="per-class-results",
             )
             confusion = gr.Image(label="Confusion matrix", type="filepath", interactive=False)
-        comparison = gr.Textbox(label="Comparison", lines=8, interactive=False)
+        # The engine's verdict above its aligned table: monospace keeps the columns aligned.
+        comparison = gr.Code(label="Comparison", language=None, interactive=False, elem_id="comparison")
         with gr.Row():
             download_button = gr.Button("Download the adapter")
-            download = gr.File(label="Adapter", interactive=False)
+            download = gr.File(
+                label="Adapter(s)", interactive=False, file_count="multiple", elem_id="adapter"
+            )
         metrics = gr.JSON(visible=False)  # the run's numbers, for API clients
 
     def config(*typed) -> dict:
@@ -125,6 +139,44 @@ def create(training, state):
         )
         return f"{word}: {len(epochs)} epoch(s){top1}. Settings: {settings}.", rows, image, summary
 
+    def compared(session, report) -> tuple:
+        """(comparison text, per-class rows of both runs, both adapters) of a comparison report."""
+        runs = [report.get(run) or {} for run in ("zero_shot", "real_only", "real_synthetic")]
+        rows = [
+            [name, *(pct(run.get("per_class", {}).get(name)) for run in runs)]
+            for name in report["class_names"]
+        ]
+        frame = pd.DataFrame(rows, columns=["class", "zero-shot", "real only", "real+synthetic"])
+        return report["text"], frame, training.comparison_zips(session, report)
+
+    def on_open(session):
+        """What the tab shows of the session: the run it trains on, the earlier results to reopen."""
+        return (training.run_line(session),
+                gr.update(choices=training.classifiers(session), value=training.classifier_name(session)),
+                gr.update(choices=training.comparisons(session), value=None), *placeholders(session))  # fmt: skip
+
+    @readable_errors
+    def on_classifier(session, name):
+        try:
+            metrics = training.open_classifier(session, name)
+        except DipsyError as error:
+            return refusal(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        test = metrics["epochs"][-1]["test"] if metrics.get("epochs") else None
+        rows = [[c, pct(v)] for c, v in test["per_class"].items()] if test else []
+        frame = pd.DataFrame(rows, columns=["class", "test accuracy"])
+        image = training.classifier_file(session, "confusion.png")
+        top1 = f", test top-1 {pct(test['top1'])}" if test else ""
+        return f"Classifier {name}{top1} (Curate ranks with it; Download zips it).", frame, image, None, ""
+
+    @readable_errors
+    def on_comparison(session, name):
+        try:
+            report = training.open_comparison(session, name)
+        except DipsyError as error:
+            return refusal(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        text, frame, zips = compared(session, report)
+        return f"Comparison of {name}.", frame, None, zips, text
+
     @readable_errors
     def on_train(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):  # named for the API
         curves = Curves()
@@ -148,32 +200,41 @@ def create(training, state):
     @readable_errors
     def on_compare(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):  # named for the API
         curves = Curves()
-        yield "Comparing: training real-only first...", gr.skip(), gr.skip(), "", {}
+        # What an earlier Train run showed (its per-class results, confusion matrix, adapter) goes.
+        yield "Comparing: training real-only first...", gr.skip(), gr.skip(), "", {}, [], None, None
+        skip = (gr.skip(),) * 3
         for event in follow(
             training.compare(session, config(epochs, lambda_real, lora_rank, lr), test_file, use_demo)
         ):
             if event.kind == PROGRESS and event.detail is not None:
                 curves.add(event.detail)
-                yield event.message, *curves.frames(), gr.skip(), gr.skip()
+                yield event.message, *curves.frames(), gr.skip(), gr.skip(), *skip
             elif event.result is not None:
                 word = "Comparison done" if event.kind == DONE else "Comparison cancelled"
-                summary = {k: v for k, v in event.result.items() if k != "table"}
-                yield f"{word}.", gr.skip(), gr.skip(), event.result["table"], summary
+                summary = {k: v for k, v in event.result.items() if k not in ("table", "text", "folders")}
+                text, frame, zips = compared(session, event.result)
+                yield f"{word}.", gr.skip(), gr.skip(), text, summary, frame, None, zips
             else:
                 prefix = "Comparison: " if event.kind == CANCELLED else ""
-                yield prefix + event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield prefix + event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip(), *skip
 
     @readable_errors
     def on_download(session):
-        return training.adapter_zip(session)
+        return [training.adapter_zip(session)]
 
     inputs = [state, *boxes.values(), test, demo_test]
     start.click(on_train, inputs, [status, loss_plot, accuracy_plot, per_class, confusion, metrics],
-                api_name="train", **JOBS)  # fmt: skip
-    compare.click(on_compare, inputs, [status, loss_plot, accuracy_plot, comparison, metrics],
+                api_name="train", **JOBS).then(on_open, [state], [run_line, classifier_pick, comparison_pick, *boxes.values()],
+                                               api_visibility="private")  # fmt: skip
+    compare.click(on_compare, inputs, [status, loss_plot, accuracy_plot, comparison, metrics, per_class, confusion, download],
                   api_name="compare", **JOBS)  # fmt: skip
+    classifier_pick.input(on_classifier, [state, classifier_pick], [status, per_class, confusion, download, comparison],
+                          api_name="open_classifier")  # fmt: skip
+    comparison_pick.input(on_comparison, [state, comparison_pick], [status, per_class, confusion, download, comparison],
+                          api_name="open_comparison")  # fmt: skip
     cancel.click(
         lambda s: cancel_reply(training.cancel(s)), [state], [status], api_name="cancel_training", **FREE
     )
     download_button.click(on_download, [state], [download], api_name="download_adapter")
-    tab.select(placeholders, [state], list(boxes.values()), api_visibility="private")
+    tab.select(on_open, [state], [run_line, classifier_pick, comparison_pick, *boxes.values()],
+               api_visibility="private")  # fmt: skip
