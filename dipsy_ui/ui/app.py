@@ -23,9 +23,6 @@ def build_app(studio) -> gr.Blocks:
         # The browser keeps its session's id (never a path) across refreshes and restarts; the
         # page reopens that session's folder when it loads.
         browser = gr.BrowserState("", storage_key="dipsy-session")
-        # The browser keeps its session's id (never a path) across refreshes and restarts; the
-        # page reopens that session's folder when it loads.
-        browser = gr.BrowserState("", storage_key="dipsy-session")
         gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
                     "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
         if core.demo:
@@ -53,14 +50,6 @@ def build_app(studio) -> gr.Blocks:
         load.click(on_load, None, [model_status], api_name="load_models", **JOBS)
         tabs.select(core.model_status, None, [model_status], api_visibility="private")
         app.load(core.model_status, None, [model_status], api_name="model_status")
-
-        def on_open(session_id):
-            session = studio.open_session(session_id)
-            return session, session.id
-
-        app.load(on_open, [browser], [state, browser], api_visibility="private").then(
-            *data_view["refresh"], api_visibility="private"
-        )
 
         def on_open(session_id):
             session = studio.open_session(session_id)
