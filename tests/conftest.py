@@ -60,3 +60,27 @@ def demo_app(tmp_path_factory):
     blocks, studio = app.launch(args, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", workspace, studio
     blocks.close()
+
+
+@pytest.fixture
+def chromium_page():
+    """A Playwright page in Debian's headless Chromium (never downloaded), 1400x1000, as
+    tests/test_browser.py drives it; fails with the install instruction when it is missing."""
+    from pathlib import Path
+
+    from playwright import sync_api
+
+    chromium = "/usr/bin/chromium"
+    assert Path(chromium).exists(), (
+        f"the browser tests need Debian's chromium at {chromium}: apt-get install -y chromium"
+    )
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        yield page
+        browser.close()

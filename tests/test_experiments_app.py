@@ -4,6 +4,7 @@ results without recomputing a finished cell) and in a browser (what a person see
 ``DIPSY_UPDATE_SCREENSHOTS=1`` writes ``assets/tab-experiments.png``)."""
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CLASSES = ["zero", "one", "two"]  # three digits keep every cell to seconds
 # Two arms, one cell each: real only and the Guidance settings, 4 images per class, 1 epoch.
 RUN = {"shots": "1", "seeds": "0", "images_per_class": "4", "epochs": "1", "test": "demo test set",
@@ -142,3 +144,45 @@ def test_missing_data_bad_numbers_and_unknown_arms_are_refused_with_a_message(de
         client.predict("x", "1, one", "0", "", "", "held out", 2, api_name="/experiment_run")
     with pytest.raises(AppError, match=re.escape("there is no arm 'nope'")):
         client.predict("nope", api_name="/experiment_remove_arm")
+
+
+def test_the_tab_in_a_browser_shows_the_table_the_plot_and_the_verdict(demo_app, chromium_page, tmp_path):
+    from playwright.sync_api import expect
+
+    page, (url, workspace, _) = chromium_page, demo_app
+    expect.set_options(timeout=180_000)
+    page.goto(url)
+    page.get_by_role("button", name="Load the demo digits").click()
+    expect(page.locator("#data-table")).to_contain_text("seven")
+    page.get_by_role("tab", name="7. Experiments").click()
+    page.get_by_role("button", name="Add the Guidance settings as an arm").click()
+    arm = "guidance 4/6/3, scale 1, similarity"
+    expect(page.locator("#experiment-arms")).to_contain_text(arm)
+    for elem_id, value in [("experiment-shots", "1, 2"), ("experiment-seeds", "0, 1"),
+                           ("experiment-per-class", "2"), ("experiment-epochs", "1")]:  # fmt: skip
+        page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(value)
+    page.locator("#experiment-run").click()
+    try:
+        expect(page.locator("#experiment-status")).to_contain_text("Done: 12 / 12 cells finished.")
+        # What a person reads: a row per arm and shots with its top-1 and the paired difference,
+        # every cell done, the plot, and the verdict in words; no server path anywhere.
+        table = page.locator("#experiment-results")
+        for name in ("real only", "text only", arm):
+            expect(table).to_contain_text(name)
+        # The grid's visible text lists each cell on its own line: each arm at 1 and 2 shots.
+        text = "\n" + table.inner_text() + "\n"
+        assert [text.count(f"\n{name}\n") for name in ("real only", "text only", arm)] == [2, 2, 2], text
+        assert len(re.findall(r"\n\d+\.\d\n", text)) >= 6, text  # a top-1 per row
+        expect(page.locator("#experiment-cells")).not_to_contain_text("waiting")
+        expect(page.locator("#experiment-plot img")).to_be_visible()
+        verdict = page.locator("#experiment-verdict")
+        expect(verdict).to_contain_text(f"'{arm}' compared with 'real only'")
+        expect(verdict).to_contain_text("12 of 12 cells finished")
+        assert str(workspace) not in page.locator("body").inner_text()
+    except Exception as error:
+        failed = tmp_path / "failed-experiments.png"
+        page.screenshot(path=str(failed), full_page=True)
+        raise AssertionError(f"{error}; screenshot: {failed}") from error
+    shots = ASSETS if os.environ.get("DIPSY_UPDATE_SCREENSHOTS") else tmp_path
+    page.locator("#experiment-status").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "tab-experiments.png"), full_page=True)
