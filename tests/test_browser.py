@@ -161,8 +161,10 @@ def test_browser_flow(demo_app, page, tmp_path):
         # Five edits in a row while a 100-step preview renders: the first renders, the newest
         # supersedes the ones waiting, so at most two previews are written, the last one the
         # newest's settings.
-        folder = next((workspace / "sessions").glob("*/previews"))
-        before = set(folder.iterdir())
+        def previews() -> set:  # the page's session's previews (other sessions hold none)
+            return set((workspace / "sessions").glob("*/previews/*.png"))
+
+        before = previews()
         text_box = field(page, "guidance-w-text", "input[type=number]")
         values = ["4.5", "5", "5.5", "6", "6.5"]
         for value in values:
@@ -171,13 +173,13 @@ def test_browser_flow(demo_app, page, tmp_path):
         deadline = time.monotonic() + TIMEOUT / 1000
 
         def newest_written() -> bool:
-            written = [Image.open(path).text.get("dipsy", "{}") for path in set(folder.iterdir()) - before]
+            written = [Image.open(path).text.get("dipsy", "{}") for path in previews() - before]
             return any(json.loads(record).get("w_text") == float(values[-1]) for record in written)
 
         while not newest_written() and time.monotonic() < deadline:
             page.wait_for_timeout(200)
         assert newest_written(), "the newest edit never rendered"
-        rendered = set(folder.iterdir()) - before
+        rendered = previews() - before
         assert 1 <= len(rendered) <= 2, f"five quick edits rendered {len(rendered)} previews"
         expect(page.locator("#guidance-status")).to_contain_text("Done")
 
@@ -219,6 +221,26 @@ def test_browser_flow(demo_app, page, tmp_path):
         )
         steps.shot("tab-train")
 
+    def refresh():
+        # A refresh keeps the session: the data, the run Curate and Train name, the classifier.
+        page.reload()
+        expect(page.locator("#data-table")).to_contain_text("two")
+        page.get_by_role("tab", name="5. Curate").click()
+        expect(page.locator("#curate-run-line")).to_contain_text("Run: run-1 (5 images kept)")
+        expect(page.locator("#curate-gallery img")).to_have_count(6)
+        page.get_by_role("tab", name="6. Train").click()
+        expect(page.locator("#train-run")).to_contain_text("Run: run-1 (5 images kept)")
+        expect(field(page, "classifier-pick")).not_to_have_value("")
+        # No server path on any tab: neither the workspace nor a temporary folder.
+        for tab in ("1. Data", "2. Similarity", "3. Guidance", "4. Generate", "5. Curate", "6. Train"):
+            page.get_by_role("tab", name=tab).click()
+            text = page.locator("body").inner_text()
+            values = " ".join(
+                page.locator("textarea, input[type=text]").evaluate_all("els => els.map(e => e.value)")
+            )
+            for where in (str(workspace), "/tmp"):
+                assert where not in text and where not in values, f"{tab} shows {where!r}"
+
     def bad_input():
         page.get_by_role("tab", name="1. Data").click()
         # Bad input: an empty class, a non-image, then a hostile name with a real image.
@@ -233,7 +255,7 @@ def test_browser_flow(demo_app, page, tmp_path):
     # Cancel and quick edits come last: their 100-step settings would slow generation down.
     for name, action in [("data", data), ("similarity", similarity), ("guidance", guidance), ("generate", generate),
                          ("curate", curate), ("train", train), ("bad-input", bad_input),
-                         ("cancel-preview", cancel_preview), ("quick-edits", quick_edits)]:  # fmt: skip
+                         ("cancel-preview", cancel_preview), ("quick-edits", quick_edits), ("refresh", refresh)]:  # fmt: skip
         steps.run(name, action)
 
     manifests = list((workspace / "sessions").glob("*/runs/run-1/manifest.jsonl"))
