@@ -158,12 +158,26 @@ def test_browser_flow(demo_app, page, tmp_path):
         expect(outputs.get_by_text("Error", exact=True)).to_have_count(0)
 
     def quick_edits():
-        # Five edits in a row while a 100-step preview renders: the first renders, the newest
+        # Five edits in a row while a long preview renders: the first renders, the newest
         # supersedes the ones waiting, so at most two previews are written, the last one the
-        # newest's settings.
+        # newest's settings. 300 steps (several seconds) keep the first preview running while
+        # the five edits arrive, even on a loaded machine.
         def previews() -> set:  # the page's session's previews (other sessions hold none)
             return set((workspace / "sessions").glob("*/previews/*.png"))
 
+        def records(paths) -> list[dict]:
+            return [json.loads(Image.open(path).text.get("dipsy", "{}")) for path in paths]
+
+        start = previews()
+        steps_box = field(page, "steps", "input[type=number]")
+        steps_box.fill("300")
+        steps_box.blur()  # itself one preview: wait for it before the edits
+        deadline = time.monotonic() + TIMEOUT / 1000
+        while (
+            not any(r.get("steps") == 300 for r in records(previews() - start))
+            and time.monotonic() < deadline
+        ):
+            page.wait_for_timeout(200)
         before = previews()
         text_box = field(page, "guidance-w-text", "input[type=number]")
         values = ["4.5", "5", "5.5", "6", "6.5"]
@@ -173,8 +187,7 @@ def test_browser_flow(demo_app, page, tmp_path):
         deadline = time.monotonic() + TIMEOUT / 1000
 
         def newest_written() -> bool:
-            written = [Image.open(path).text.get("dipsy", "{}") for path in previews() - before]
-            return any(json.loads(record).get("w_text") == float(values[-1]) for record in written)
+            return any(r.get("w_text") == float(values[-1]) for r in records(previews() - before))
 
         while not newest_written() and time.monotonic() < deadline:
             page.wait_for_timeout(200)

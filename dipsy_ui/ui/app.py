@@ -1,4 +1,4 @@
-"""The app: header (demo notice, model status) and the six tabs, sharing one Studio."""
+"""The app: header (demo notice, model status) and the seven tabs, each given its Studio service."""
 
 import gradio as gr
 
