@@ -240,6 +240,18 @@ def test_cancel_then_resume(demo_app):
     records = read_manifest(run)
     assert len(records) == 9 and len({r["seed"] for r in records.values()}) == 9
 
+    # Other settings (3 steps instead of 2): Start is refused in the status, listing what differs;
+    # "New folder" names a free folder, "Resume with the recorded settings" finishes run-c as it began.
+    client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 3, 0, True, api_name="/preview")
+    bar, gallery, _ = client.predict(3, 1, "run-c", api_name="/generate")
+    assert "Not done:" in bar and "steps: recorded 2, now 3" in bar, bar
+    assert str(workspace) not in bar and "/tmp" not in bar
+    folder, bar = client.predict("run-c", api_name="/new_folder")
+    assert folder == "run-c-1" and "Not done" not in bar
+    bar, gallery, _ = client.predict(3, 1, "run-c", api_name="/resume_recorded")
+    assert "Done: 9 / 9 images in run-c" in bar and len(gallery) == 9
+    assert "Not done" in client.predict(3, 1, "nowhere", api_name="/resume_recorded")[0]
+
 
 def test_compare(demo_app, tmp_path):
     """Real-only vs real+synthetic on a tiny budget: both runs and the zero-shot baseline."""

@@ -1,10 +1,13 @@
 """Tab 4, Generate: the batch job (start, cancel, resume) with progress, ETA and a live gallery."""
 
+import html
+
 import gradio as gr
 
 from ..config import GenerationConfig
+from ..errors import JobConflictError
 from ..studio import DONE, PROGRESS, STEP
-from .common import FREE, JOBS, cancel_reply, follow, progress_html, readable_errors
+from .common import FREE, JOBS, cancel_reply, follow, progress_html, readable_errors, refusal
 
 
 def number(name: str, label: str, **kwargs) -> gr.Number:
@@ -26,6 +29,12 @@ def create(runs, state):
             cancel = gr.Button("Cancel", variant="stop")
             resume = gr.Button("Resume")
         progress_bar = gr.HTML(elem_id="generate-progress")
+        # Offered only when Start is refused because the folder holds a run made with other settings.
+        with gr.Row():
+            use_recorded = gr.Button(
+                "Resume with the recorded settings", visible=False, elem_id="use-recorded"
+            )
+            new_folder = gr.Button("New folder", visible=False, elem_id="new-folder")
         with gr.Row():
             gallery = gr.Gallery(
                 elem_id="generate-gallery",
@@ -43,29 +52,66 @@ def create(runs, state):
                 f"{c.ip_adapter_scale:g}, {c.steps} steps, {c.width}x{c.height}, negatives `{c.negatives}` "
                 f"(T={c.temperature:g}), seed {c.seed}.")  # fmt: skip
 
-    @readable_errors
+    hidden = gr.update(visible=False)
+
     def on_start(session, count, size, name):
+        """The job's events as (bar, gallery, preview, the two conflict buttons); a refused or
+        failed start writes its reason into the bar (the tab's status), keeping the gallery."""
         # The bar and ETA come from the job's own events; the gallery fills batch by batch.
-        yield progress_html(0, 1, "Starting..."), gr.skip(), None
-        for event in follow(runs.generate(session, count or 1, size or 1, name)):
-            bar = progress_html(event.done, event.total, event.message)
-            if event.kind == STEP:
-                yield bar, gr.skip(), event.preview
-            elif event.kind == PROGRESS:
-                yield bar, runs.run_files(session) if event.detail else gr.skip(), gr.skip()
-            else:
-                summary = event.result
-                if event.kind == DONE:
-                    bar = progress_html(summary.done, summary.total,
-                                        f"Done: {summary.done} / {summary.total} images in {summary.name}")  # fmt: skip
-                elif summary is not None:
-                    bar = progress_html(summary.done, summary.total, event.message)
-                yield bar, runs.run_files(session), None
+        yield progress_html(0, 1, "Starting..."), gr.skip(), None, hidden, hidden
+        try:
+            for event in follow(runs.generate(session, count or 1, size or 1, name)):
+                bar = progress_html(event.done, event.total, event.message)
+                if event.kind == STEP:
+                    yield bar, gr.skip(), event.preview, gr.skip(), gr.skip()
+                elif event.kind == PROGRESS:
+                    yield (
+                        bar,
+                        runs.run_files(session) if event.detail else gr.skip(),
+                        gr.skip(),
+                        gr.skip(),
+                        gr.skip(),
+                    )
+                else:
+                    summary = event.result
+                    if event.kind == DONE:
+                        bar = progress_html(summary.done, summary.total,
+                                            f"Done: {summary.done} / {summary.total} images in {summary.name}")  # fmt: skip
+                    elif summary is not None:
+                        bar = progress_html(summary.done, summary.total, event.message)
+                    yield bar, runs.run_files(session), None, gr.skip(), gr.skip()
+        except Exception as error:  # noqa: BLE001 - refusal() logs what is not the user's to fix
+            offer = gr.update(visible=isinstance(error, JobConflictError))
+            yield progress_html(0, 1, html.escape(refusal(error), quote=False)), gr.skip(), None, offer, offer
+
+    def on_use_recorded(session, count, size, name):
+        """Load the folder's recorded generation settings into the session, then resume it."""
+        try:
+            runs.use_recorded(session, name)
+        except Exception as error:  # noqa: BLE001
+            yield (
+                progress_html(0, 1, html.escape(refusal(error), quote=False)),
+                gr.skip(),
+                None,
+                hidden,
+                hidden,
+            )
+            return
+        yield from on_start(session, count, size, name)
+
+    @readable_errors
+    def on_new_folder(session, name):
+        return runs.free_folder(session, name), "", hidden, hidden
 
     inputs = [state, per_class, batch_size, folder]
-    outputs = [progress_bar, gallery, preview]
+    outputs = [progress_bar, gallery, preview, use_recorded, new_folder]
     start.click(on_start, inputs, outputs, api_name="generate", **JOBS)
     resume.click(on_start, inputs, outputs, api_name="resume", **JOBS)
+    use_recorded.click(on_use_recorded, inputs, outputs, api_name="resume_recorded", **JOBS).then(
+        describe, [state], [settings], api_visibility="private"
+    )
+    new_folder.click(on_new_folder, [state, folder], [folder, progress_bar, use_recorded, new_folder],
+                     api_name="new_folder")  # fmt: skip
     cancel.click(lambda s: cancel_reply(runs.cancel(s)), [state], [progress_bar], api_name="cancel_generation",
                  **FREE)  # fmt: skip
     tab.select(describe, [state], [settings], api_visibility="private")
