@@ -97,6 +97,21 @@ def recorded_run(out_dir: str | Path) -> tuple[GenerationConfig, ModelSpec]:
     return GenerationConfig(**job["generation"]), ModelSpec(**job["models"])
 
 
+def differing_fields(recorded: dict, mine: dict, prefix: str = "") -> list[str]:
+    """The fingerprint fields that differ, nested settings named to the leaf
+    ("generation.steps", "classes")."""
+    fields = []
+    for key in sorted(recorded.keys() | mine.keys()):
+        theirs, ours = recorded.get(key), mine.get(key)
+        if theirs == ours:
+            continue
+        if key == "generation" and isinstance(theirs, dict) and isinstance(ours, dict):
+            fields += differing_fields(theirs, ours, f"{prefix}{key}.")
+        else:
+            fields.append(f"{prefix}{key}")
+    return fields
+
+
 class GenerationJob:
     """Generate the synthetic set of a few-shot dataset with a loaded DipsyPipeline."""
 
@@ -174,10 +189,10 @@ class GenerationJob:
             return False
         mine, theirs = self.fingerprint(), json.loads(path.read_text(encoding="utf-8"))
         if theirs != mine:
-            different = sorted(key for key in mine | theirs if mine.get(key) != theirs.get(key))
+            # The folder by its name only: the message reaches the page, server paths must not.
             raise JobConflictError(
-                f"{self.out_dir} holds images generated with different {', '.join(different)}; "
-                "choose another output folder (nothing was changed)"
+                f"the folder {self.out_dir.name!r} holds images generated with different "
+                f"{', '.join(differing_fields(theirs, mine))}; choose another output folder (nothing was changed)"
             )
         return True
 

@@ -179,7 +179,17 @@ def _read_errors(source: str) -> Iterator[None]:
         pixels = int(found[1]) if found else 2 * Image.MAX_IMAGE_PIXELS
         raise _too_large(source, f"{pixels} pixels" if found else "the image", pixels) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{source}: not a readable image ({type(error).__name__}: {error})") from error
+        raise ImageReadError(
+            f"{source}: not a readable image ({type(error).__name__}: {_reason(error)})"
+        ) from error
+
+
+def _reason(error: Exception) -> str:
+    """PIL's or the OS's message without what it says about where the file was: a quoted path or
+    a file object's repr ("<_io.BytesIO object at 0x...>") would reach the page."""
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
+    text = re.sub(r"""\s*:?\s*(['"])(?:/|[A-Za-z]:\\|\\\\)[^'"]*\1""", "", text)
+    return text.strip() or type(error).__name__
 
 
 def _too_large(source: str, size: str, pixels: int) -> ImageReadError:

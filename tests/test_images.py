@@ -189,5 +189,17 @@ def test_images_within_the_limits_keep_their_decoded_pixels(case: str):
 
 
 def test_unreadable_bytes_name_the_source():
-    with pytest.raises(ImageReadError, match="^upload 3: not a readable image"):
+    with pytest.raises(ImageReadError, match="^upload 3: not a readable image") as refused:
         read_image(b"not a picture", "upload 3")
+    # PIL's reason stays; its repr of the in-memory file does not.
+    assert "cannot identify image file" in str(refused.value)
+    assert "BytesIO" not in str(refused.value) and "0x" not in str(refused.value)
+
+
+def test_unreadable_file_message_holds_no_server_path(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for missing_or_bad in (text, tmp_path / "gone.png"):
+        with pytest.raises(ImageReadError, match="^notes: not a readable image") as refused:
+            read_image(missing_or_bad, "notes")
+        assert str(tmp_path) not in str(refused.value) and "/" not in str(refused.value), refused.value
