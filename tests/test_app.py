@@ -132,6 +132,12 @@ def test_full_flow(demo_app, tmp_path):
     # 6. Train with the settings fields left blank (the preset's recipe: 10 epochs of one step
     # over the 5 kept images) and a three-class test set uploaded as a zip; check the metrics.
     test_zip = three_class_test_zip(workspace, tmp_path)
+    # A bad number is refused in the status with the field and its allowed range; nothing trains.
+    for typed, reason in [((0, None, None, None), "'epochs' must be between 1 and 1000, got 0"),
+                          (("abc", None, None, None), "Epochs must be a whole number"),
+                          ((None, None, 100000, None), "'lora_rank' must be between 1 and 256, got 100000")]:  # fmt: skip
+        status, *_ = client.predict(*typed, handle_file(str(test_zip)), False, api_name="/train")
+        assert status.startswith("Not done:") and reason in status, status
     status, _, _, per_class, confusion, metrics = client.predict(
         None, None, None, None, handle_file(str(test_zip)), False, api_name="/train"
     )

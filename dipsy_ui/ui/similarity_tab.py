@@ -19,7 +19,10 @@ def create(similarity, state):
         with gr.Row():
             compute = gr.Button("Compute similarity", variant="primary")
             temperature = gr.Slider(
-                0.05, 2.0, value=GenerationConfig.temperature, step=0.05, label="Temperature"
+                *GenerationConfig.bounds("temperature"),
+                value=GenerationConfig.temperature,
+                step=0.01,
+                label="Temperature",
             )
         with gr.Row():
             heatmap = gr.Image(

@@ -3,6 +3,7 @@
 import gradio as gr
 import pandas as pd
 
+from ..config import TrainConfig
 from ..errors import DipsyError, UsageError
 from ..studio import CANCELLED, DONE, PROGRESS
 from .common import FREE, JOBS, cancel_reply, follow, readable_errors, refusal
@@ -45,6 +46,12 @@ def pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def allowed(key: str) -> str:
+    """A box's allowed range, as TrainConfig declares it ("1 to 1000")."""
+    low, high = TrainConfig.bounds(key)
+    return f"{low:g} to {high:g}"
+
+
 def create(training, state):
     with gr.Tab("6. Train", id="train") as tab:
         gr.Markdown("Fine-tune CLIP with LoRA on your real images plus the kept synthetic images of the current "
@@ -59,7 +66,7 @@ def create(training, state):
             # Text boxes, blank by default: only what the user types overrides the preset (a number
             # box always holds a number, and its 0 would silently replace the preset's value).
             boxes = {
-                key: gr.Textbox(label=label, elem_id=key.replace("_", "-"))
+                key: gr.Textbox(label=label, elem_id=key.replace("_", "-"), info=allowed(key))
                 for key, (label, _) in FIELDS.items()
             }
         with gr.Row():
@@ -177,8 +184,14 @@ def create(training, state):
         text, frame, zips = compared(session, report)
         return f"Comparison of {name}.", frame, None, zips, text
 
-    @readable_errors
     def on_train(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):  # named for the API
+        """Train with live curves; a refused or failed run writes its reason into the status."""
+        try:
+            yield from train_events(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo)
+        except Exception as error:  # noqa: BLE001 - refusal() logs what is not the user's to fix
+            yield refusal(error), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+    def train_events(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):
         curves = Curves()
         # The plots get their first data with the first step: an empty first frame leaves the
         # line plot without series (no line is ever drawn) in Gradio 6.
@@ -197,8 +210,14 @@ def create(training, state):
             else:
                 yield event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
-    @readable_errors
     def on_compare(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):  # named for the API
+        """Real-only vs real+synthetic; a refused or failed comparison writes its reason into the status."""
+        try:
+            yield from compare_events(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo)
+        except Exception as error:  # noqa: BLE001
+            yield refusal(error), *(gr.skip(),) * 7
+
+    def compare_events(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):
         curves = Curves()
         # What an earlier Train run showed (its per-class results, confusion matrix, adapter) goes.
         yield "Comparing: training real-only first...", gr.skip(), gr.skip(), "", {}, [], None, None
