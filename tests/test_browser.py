@@ -115,6 +115,8 @@ def test_browser_flow(demo_app, page, tmp_path):
         page.get_by_role("button", name="Compute similarity").click()
         expect(page.locator("#similarity-status")).to_contain_text("Similarity of 3 classes")
         expect(page.locator("#heatmap img")).to_be_visible()
+        # The header's model line follows the job that loaded the models, without a tab change.
+        expect(page.get_by_text("Models loaded (demo models)")).to_be_visible()
         steps.shot("tab-similarity")
 
     def shown_preview() -> bytes:

@@ -49,6 +49,9 @@ def build_app(studio) -> gr.Blocks:
 
         load.click(on_load, None, [model_status], api_name="load_models", **JOBS)
         tabs.select(core.model_status, None, [model_status], api_visibility="private")
+        # Any job may load the models (Similarity, a preview, Generate...): the line follows them.
+        gr.Timer(3).tick(core.model_status, None, [model_status], api_visibility="private",
+                         show_progress="hidden", queue=False)  # fmt: skip
         app.load(core.model_status, None, [model_status], api_name="model_status")
 
         def on_open(session_id):
