@@ -75,7 +75,9 @@ def as_labelled(source: LabelledSource, role: str) -> Labelled:
         if isinstance(image, str | os.PathLike):
             image = Path(image)
         elif not isinstance(image, Image.Image):
-            raise TrainDataError(f"the {role} list holds a {type(image).__name__}; expected a path or a PIL image")
+            raise TrainDataError(
+                f"the {role} list holds a {type(image).__name__}; expected a path or a PIL image"
+            )
         if not isinstance(name, str) or not class_name(name):
             raise TrainDataError(f"the {role} list has an empty or non-text class name: {name!r}")
         items.append((image, class_name(name)))

@@ -26,7 +26,14 @@ from ..presets import load_preset
 from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
 from .session import Session
 
-RESULTS = ("runs", "classifiers", "comparisons", "experiments", "exports", "presets")  # kept after the session
+RESULTS = (
+    "runs",
+    "classifiers",
+    "comparisons",
+    "experiments",
+    "exports",
+    "presets",
+)  # kept after the session
 SCRATCH = ("previews", "sweeps", "test")  # session folders nothing refers to once it has ended
 SESSION_ID = re.compile(r"[0-9a-f]{12}")  # what Core.session names a session folder
 SESSION_FILE = "session.json"  # the session's choices: preset, current run, current classifier

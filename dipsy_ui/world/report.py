@@ -162,7 +162,9 @@ class WorldProbe:
         misread = np.array(result["image_only"]["confusion"])
         np.fill_diagonal(misread, -1)
         a, b = np.unravel_index(int(misread.argmax()), misread.shape)
-        result["negative_effect"] = self.negative_effect(int(a), int(b), similarity, per_class * 2, prompt=False)
+        result["negative_effect"] = self.negative_effect(
+            int(a), int(b), similarity, per_class * 2, prompt=False
+        )
         matrix = similarity.similarity.clone().fill_diagonal_(-2)
         a, b = divmod(int(matrix.argmax()), len(names))
         result["negative_effect_similar_pair"] = self.negative_effect(a, b, similarity, per_class * 2)
