@@ -260,17 +260,49 @@ def test_browser_flow(demo_app, page, tmp_path):
         page.get_by_role("tab", name="1. Data").click()
         # Bad input: an empty class, a non-image, then a hostile name with a real image.
         page.get_by_role("button", name="Add class / add images").click()
-        expect(page.get_by_text("the class name is empty")).to_be_visible()
+        # The refusal reaches the report with the event's outputs (the toast may come first):
+        # wait for it, or that event's outputs could land after the next fill and undo it.
+        expect(field(page, "data-report", "textarea")).to_have_value(re.compile("the class name is empty"))
         field(page, "class-name").fill("<b>evil</b> ../../x")
         page.locator("#class-files input[type=file]").set_input_files(str(bad))
         page.get_by_role("button", name="Add class / add images").click()
         expect(page.get_by_text("not a readable image").first).to_be_visible()
         expect(page.get_by_text("<b>evil</b>").first).to_be_visible()  # shown as text, never as HTML
+        # The refusal is written into the report; the inputs keep their values, the upload box empties.
+        expect(field(page, "data-report", "textarea")).to_have_value(re.compile("not a readable image"))
+        expect(field(page, "class-name")).to_have_value("<b>evil</b> ../../x")
+        expect(page.locator("#data-table")).to_contain_text("two")
+        expect(page.locator("#class-files")).not_to_contain_text("readme.png")
+
+    def reopen():
+        # Start into run-1 with other settings is refused, says what differs and offers a new
+        # folder; the new run becomes Curate's, and the picker reopens the older run-1.
+        page.get_by_role("tab", name="3. Guidance").click()
+        steps_box = field(page, "steps", "input[type=number]")
+        steps_box.fill("2")
+        steps_box.blur()
+        page.get_by_role("tab", name="4. Generate").click()
+        field(page, "per-class", "input").fill("1")
+        field(page, "generate-folder").fill("run-1")
+        page.get_by_role("button", name="Start").click()
+        expect(page.locator("#generate-progress")).to_contain_text("steps: recorded 20, now 2")
+        expect(page.locator("#use-recorded")).to_be_visible()
+        page.locator("#new-folder").click()
+        expect(field(page, "generate-folder")).not_to_have_value("run-1")
+        page.get_by_role("button", name="Start").click()
+        expect(page.locator("#generate-progress")).to_contain_text("Done: 3 / 3")
+        page.get_by_role("tab", name="5. Curate").click()
+        expect(page.locator("#curate-run-line")).not_to_contain_text("run-1 (")
+        field(page, "curate-run").click()
+        page.get_by_role("option", name="run-1", exact=True).click()
+        expect(page.locator("#curate-run-line")).to_contain_text("Run: run-1 (5 images kept)")
+        expect(page.locator("#curate-gallery img")).to_have_count(6)
 
     # Cancel and quick edits come last: their 100-step settings would slow generation down.
     for name, action in [("data", data), ("similarity", similarity), ("guidance", guidance), ("generate", generate),
                          ("curate", curate), ("train", train), ("bad-input", bad_input),
-                         ("cancel-preview", cancel_preview), ("quick-edits", quick_edits), ("refresh", refresh)]:  # fmt: skip
+                         ("cancel-preview", cancel_preview), ("quick-edits", quick_edits), ("refresh", refresh),
+                         ("reopen", reopen)]:  # fmt: skip
         steps.run(name, action)
 
     manifests = list((workspace / "sessions").glob("*/runs/run-1/manifest.jsonl"))

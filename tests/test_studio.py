@@ -86,7 +86,7 @@ def test_a_session_reopens_from_its_folder_with_data_run_classifier_and_preset(s
     again = studio.open_session(session.id)
     assert again is not session and again.root == session.root
     assert studio.data.class_names(again) == ["Cat & dog", "a/b"]
-    assert studio.data.image_paths(again, "a/b") == sorted(studio.data.image_paths(session, "a/b"))
+    assert studio.data.image_paths(again, "a/b") == studio.data.image_paths(session, "a/b")  # same order
     assert studio.runs.runs(again) == ["run-1", "run-2"] and studio.runs.run_name(again) == "run-2"
     assert studio.runs.run_line(again) == "Run: run-2 (0 images kept)"
     assert studio.training.classifier_name(again) == result.out_dir.name
@@ -126,3 +126,18 @@ def test_a_refused_start_changes_nothing_and_names_the_differing_settings(studio
     assert (
         session.generation.steps == 3 and studio.runs.differing_settings(recorded, session.generation) == []
     )
+
+
+def test_a_reopened_session_resumes_its_run_with_the_images_in_their_order(studio):
+    # A run's positive picks index into each class's images, so a reopened session must list
+    # them in the order they were added (not, say, sorted by file name), or its run is refused.
+    session = studio.core.session(None)
+    for name, digit in (("zero", "zero"), ("seven", "seven")):
+        files = sorted((studio.data.demo_data_dir() / "train" / digit).iterdir())[:4]
+        studio.data.add_images(session, name, [str(path) for path in reversed(files)])
+    first = list(studio.runs.generate(session, 1, 1, "run-1"))[-1]
+    assert first.kind == DONE, first.message
+    reopened = studio.open_session(session.id)
+    assert reopened.data.classes == session.data.classes
+    resumed = list(studio.runs.generate(reopened, 2, 1, "run-1"))[-1]
+    assert resumed.kind == DONE, resumed.message

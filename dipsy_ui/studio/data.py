@@ -230,26 +230,35 @@ class DataService:
         session.data.dataset = None
         session.data.version += 1
         if session.root is not None and (session.root / "data").is_dir():
-            slugs = {name: session.data.slugs[name] for name in session.data.classes}
+            # The images' order too: a run's positive picks index into it, so a reopened session
+            # must list them as they were, or resuming a run would find "different classes".
+            classes = {
+                name: {"folder": session.data.slugs[name], "files": [Path(path).name for path in paths]}
+                for name, paths in session.data.classes.items()
+            }
             write_atomic(
-                session.root / "data" / CLASSES_FILE, json.dumps(slugs, indent=1, ensure_ascii=False)
+                session.root / "data" / CLASSES_FILE, json.dumps(classes, indent=1, ensure_ascii=False)
             )
 
     def restore(self, session: Session) -> None:
-        """The classes of a reopened session, from its ``data/`` folder: the names recorded there,
-        each class folder's PNGs (only folders inside ``data/``, whatever the file says)."""
+        """The classes of a reopened session, from its ``data/`` folder: the names recorded there
+        and each class's PNGs in their recorded order (only files inside ``data/``, whatever the
+        file says)."""
         state = session.data
         try:
             recorded = json.loads((session.root / "data" / CLASSES_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             recorded = {}
-        for name, slug in recorded.items() if isinstance(recorded, dict) else ():
+        for name, entry in recorded.items() if isinstance(recorded, dict) else ():
+            if not (isinstance(name, str) and isinstance(entry, dict)):
+                continue
             try:
-                folder = resolve_inside(session.root / "data", str(slug))
+                folder = resolve_inside(session.root / "data", str(entry.get("folder")))
+                files = [resolve_inside(folder, str(file)) for file in entry.get("files", [])]
             except DipsyError:
                 continue
-            paths = sorted(str(path) for path in folder.glob("*.png")) if folder.is_dir() else []
-            if paths and isinstance(name, str):
+            paths = [str(path) for path in files if path.suffix == ".png" and path.is_file()]
+            if paths:
                 state.classes[name], state.slugs[name] = paths, folder.name
         self._changed(session)
 

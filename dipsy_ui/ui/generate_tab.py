@@ -23,7 +23,9 @@ def create(runs, state):
         with gr.Row():
             per_class = number("images_per_class", "Images per class", elem_id="per-class")
             batch_size = number("batch_size", "Batch size", elem_id="batch-size")
-            folder = gr.Textbox(label="Output folder (inside your workspace)", value="run-1")
+            folder = gr.Textbox(
+                label="Output folder (inside your workspace)", value="run-1", elem_id="generate-folder"
+            )
         with gr.Row():
             start = gr.Button("Start", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
