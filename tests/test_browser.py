@@ -205,6 +205,9 @@ def test_browser_flow(demo_app, page, tmp_path):
         page.get_by_role("button", name="Start").click()
         expect(page.locator("#generate-progress")).to_contain_text("Done: 6 / 6")
         expect(page.locator("#generate-gallery img")).to_have_count(6)
+        # Every thumbnail inside the gallery's width: none clipped at the right edge.
+        grid = page.locator("#generate-gallery .grid-container")
+        assert grid.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "the gallery clips its last column"
         steps.shot("tab-generate")
 
     def curate():
