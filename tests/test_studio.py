@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dipsy_ui.errors import UsageError
 from dipsy_ui.presets import load_preset
 from dipsy_ui.studio import DONE, Studio
 
@@ -141,3 +142,17 @@ def test_a_reopened_session_resumes_its_run_with_the_images_in_their_order(studi
     assert reopened.data.classes == session.data.classes
     resumed = list(studio.runs.generate(reopened, 2, 1, "run-1"))[-1]
     assert resumed.kind == DONE, resumed.message
+
+
+def test_an_experiments_cells_open_like_runs_by_their_path_in_the_session(studio):
+    session = studio.core.session(None)
+    cell = session.root / "experiments" / "e1" / "runs" / "seed-0" / "shots-1" / "gen-abc"
+    cell.mkdir(parents=True)
+    (cell / "manifest.jsonl").write_text("")
+    name = "experiments/e1/runs/seed-0/shots-1/gen-abc"
+    assert name in studio.runs.runs(session)
+    assert studio.runs.open_run(session, name) == f"Run: {name} (0 images kept)"
+    assert studio.open_session(session.id).run.run_dir == cell  # a reopen finds the cell again
+    for bad in ("experiments/../../x", "experiments/e1/runs", str(cell)):
+        with pytest.raises(UsageError, match="there is no run"):
+            studio.runs.open_run(session, bad)

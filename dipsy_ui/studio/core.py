@@ -24,7 +24,7 @@ from ..files import write_atomic
 from ..models import WORLD_DIR, ModelSpec, Runtime
 from ..presets import load_preset
 from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
-from .session import Session
+from .session import Session, run_name
 
 RESULTS = (
     "runs",
@@ -151,7 +151,7 @@ class Core:
         if session.root is None:
             return
         choices = {"preset": session.preset,
-                   "run": session.run.run_dir.name if session.run.run_dir is not None else None,
+                   "run": run_name(session.root, session.run.run_dir) if session.run.run_dir is not None else None,
                    "classifier": session.classifier_dir.name if session.classifier_dir is not None else None}  # fmt: skip
         write_atomic(session.root / SESSION_FILE, json.dumps(choices, indent=1))
 

@@ -21,7 +21,7 @@ from ..manifest import kept_images, read_manifest, set_status
 from .core import Core
 from .data import DataService
 from .jobs import Cancelled, Job, Progress, enlarge, eta_text
-from .session import Session, check_name
+from .session import Session, check_name, run_name
 from .similarity import SimilarityService
 
 FREE_SETTINGS = ("images_per_class", "batch_size")  # may change between the parts of one run
@@ -149,18 +149,26 @@ class RunService:
         return [(str(run_dir / r["file"]), r["class_name"]) for r in reversed(records)]
 
     def runs(self, session: Session) -> list[str]:
-        """The session's runs (folder names), oldest first: the picker's choices."""
-        folder = self.core.session(session).root / "runs"
-        if not folder.is_dir():
-            return []
-        found = [p for p in folder.iterdir() if p.is_dir() and (p / "manifest.jsonl").is_file()]
-        return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime, p.name))]
+        """The session's runs, oldest first: the picker's choices. Its own runs by folder name,
+        then the generation runs of its experiments' cells (any cell opens like a run)."""
+        root = self.core.session(session).root
+        own = [p.parent for p in root.glob("runs/*/manifest.jsonl")]
+        cells = [p.parent for p in root.glob("experiments/*/runs/*/*/*/manifest.jsonl")]
+        by_age = lambda p: (p.stat().st_mtime, p.name)  # noqa: E731
+        return [run_name(root, p) for p in sorted(own, key=by_age) + sorted(cells, key=by_age)]
 
     def open_run(self, session: Session, folder: str) -> str:
         """Make an earlier run of the session the one Curate and Train work on."""
         session = self.core.session(session)
-        path = self.run_dir(session, folder)
-        if not (path / "manifest.jsonl").is_file():
+        try:
+            path = (
+                resolve_inside(session.root, *folder.split("/"))
+                if folder.startswith("experiments/")
+                else self.run_dir(session, folder)
+            )
+        except DipsyError:
+            path = None
+        if path is None or not (path / "manifest.jsonl").is_file():
             raise UsageError(
                 f"there is no run {folder!r}; your runs: {', '.join(self.runs(session)) or 'none yet'}"
             )
@@ -176,7 +184,7 @@ class RunService:
 
     def run_name(self, session: Session) -> str | None:
         """The current run's folder name (None before the first run)."""
-        return session.run.run_dir.name if self.has_run(session) else None
+        return run_name(session.root, session.run.run_dir) if self.has_run(session) else None
 
     def run_line(self, session: Session) -> str:
         """What Curate and Train say about the run they work on: "Run: run-1 (12 images kept)"."""
@@ -184,7 +192,7 @@ class RunService:
             return "Run: none yet (generate one in the Generate tab, or pick an earlier run)."
         records = read_manifest(session.run.run_dir).values()
         kept = sum(r["status"] != "rejected" for r in records)
-        return f"Run: {session.run.run_dir.name} ({kept} image{'' if kept == 1 else 's'} kept)"
+        return f"Run: {self.run_name(session)} ({kept} image{'' if kept == 1 else 's'} kept)"
 
     def current_run(self, session: Session) -> Path:
         """The current run's folder; refused before any image was generated."""

@@ -12,6 +12,14 @@ from ..errors import UsageError
 from .jobs import SessionJobs
 
 
+def run_name(root: Path, run_dir: Path) -> str:
+    """How a run is named on the page and in ``session.json``: its folder name for the session's
+    own runs (``runs/run-1`` -> ``run-1``), its path in the session otherwise (an experiment's
+    cell: ``experiments/<name>/runs/seed-0/shots-1/gen-...``). Never a server path."""
+    relative = run_dir.relative_to(root)
+    return relative.name if relative.parent == Path("runs") else relative.as_posix()
+
+
 def check_name(name: str, what: str) -> str:
     """A user-given name, stripped; refused when empty or holding control characters."""
     name = (name or "").strip()
