@@ -145,8 +145,9 @@ class GenerationConfig(Settings):
     width: Annotated[int, Between(8, MAX_IMAGE_SIDE)] = 512  # image width in pixels (multiple of 8)
     images_per_class: Annotated[int, Between(1, 100_000)] = 200  # synthetic images per class
     negatives: str = "similarity"  # how negative classes are drawn, one of NEGATIVE_MODES
-    # softmax temperature of the similarity sampling
-    temperature: Annotated[float, Between(0.01, 100)] = 0.4
+    # softmax temperature of the similarity sampling; cosines lie in [-1, 1], so at T = 10 every
+    # probability is already within about 20% of uniform: a higher T only shrinks the app's slider
+    temperature: Annotated[float, Between(0.01, 10)] = 0.4
     augment: bool = True  # adapter-input augmentation of positive and negative images
     batch_size: Annotated[int, Between(1, 256)] = 4  # images per U-Net call
     # base seed; each image's seed derives from (seed, class, index)
