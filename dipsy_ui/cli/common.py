@@ -54,6 +54,20 @@ def spec_from_args(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(**(spec.to_dict() | {key: value for key, value in overrides.items() if value}))
 
 
+def run_interruptible(run, on_event, cancel, bar, kept: str, again: str):
+    """Drive a resumable job's ``run(on_event, cancel)`` under a progress bar. Ctrl-C cancels it
+    and says what is kept; then None is returned (the command exits with 130)."""
+    try:
+        final = run(on_event, cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        final = None
+    bar.close()
+    if final is None:
+        print(f"\ninterrupted: {kept}; run the same command to {again}", file=sys.stderr)
+    return final
+
+
 def runtime_of(args: argparse.Namespace):
     from ..models import resolve_runtime
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .common import add_model_arguments, runtime_of, spec_from_args
+from .common import add_model_arguments, run_interruptible, runtime_of, spec_from_args
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -39,17 +38,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{arm}, {shots} shots, seed {seed}{detail}")
         bar.refresh()
 
-    try:
-        final = experiment.run(on_event, cancel)
-    except KeyboardInterrupt:
-        cancel.set()
-        bar.close()
-        print(
-            "\ninterrupted: finished cells are kept in results.jsonl; run the same command to continue",
-            file=sys.stderr,
-        )
+    final = run_interruptible(
+        experiment.run, on_event, cancel, bar, "finished cells are kept in results.jsonl", "continue"
+    )
+    if final is None:
         return 130
-    bar.close()
     if final.done:
         summary = json.loads((args.out / "summary.json").read_text(encoding="utf-8"))
         print(f"{summary['table']}\n\n{summary['verdict']}\n")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .common import add_model_arguments, load_dataset_reporting, runtime_of, spec_from_args
+from .common import add_model_arguments, load_dataset_reporting, run_interruptible, runtime_of, spec_from_args
 
 
 def cmd_generate_one(args: argparse.Namespace) -> int:
@@ -116,17 +115,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar.n = event.done
         bar.set_postfix_str(f"step {event.step}/{event.steps}" if event.kind == "step" else event.kind)
 
-    try:
-        final = job.run(on_event, cancel)
-    except KeyboardInterrupt:
-        cancel.set()
-        bar.close()
-        print(
-            "\ninterrupted: everything written so far is kept; run the same command to resume",
-            file=sys.stderr,
-        )
+    final = run_interruptible(job.run, on_event, cancel, bar, "everything written so far is kept", "resume")
+    if final is None:
         return 130
-    bar.close()
     print(f"{final.done}/{final.total} images in {args.out} (manifest: {args.out / 'manifest.jsonl'})")
     return 0 if final.kind == "done" else 1
 

@@ -154,12 +154,7 @@ class TrainingService:
 
     def classifiers(self, session: Session) -> list[str]:
         """The session's trained classifiers (folder names, oldest first): the picker's choices."""
-        folder = self.core.session(session).root / "classifiers"
-        return (
-            sorted(p.name for p in folder.iterdir() if (p / "metrics.json").is_file())
-            if folder.is_dir()
-            else []
-        )
+        return self._finished(session, "classifiers", "metrics.json")
 
     def classifier_name(self, session: Session) -> str | None:
         """The classifier Curate ranks with and "Download the adapter" zips (None before one)."""
@@ -194,12 +189,11 @@ class TrainingService:
 
     def comparisons(self, session: Session) -> list[str]:
         """The session's comparisons (named for the run they compared): the picker's choices."""
-        folder = self.core.session(session).root / "comparisons"
-        return (
-            sorted(p.name for p in folder.iterdir() if (p / "comparison.json").is_file())
-            if folder.is_dir()
-            else []
-        )
+        return self._finished(session, "comparisons", "comparison.json")
+
+    def _finished(self, session: Session, kind: str, record: str) -> list[str]:
+        """Names of the session's ``kind`` folders that hold their ``record`` file, sorted."""
+        return sorted(path.parent.name for path in self.core.session(session).root.glob(f"{kind}/*/{record}"))
 
     def open_comparison(self, session: Session, name: str) -> dict:
         """An earlier comparison's report (what :meth:`compare` ended with)."""
