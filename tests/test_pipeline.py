@@ -1,6 +1,6 @@
 """DipsyPipeline on tiny models: parity with diffusers and the authors' loop, row independence,
-reproducibility, one U-Net call per step, previews, interrupt, input validation, and the inherited
-IP-Adapter methods (honoured or refused)."""
+reproducibility, one U-Net call per step, previews, interrupt, the trace of Eq. 9's parts, input
+validation, and the inherited IP-Adapter methods (honoured or refused)."""
 
 from pathlib import Path
 
@@ -235,6 +235,124 @@ def test_plain_ip_adapter_variant(tiny_spec, images):
     assert np.abs(run(pipe, images, w_neg=0.0) - run(pipe, images, w_neg=6.0)).max() > 1e-3
 
 
+# -- the trace: Eq. 9 taken apart ----------------------------------------------------------------
+
+
+def test_guidance_terms_are_eq9s_differences_and_sum_like_its_formula():
+    from dipsy_ui.diffusion.pipeline import dipsy_guidance, guidance_terms
+
+    generator = torch.Generator().manual_seed(0)
+    eps_u, eps_t, eps_tp, eps_tpn = (torch.randn(2, 4, 8, 8, generator=generator) for _ in range(4))
+    w_text, w_pos, w_neg = torch.tensor([7.5, 2.0]).view(2, 1, 1, 1), 6.0, 3.0
+    terms = guidance_terms(eps_u, eps_t, eps_tp, eps_tpn, w_text, w_pos, w_neg)
+    assert torch.equal(terms["text"], w_text * (eps_t - eps_u))
+    assert torch.equal(terms["positive"], w_pos * (eps_tp - eps_t))
+    assert torch.equal(terms["negative"], w_neg * (eps_tpn - eps_tp))
+    # The rule is the one-line formula of Eq. 9, bit for bit (the images of earlier versions).
+    formula = eps_u + w_text * (eps_t - eps_u) + w_pos * (eps_tp - eps_t) - w_neg * (eps_tpn - eps_tp)
+    assert torch.equal(dipsy_guidance(eps_u, eps_t, eps_tp, eps_tpn, w_text, w_pos, w_neg), formula)
+
+
+def traced(pipe, images, monkeypatch, **kwargs):
+    """A two-image call with ``trace_every``, and the noise predictions the sampler stepped with."""
+    stepped, step = [], pipe.scheduler.step
+
+    def spy(model_output, *args, **step_kwargs):
+        stepped.append(model_output.clone())
+        return step(model_output, *args, **step_kwargs)
+
+    monkeypatch.setattr(pipe.scheduler, "step", spy)
+    kwargs.setdefault("trace_every", 1)
+    out = pipe(
+        ["A photo of a cat", "A photo of a dog"],
+        [images["pos"], images["pos2"]],
+        [images["neg"], images["neg2"]],
+        w_text=kwargs.pop("w_text", [5.0, 3.0]),
+        w_pos=kwargs.pop("w_pos", [4.0, 6.0]),
+        w_neg=kwargs.pop("w_neg", [3.0, 2.0]),
+        num_inference_steps=STEPS,
+        generator=[torch.Generator().manual_seed(s) for s in (21, 22)],
+        output_type="np",
+        **kwargs,
+    )
+    monkeypatch.undo()
+    return out, stepped
+
+
+def test_trace_terms_add_up_to_the_guided_prediction_at_every_step(tiny_pipe, images, monkeypatch):
+    from dipsy_ui.diffusion.pipeline import TERMS
+
+    out, stepped = traced(tiny_pipe, images, monkeypatch)
+    assert [record.step for record in out.trace] == list(range(len(stepped)))
+    for record, noise_pred in zip(out.trace, stepped, strict=True):
+        assert set(record.terms) == set(TERMS)
+        terms = record.terms
+        # Eq. 9's sum, written out here rather than taken from the pipeline: bit for bit.
+        assert torch.equal(record.eps_u + terms["text"] + terms["positive"] - terms["negative"], noise_pred)
+        strengths = record.strengths()
+        assert all(strengths[name].shape == (2,) and (strengths[name] > 0).all() for name in TERMS)
+
+
+def test_trace_changes_no_image_and_costs_no_unet_call(tiny_pipe, images, monkeypatch):
+    calls = []
+    hook = tiny_pipe.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    try:
+        plain, _ = traced(tiny_pipe, images, monkeypatch, trace_every=None)
+        plain_calls, calls[:] = list(calls), []
+        every, _ = traced(tiny_pipe, images, monkeypatch, trace_every=1)
+        assert calls == plain_calls
+        sparse, _ = traced(tiny_pipe, images, monkeypatch, trace_every=3)
+    finally:
+        hook.remove()
+    assert plain.trace is None
+    assert np.array_equal(every.images, plain.images) and np.array_equal(sparse.images, plain.images)
+    last = len(every.trace) - 1
+    assert [record.step for record in sparse.trace] == sorted({*range(0, last + 1, 3), last})
+    for record in sparse.trace:
+        assert torch.equal(record.terms["negative"], every.trace[record.step].terms["negative"])
+
+
+def test_trace_branch_estimates_combine_like_the_guided_estimate(tiny_pipe, images, monkeypatch):
+    from dipsy_ui.diffusion.pipeline import BRANCHES
+
+    weights = dict(w_text=[5.0, 3.0], w_pos=[4.0, 6.0], w_neg=[3.0, 2.0])
+    guided = []
+    out, _ = traced(
+        tiny_pipe,
+        images,
+        monkeypatch,
+        callback_on_step_end=lambda pipe, step, t, kwargs: guided.append(kwargs["x0"]),
+        **weights,
+    )
+    w = {name: torch.tensor(values).view(-1, 1, 1, 1) for name, values in weights.items()}
+    for record, x0 in zip(out.trace, guided, strict=True):
+        assert set(record.x0) == set(BRANCHES) and record.x0["u"].shape == (2, 4, 8, 8)
+        # The clean estimate is affine in the noise prediction, so Eq. 9 holds between the
+        # branches' estimates too (up to rounding): a branch estimate under the wrong name breaks it.
+        b = record.x0
+        combined = (
+            b["u"]
+            + w["w_text"] * (b["t"] - b["u"])
+            + w["w_pos"] * (b["tp"] - b["t"])
+            - w["w_neg"] * (b["tpn"] - b["tp"])
+        )
+        torch.testing.assert_close(combined, x0, atol=1e-4, rtol=1e-4)
+
+
+def test_trace_strengths_follow_the_weights(tiny_pipe, images, monkeypatch):
+    # At the first step every call starts from the same noise: each term is its weight times the
+    # same branch difference, so its strength is proportional to the weight.
+    single, _ = traced(tiny_pipe, images, monkeypatch, w_text=[4.0, 4.0], w_pos=[3.0, 3.0], w_neg=[2.0, 2.0])
+    double, _ = traced(tiny_pipe, images, monkeypatch, w_text=[8.0, 8.0], w_pos=[6.0, 6.0], w_neg=[4.0, 4.0])
+    one, two = single.trace[0].strengths(), double.trace[0].strengths()
+    for name in one:
+        torch.testing.assert_close(two[name], 2 * one[name], rtol=1e-5, atol=0)
+    # An unused term is exactly zero at every step; its branch is not evaluated.
+    off, _ = traced(tiny_pipe, images, monkeypatch, w_neg=[0.0, 0.0])
+    assert all(float(record.strengths()["negative"].abs().max()) == 0.0 for record in off.trace)
+    assert all("tpn" not in record.x0 for record in off.trace)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "argument"),
     [
@@ -249,6 +367,8 @@ def test_plain_ip_adapter_variant(tiny_spec, images):
         ({"prompt": ["a", "b", "c"], "ip_adapter_scale": [0.5, 0.5]}, "same length"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"output_type": "jpeg"}, "output_type"),
+        ({"trace_every": 0}, "trace_every"),
+        ({"trace_every": 1.5}, "trace_every"),
     ],
 )
 def test_bad_input_names_the_argument(tiny_pipe, kwargs, argument):

@@ -8,7 +8,9 @@ diffusers calls, then call it with a prompt, a positive image and optionally a n
     image = pipe("A photo of a Bombay cat", positive_image=cat, negative_image=black_panther).images[0]
 
 Every step evaluates the four branches of the guidance rule (``dipsy_guidance``) for every image
-in ONE U-Net call, with the adapter switched on or off per row (``ip_attention``).
+in ONE U-Net call, with the adapter switched on or off per row (``ip_attention``). With
+``trace_every`` the call also returns Eq. 9 taken apart (``GuidanceStep``: each term and each
+branch's clean-image estimate), from the predictions it computes anyway.
 """
 
 from __future__ import annotations
@@ -61,28 +63,74 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 # Rows of the batched U-Net call, in order; a branch is left out when no weight uses it.
 BRANCHES = ("u", "t", "tp", "tpn")
+# The weighted differences of Eq. 9, in order; the rule adds the first two and subtracts the last.
+TERMS = ("text", "positive", "negative")
 
 ImageArg = PIL.Image.Image | Sequence[PIL.Image.Image | None] | None
 WeightArg = float | Sequence[float]
 
 
+def guidance_terms(eps_u, eps_t, eps_tp, eps_tpn, w_text, w_pos, w_neg) -> dict[str, Any]:
+    """The three weighted differences of Eq. 9 (arXiv 2509.22635), named as in ``TERMS``:
+    ``text = w_text (eps_t - eps_u)``, ``positive = w_pos (eps_tp - eps_t)`` and
+    ``negative = w_neg (eps_tpn - eps_tp)`` (positive; the rule subtracts it)."""
+    return {
+        "text": w_text * (eps_t - eps_u),
+        "positive": w_pos * (eps_tp - eps_t),
+        "negative": w_neg * (eps_tpn - eps_tp),
+    }
+
+
+def combine_terms(eps_u, terms: dict[str, Any]):
+    """Eq. 9 from its parts: ``eps_u + text + positive - negative``."""
+    return eps_u + terms["text"] + terms["positive"] - terms["negative"]
+
+
 def dipsy_guidance(eps_u, eps_t, eps_tp, eps_tpn, w_text, w_pos, w_neg):
-    """DIPSY's extended classifier-free guidance (Boudier et al. 2025, arXiv 2509.22635, Eq. 9).
+    """DIPSY's extended classifier-free guidance (Boudier et al. 2025, arXiv 2509.22635, Eq. 9):
+    ``eps_u + w_text (eps_t - eps_u) + w_pos (eps_tp - eps_t) - w_neg (eps_tpn - eps_tp)``.
 
     ``eps_u``: no condition; ``eps_t``: text; ``eps_tp``: text + positive image; ``eps_tpn``:
     text + positive + negative image. ``w_neg`` is given as a positive number and subtracted.
     With ``w_pos = w_neg = 0`` this is plain text CFG (Ho & Salimans 2022) with scale ``w_text``.
     Weights may be floats or tensors broadcastable to the predictions (one weight per image).
     """
-    return eps_u + w_text * (eps_t - eps_u) + w_pos * (eps_tp - eps_t) - w_neg * (eps_tpn - eps_tp)
+    # Summed left to right from the named terms: the very operations of the one-line formula, so
+    # a call that keeps the terms (trace_every) steps with the same bits as one that does not.
+    return combine_terms(eps_u, guidance_terms(eps_u, eps_t, eps_tp, eps_tpn, w_text, w_pos, w_neg))
+
+
+@dataclass
+class GuidanceStep:
+    """Eq. 9 taken apart at one denoising step, for every image of a call (``trace_every``).
+
+    The prediction the sampler stepped with is ``combine_terms(eps_u, terms)`` bit for bit: the
+    call computes it from these very tensors. Latent-sized tensors are (B, 4, h/8, w/8).
+    """
+
+    step: int  # 0-based, counted as callback_on_step_end counts
+    timestep: int
+    eps_u: torch.Tensor  # the unconditional noise prediction
+    terms: dict[str, torch.Tensor]  # "text", "positive", "negative" -> the weighted difference
+    # evaluated branch ("u", "t", "tp", "tpn") -> the clean-latent estimate (x0) its own noise
+    # prediction implies; a branch no weight of the call uses is not evaluated, so it is absent
+    x0: dict[str, torch.Tensor]
+
+    def strengths(self) -> dict[str, torch.Tensor]:
+        """Each term's strength, one per image: its root mean square over the latent (the L2
+        norm divided by the square root of the element count), so strengths compare across
+        image sizes; a noise prediction's own RMS is about 1."""
+        return {name: term.float().pow(2).mean(dim=(1, 2, 3)).sqrt() for name, term in self.terms.items()}
 
 
 @dataclass
 class DipsyPipelineOutput(BaseOutput):
-    """``images``: PIL list, numpy/torch array, or latents; ``None`` if the call was interrupted."""
+    """``images``: PIL list, numpy/torch array, or latents; ``None`` if the call was interrupted.
+    ``trace``: the recorded steps in order, with ``trace_every`` (else ``None``)."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
     interrupted: bool = False
+    trace: list[GuidanceStep] | None = None
 
 
 @dataclass
@@ -280,7 +328,9 @@ class DipsyPipeline(StableDiffusionPipeline):
             },
         )
 
-    def _check_call_args(self, height: int, width: int, num_inference_steps: int, output_type: str) -> None:
+    def _check_call_args(
+        self, height: int, width: int, num_inference_steps: int, output_type: str, trace_every: int | None
+    ) -> None:
         if not hasattr(self.unet, "encoder_hid_proj") or not isinstance(
             self.unet.encoder_hid_proj, DualIPImageProjection
         ):
@@ -297,6 +347,10 @@ class DipsyPipeline(StableDiffusionPipeline):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if trace_every is not None and (
+            isinstance(trace_every, bool) or not isinstance(trace_every, int) or trace_every < 1
+        ):
+            raise ValueError(f"trace_every must be None or an integer >= 1, got {trace_every!r}")
 
     # -- adapter images ---------------------------------------------------------------------
 
@@ -351,6 +405,33 @@ class DipsyPipeline(StableDiffusionPipeline):
             groups=tuple(len(group) for group in groups if group),
         )
 
+    # -- outputs ----------------------------------------------------------------------------
+
+    def latents_to_images(self, latents: torch.Tensor, output_type: str = "pil", generator=None):
+        """Decode latents (B, 4, h/8, w/8) through the VAE into images of ``output_type`` ("pil",
+        "np" or "pt"), as a call's last step does; e.g. a traced step's clean-latent estimates."""
+        decoded = self.vae.decode(
+            latents.to(self.vae.dtype) / self.vae.config.scaling_factor,
+            return_dict=False,
+            generator=generator,
+        )[0]
+        return self.image_processor.postprocess(
+            decoded, output_type=output_type, do_denormalize=[True] * len(latents)
+        )
+
+    def _trace_step(self, step: int, timestep, model_input: torch.Tensor, eps: dict, terms: dict, branches):
+        """One ``GuidanceStep``: the terms as computed, and each evaluated branch's clean estimate."""
+        return GuidanceStep(
+            step=step,
+            timestep=int(timestep),
+            eps_u=eps["u"].clone(),  # a view would keep the whole batched U-Net output alive
+            terms=terms,
+            x0={
+                branch: predicted_x0(self.scheduler, model_input, eps[branch], timestep)
+                for branch in branches
+            },
+        )
+
     # -- call --------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -371,6 +452,7 @@ class DipsyPipeline(StableDiffusionPipeline):
         output_type: str = "pil",
         callback_on_step_end: Callable[[Any, int, Any, dict], dict | None] | None = None,
         augment: bool = False,
+        trace_every: int | None = None,
         return_dict: bool = True,
         ip_adapter_image: Any = None,
         ip_adapter_image_embeds: Any = None,
@@ -397,8 +479,17 @@ class DipsyPipeline(StableDiffusionPipeline):
                 (B, h/8, w/8, 3)). A returned dict may replace ``latents``.
             augment: apply the adapter-input augmentation to both images, drawn from each row's
                 generator (the batch job turns it on).
+            trace_every: record Eq. 9 taken apart every k-th step (steps 0, k, 2k, ... and the
+                last): the output's ``trace`` holds one :class:`GuidanceStep` per recorded step,
+                with each term, ``eps_u`` and each evaluated branch's clean-latent estimate, for
+                every image. No extra U-Net call, and the images are the same bit for bit as
+                without it. Decode an estimate cheaply with ``preview.latent_preview`` or through
+                the VAE with :meth:`latents_to_images`. ``None``: no trace.
             ip_adapter_image, ip_adapter_image_embeds: StableDiffusionPipeline's adapter inputs,
                 refused (``ValueError``): pass PIL images as ``positive_image`` / ``negative_image``.
+
+        Returns a :class:`DipsyPipelineOutput`; with ``return_dict=False`` the tuple ``(images,)``,
+        or ``(images, trace)`` with ``trace_every``.
         """
         # 0. Default size: the U-Net's native resolution (512 for SD1.5).
         native = self.unet.config.sample_size * self.vae_scale_factor
@@ -416,7 +507,7 @@ class DipsyPipeline(StableDiffusionPipeline):
                     "images itself: pass the class image as positive_image (PIL) and optionally a "
                     "confusable class's image as negative_image"
                 )
-        self._check_call_args(height, width, num_inference_steps, output_type)
+        self._check_call_args(height, width, num_inference_steps, output_type, trace_every)
         if ip_adapter_scale is None:
             ip_adapter_scale = self._default_ip_adapter_scale
         weights = {"w_text": w_text, "w_pos": w_pos, "w_neg": w_neg, "ip_adapter_scale": ip_adapter_scale}
@@ -468,6 +559,7 @@ class DipsyPipeline(StableDiffusionPipeline):
             for name, values in rows.weights.items()
         }
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, 0.0)
+        trace = [] if trace_every is not None else None
 
         # 7. Denoising loop: all branches of all images in one U-Net call per step.
         with self.progress_bar(total=num_inference_steps) as progress_bar:
@@ -485,9 +577,13 @@ class DipsyPipeline(StableDiffusionPipeline):
                 eps = dict(zip(branches, noise.chunk(len(branches)), strict=True))
                 eps.setdefault("tp", eps["t"])
                 eps.setdefault("tpn", eps["tp"])
-                noise_pred = dipsy_guidance(
+                # Eq. 9 as dipsy_guidance computes it, with its terms kept for the trace.
+                terms = guidance_terms(
                     eps["u"], eps["t"], eps["tp"], eps["tpn"], w["w_text"], w["w_pos"], w["w_neg"]
                 )
+                noise_pred = combine_terms(eps["u"], terms)
+                if trace is not None and (i % trace_every == 0 or i == len(timesteps) - 1):
+                    trace.append(self._trace_step(i, t, model_input[:size], eps, terms, branches))
                 if callback_on_step_end is not None:
                     x0 = predicted_x0(self.scheduler, model_input[:size], noise_pred, t)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[
@@ -505,14 +601,10 @@ class DipsyPipeline(StableDiffusionPipeline):
             return DipsyPipelineOutput(images=None, interrupted=True) if return_dict else (None,)
 
         # 8. Decode.
-        if output_type == "latent":
-            images = latents
-        else:
-            decoded = self.vae.decode(
-                latents / self.vae.config.scaling_factor, return_dict=False, generator=generator
-            )[0]
-            images = self.image_processor.postprocess(
-                decoded, output_type=output_type, do_denormalize=[True] * size
-            )
+        images = (
+            latents if output_type == "latent" else self.latents_to_images(latents, output_type, generator)
+        )
         self.maybe_free_model_hooks()
-        return DipsyPipelineOutput(images=images) if return_dict else (images,)
+        if return_dict:
+            return DipsyPipelineOutput(images=images, trace=trace)
+        return (images,) if trace is None else (images, trace)
