@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Annotated, ClassVar
 
 from .errors import SettingsError
@@ -37,7 +37,9 @@ MAX_IMAGE_PIXELS = 64_000_000
 # memory, and a 2048 x 2048 RGB image takes 12 MB. Generated images are at most this size too, so
 # an image DIPSY wrote re-imports unchanged.
 MAX_IMAGE_SIDE = 2048
-SEED_MAX = 2**63 - 1  # seeds are stored as signed 64-bit integers
+# Seeds fit a JSON number in any language (a browser rounds integers beyond 2^53), so a seed
+# shown on the page or read from a manifest can be typed back to redraw its image.
+SEED_MAX = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -222,9 +224,41 @@ class TrainConfig(Settings):
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_rank(self, rank: int) -> TrainConfig:
+        """These settings with LoRA rank ``rank`` and the recipe's alpha for it: alpha = 2 x rank,
+        so the LoRA scaling alpha / r stays 2 (REFERENCE section 4: rank 16, alpha 32)."""
+        return replace(self, lora_rank=rank, lora_alpha=2 * rank)
+
     def workers(self, cuda: bool) -> int:
         """DataLoader worker processes: the setting, or 4 with CUDA (decoding must keep up with
         the GPU) and 0 on the CPU (where workers would compete with the model for the cores)."""
         return (
             self.num_workers if self.num_workers is not None else (min(4, os.cpu_count() or 1) if cuda else 0)
         )
+
+
+@dataclass(frozen=True)
+class CurationConfig(Settings):
+    """The thresholds of the curation report (:mod:`dipsy_ui.curation`); similarities are cosines
+    of image embeddings (CLIP, or a trained classifier's image features)."""
+
+    section: ClassVar[str] = "curation"
+
+    # near_copy: at least this close to its own positive image, and closer to it than any two
+    # real images of its class are to each other (the floor where a class has one real image)
+    near_copy: Annotated[float, Between(0, 1)] = 0.95
+    # duplicate: at least this close to an earlier kept image of the run, and closer than any two
+    # real images of its class are to each other
+    duplicate: Annotated[float, Between(0, 1)] = 0.95
+    # off_class: another class's real images are closer than the image's own by more than this
+    off_class_margin: Annotated[float, Between(0, 2)] = 0.0
+    # neighbours: an image's closeness to a class is its mean cosine to that class's k closest
+    # real images, and a real image's ball (coverage, density) reaches its k-th nearest real
+    # neighbour (Naeem et al. 2020); small, since few-shot classes have about 16 real images
+    nearest_k: Annotated[int, Between(1, 64)] = 3
+
+    def __post_init__(self):
+        self.check({})
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -21,14 +21,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import GenerationConfig
+from .config import SEED_MAX, GenerationConfig
 from .data import FewShotDataset, ImageRecord, resolve_inside
 from .errors import JobConflictError, UsageError
 from .files import leftover_target, write_atomic
@@ -36,15 +36,80 @@ from .images import save_png
 from .manifest import append_lines, environment_differences, read_manifest
 from .models import ModelSpec, dtype_name
 from .reproduce import RegenerationReport, generation_environment
-from .similarity import NegativeSampler, SimilarityResult, uniform_probabilities
+from .similarity import (
+    SIMILARITY_FILE,
+    SIMILARITY_MODES,
+    NegativeSampler,
+    SimilarityResult,
+    uniform_probabilities,
+)
 
 JOB_FILE = "job.json"
+# A requested side this many times the models' own size or more is a preset made for other models
+# (SD1.5's 512 px on a 32 px world): the models' size is used instead, and the job says so.
+FOREIGN_SIZE_RATIO = 4
 
 
 def item_seed(base_seed: int, class_name: str, index: int) -> int:
-    """The seed of one image: a hash of (base seed, class name, index), independent of order."""
+    """The seed of one image: a hash of (base seed, class name, index), independent of order.
+    53 bits, so that a seed survives a JSON number in any language (a browser rounds beyond 2^53)
+    and can be typed back into the app to redraw the image."""
     digest = hashlib.sha256(f"{base_seed}\x00{class_name}\x00{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return int.from_bytes(digest[:8], "little") & SEED_MAX
+
+
+def needs_similarity(mode: str) -> bool:
+    """Whether negative mode ``mode`` draws from the class similarity (paper section 3): the
+    one rule every caller asks before it computes or loads a similarity."""
+    return mode in SIMILARITY_MODES
+
+
+def negative_sampler(
+    dataset: FewShotDataset, mode: str, similarity: SimilarityResult | None
+) -> NegativeSampler | None:
+    """The negative-class sampler of ``mode`` for the dataset's classes (None for "none").
+
+    "uniform" draws any other class, unless a similarity holding the user's pinned or excluded
+    negatives is given (its overrides then apply); "similarity" and "dissimilar" need the
+    similarity of exactly these classes (a result computed for one of them serves the other)."""
+    if mode == "none":
+        return None
+    names = list(dataset.class_names)
+    dataset.require_classes(2, purpose="negative-class sampling (or choose the negative rule 'none')")
+    if similarity is None:
+        if needs_similarity(mode):
+            raise UsageError(
+                f"the negative rule {mode!r} needs the class similarity: compute it first "
+                "(or choose 'uniform' or 'none')"
+            )
+        return NegativeSampler(names, uniform_probabilities(len(names)))
+    if list(similarity.names) != names:
+        raise UsageError(
+            f"the similarity was computed for classes {similarity.names}, the dataset has {names}: "
+            "compute it again"
+        )
+    return similarity.with_mode(mode).sampler()
+
+
+def native_size(pipe) -> int:
+    """The side, in pixels, the loaded models were trained at (512 for SD1.5)."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def fit_to_models(config: GenerationConfig, pipe) -> tuple[GenerationConfig, str | None]:
+    """``config`` with a size the loaded models can draw, and why it changed (None if it did not).
+
+    A preset holds a size for the models it was made for: the paper's presets ask for SD1.5's
+    512 px, which on a 32 px world costs 256 times the work of its native size and draws nothing
+    better. A side :data:`FOREIGN_SIZE_RATIO` times the models' own or more becomes theirs."""
+    side = native_size(pipe)
+    if max(config.height, config.width) < FOREIGN_SIZE_RATIO * side:
+        return config, None
+    note = (
+        f"the loaded models draw {side}x{side} px; the settings' {config.width}x{config.height} "
+        f"is for other models (e.g. SD1.5), so {side}x{side} is used"
+    )
+    return replace(config, height=side, width=side), note
 
 
 @dataclass(frozen=True)
@@ -87,6 +152,86 @@ class JobEvent:
     files: tuple[str, ...] = field(default_factory=tuple)  # written, on "batch"
 
 
+@dataclass(frozen=True)
+class Pick:
+    """The images of one generated image, drawn from its seed (or chosen by the user)."""
+
+    positive_index: int  # into the class's few-shot images
+    positive: ImageRecord
+    negative_class: str | None  # None: no negative image
+    negative_index: int | None
+    negative: ImageRecord | None
+
+
+def pick_images(
+    dataset: FewShotDataset,
+    sampler: NegativeSampler | None,
+    class_name: str,
+    seed: int,
+    positive_index: int | None = None,
+    negative_class: str | None = None,
+    negative_index: int | None = None,
+) -> Pick:
+    """Positive image, negative class and negative image of one image, from its own seed
+    (REFERENCE section 3: a uniform positive, a negative class from the sampler's row, a uniform
+    negative image). A choice given by the caller replaces the draw, but every draw is still made,
+    so the choices left free are the ones the batch job draws for this seed."""
+    generator = torch.Generator().manual_seed(seed)
+    positives = dataset.images(class_name)
+    drawn = int(torch.randint(len(positives), (), generator=generator))
+    positive_index = drawn if positive_index is None else positive_index
+    if not 0 <= positive_index < len(positives):
+        raise UsageError(
+            f"positive image {positive_index} does not exist; {class_name!r} has {len(positives)}"
+        )
+    drawn_class = sampler.sample(class_name, generator) if sampler is not None else None
+    negative_class = drawn_class if negative_class is None else negative_class
+    if negative_class is None:
+        return Pick(positive_index, positives[positive_index], None, None, None)
+    if negative_class == class_name:
+        raise UsageError(f"a class cannot be its own negative: {class_name!r}")
+    negatives = dataset.images(negative_class)
+    drawn = int(torch.randint(len(negatives), (), generator=generator))
+    negative_index = drawn if negative_index is None else negative_index
+    if not 0 <= negative_index < len(negatives):
+        raise UsageError(
+            f"negative image {negative_index} does not exist; {negative_class!r} has {len(negatives)}"
+        )
+    return Pick(
+        positive_index, positives[positive_index], negative_class, negative_index, negatives[negative_index]
+    )
+
+
+def render(
+    pipe,
+    config: GenerationConfig,
+    prompts: list[str],
+    picks: list[Pick],
+    seeds: list[int],
+    on_step: Callable | None = None,
+    **per_row,
+) -> list[Image.Image] | None:
+    """The one pipeline call every image goes through (batch job, preview, sweep): the
+    settings' weights, scale, steps, sampler, size and adapter-input augmentation, each row
+    seeded by its own generator. ``per_row`` overrides a weight with one value per row (a
+    sweep). None when interrupted."""
+    pipe.use_scheduler(config.scheduler)
+    weights = {name: getattr(config, name) for name in ("w_text", "w_pos", "w_neg", "ip_adapter_scale")}
+    output = pipe(
+        prompts,
+        [pick.positive.image for pick in picks],
+        [pick.negative.image if pick.negative else None for pick in picks],
+        num_inference_steps=config.steps,
+        height=config.height,
+        width=config.width,
+        generator=[torch.Generator(pipe._execution_device).manual_seed(seed) for seed in seeds],
+        augment=config.augment,
+        callback_on_step_end=on_step,
+        **(weights | per_row),
+    )
+    return output.images
+
+
 def recorded_run(out_dir: str | Path) -> tuple[GenerationConfig, ModelSpec]:
     """The generation settings and model sources a run recorded in ``OUT/job.json``
     (images per class and batch size are not part of a run's identity: defaults stand in)."""
@@ -95,6 +240,25 @@ def recorded_run(out_dir: str | Path) -> tuple[GenerationConfig, ModelSpec]:
         raise UsageError(f"{out_dir} holds no generation run ({JOB_FILE} is missing)")
     job = json.loads(path.read_text(encoding="utf-8"))
     return GenerationConfig(**job["generation"]), ModelSpec(**job["models"])
+
+
+def describe_differences(recorded: dict, mine: dict) -> list[str]:
+    """The differing fingerprint fields as a person reads them: a generation setting with both
+    values ("steps: recorded 20, now 2"), anything else by name ("classes")."""
+    words = {
+        "classes": "different classes (or other images in them)",
+        "models": "other model sources",
+        "dtype": f"another dtype (recorded {recorded.get('dtype')}, now {mine.get('dtype')})",
+        "negative_probabilities": "other negative-class probabilities (similarity, temperature or pins)",
+    }
+    lines = []
+    for name in differing_fields(recorded, mine):
+        section, _, key = name.partition(".")
+        if section == "generation" and key:
+            lines.append(f"{key}: recorded {recorded[section].get(key)!r}, now {mine[section].get(key)!r}")
+        else:
+            lines.append(words.get(name, name))
+    return lines
 
 
 def differing_fields(recorded: dict, mine: dict, prefix: str = "") -> list[str]:
@@ -113,41 +277,51 @@ def differing_fields(recorded: dict, mine: dict, prefix: str = "") -> list[str]:
 
 
 class GenerationJob:
-    """Generate the synthetic set of a few-shot dataset with a loaded DipsyPipeline."""
+    """The one generation setup: a few-shot set, settings and (where the negative rule needs it)
+    the class similarity, made into a ready job bound to its run folder.
+
+    It owns every rule of a run: the size the loaded models draw (:func:`fit_to_models`), the
+    negative sampler (:func:`negative_sampler`), each image's picks (:func:`pick_images`) and
+    pipeline call (:func:`render`), and the folder's record: ``job.json`` (what must match for a
+    resume, which fields may change) and ``similarity.json`` (the similarity sampled from, kept in
+    the run folder so that the run regenerates from its own folder). The CLI, the app, the
+    experiment runner and the preview all go through it."""
 
     def __init__(
         self,
         pipe,
         dataset: FewShotDataset,
         config: GenerationConfig,
-        out_dir: str | Path,
+        out_dir: str | Path | None,
         spec: ModelSpec,
         similarity: SimilarityResult | None = None,
         shard: Shard | None = None,
     ):
-        self.pipe, self.dataset, self.config, self.spec = pipe, dataset, config, spec
-        self.out_dir = Path(out_dir)
+        self.pipe, self.dataset, self.spec = pipe, dataset, spec
+        self.config, self.note = fit_to_models(config, pipe)
+        self.out_dir = Path(out_dir) if out_dir is not None else None  # None: a preview, no folder
         self.shard = shard or Shard()
-        self.sampler = self._negative_sampler(similarity)
+        self.sampler = negative_sampler(dataset, self.config.negatives, similarity)
+        # The similarity the sampler follows; a plain uniform rule follows none.
+        self.similarity = similarity if self.sampler is not None else None
 
-    def _negative_sampler(self, similarity: SimilarityResult | None) -> NegativeSampler | None:
-        names = list(self.dataset.class_names)
-        if self.config.negatives == "none":
-            return None
-        self.dataset.require_classes(2, purpose="negative-class sampling")
-        if self.config.negatives == "uniform":
-            return NegativeSampler(names, uniform_probabilities(len(names)))
-        if similarity is None:
-            raise ValueError(
-                f"negatives={self.config.negatives!r} needs the class similarity: compute it first "
-                "(or use 'uniform' or 'none')"
+    @classmethod
+    def from_folder(
+        cls, pipe, dataset: FewShotDataset, out_dir: str | Path, spec: ModelSpec | None = None
+    ) -> GenerationJob:
+        """The job of an existing run, from what its folder recorded (settings, model sources,
+        similarity); ``spec`` stands in for the recorded sources (the same weights elsewhere)."""
+        config, recorded = recorded_run(out_dir)
+        similarity = None
+        if (Path(out_dir) / SIMILARITY_FILE).is_file():
+            similarity = SimilarityResult.load(out_dir)
+        elif needs_similarity(config.negatives):
+            raise UsageError(
+                f"the run {Path(out_dir).name!r} drew its negatives from a class similarity that its "
+                f"folder does not hold ({SIMILARITY_FILE} is missing): copy the similarity.json it was "
+                "made with into the run folder"
             )
-        if list(similarity.names) != names:
-            raise ValueError(
-                f"the similarity was computed for classes {similarity.names}, the dataset has {names}"
-            )
-        # A similarity computed for one mode serves the other ("similarity" <-> "dissimilar").
-        return similarity.with_mode(self.config.negatives).sampler()
+        return cls(pipe, dataset, config, out_dir, spec or recorded, similarity)
 
     # -- plan ------------------------------------------------------------------------------
 
@@ -191,13 +365,22 @@ class GenerationJob:
         if theirs != mine:
             # The folder by its name only: the message reaches the page, server paths must not.
             raise JobConflictError(
-                f"the folder {self.out_dir.name!r} holds images generated with different "
-                f"{', '.join(differing_fields(theirs, mine))}; choose another output folder (nothing was changed)"
+                f"the folder {self.out_dir.name!r} holds images generated with other settings: "
+                + "; ".join(describe_differences(theirs, mine))
+                + ". Resume with the recorded settings, or choose another output folder (nothing was changed)."
             )
         return True
 
-    def _claim_folder(self) -> None:
+    def claim(self) -> None:
+        """Make the folder this run's (``job.json``, and the similarity sampled from), or check
+        that it already is; raises :class:`JobConflictError` (touching nothing) when it holds
+        another run."""
         if not self._check_folder():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.similarity is not None:
+                from .heatmap import save_similarity
+
+                save_similarity(self.similarity, self.out_dir)
             write_atomic(self.out_dir / JOB_FILE, json.dumps(self.fingerprint(), indent=1, sort_keys=True))
 
     def _remove_leftovers(self) -> None:
@@ -219,60 +402,32 @@ class GenerationJob:
 
     # -- one batch ----------------------------------------------------------------------------
 
-    def _pick(self, item: JobItem) -> tuple[ImageRecord, str | None, ImageRecord | None]:
+    def pick(self, item: JobItem) -> Pick:
         """Positive image, negative class and negative image of an item, from its own seed."""
-        generator = torch.Generator().manual_seed(item.seed)
-        positives = self.dataset.images(item.class_name)
-        positive = positives[int(torch.randint(len(positives), (), generator=generator))]
-        if self.sampler is None:
-            return positive, None, None
-        negative_class = self.sampler.sample(item.class_name, generator)
-        negatives = self.dataset.images(negative_class)
-        return (
-            positive,
-            negative_class,
-            negatives[int(torch.randint(len(negatives), (), generator=generator))],
-        )
+        return pick_images(self.dataset, self.sampler, item.class_name, item.seed)
 
     def _generate(
         self, batch: list[JobItem], on_step: Callable | None
     ) -> tuple[list[Image.Image] | None, list[dict]]:
-        config, device = self.config, self.pipe._execution_device
-        picks = [self._pick(item) for item in batch]
+        picks = [self.pick(item) for item in batch]
         records = [
             {
                 "file": item.file,
                 "class_name": item.class_name,
                 "index": item.index,
                 "seed": item.seed,
-                "prompt": config.prompt(item.class_name),
-                "positive": positive.source,
-                "negative_class": negative_class,
-                "negative": negative.source if negative else None,
+                "prompt": self.config.prompt(item.class_name),
+                "positive": pick.positive.source,
+                "negative_class": pick.negative_class,
+                "negative": pick.negative.source if pick.negative else None,
                 # The batch's composition decides the last bits of every image in it.
                 "batch": [member.file for member in batch],
                 "batch_position": position,
             }
-            for position, (item, (positive, negative_class, negative)) in enumerate(
-                zip(batch, picks, strict=True)
-            )
+            for position, (item, pick) in enumerate(zip(batch, picks, strict=True))
         ]
-        output = self.pipe(
-            [record["prompt"] for record in records],
-            [positive.image for positive, _, _ in picks],
-            [negative.image if negative else None for _, _, negative in picks],
-            w_text=config.w_text,
-            w_pos=config.w_pos,
-            w_neg=config.w_neg,
-            ip_adapter_scale=config.ip_adapter_scale,
-            num_inference_steps=config.steps,
-            height=config.height,
-            width=config.width,
-            generator=[torch.Generator(device).manual_seed(item.seed) for item in batch],
-            augment=config.augment,
-            callback_on_step_end=on_step,
-        )
-        return output.images, records
+        prompts = [record["prompt"] for record in records]
+        return render(self.pipe, self.config, prompts, picks, [item.seed for item in batch], on_step), records
 
     def _record_settings(self) -> dict:
         settings = {
@@ -295,9 +450,8 @@ class GenerationJob:
         """
         on_event = on_event or (lambda event: None)
         cancel = cancel or threading.Event()
-        self._claim_folder()
+        self.claim()
         self._remove_leftovers()
-        self.pipe.use_scheduler(self.config.scheduler)
         batches = self.batches()
         done_files = set(read_manifest(self.out_dir))
         total = sum(len(batch) for batch in batches)
@@ -370,7 +524,6 @@ class GenerationJob:
                 target if i == target.index else self._item(target.class_name, i)
                 for i in range(start, start + batch_size)
             ]
-        self.pipe.use_scheduler(self.config.scheduler)
         images, _ = self._generate(batch, None)
         now = generation_environment(self.pipe._execution_device, self.pipe.unet.dtype)
         differing = environment_differences(record, now | {"batch": [item.file for item in batch]})

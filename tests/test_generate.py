@@ -324,10 +324,10 @@ def test_different_settings_are_refused_and_nothing_is_touched(tiny_pipe, tiny_s
     GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run()
     before = {file: pixels(out / file) for file in listed(out)}
     changed = dataclasses.replace(CONFIG, w_pos=2.0)
-    with pytest.raises(JobConflictError, match="generation") as refused:
+    with pytest.raises(JobConflictError, match="other settings") as refused:
         GenerationJob(tiny_pipe, dataset, changed, out, tiny_spec).run()
-    # The message names the folder and the differing setting, never the server path.
-    assert "'run'" in str(refused.value) and "generation.w_pos" in str(refused.value)
+    # The message names the folder and the differing setting with both values, never the server path.
+    assert "'run'" in str(refused.value) and "w_pos: recorded 6.0, now 2.0" in str(refused.value)
     assert str(tmp_path) not in str(refused.value) and "/" not in str(refused.value)
     assert all(np.array_equal(pixels(out / file), image) for file, image in before.items())
     # More images per class is not a different run: it extends this one.

@@ -7,10 +7,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_studio_jobs import terminal
 
 from dipsy_ui.errors import UsageError
 from dipsy_ui.presets import load_preset
-from dipsy_ui.studio import DONE, Studio
+from dipsy_ui.studio import DONE, FAILED, Studio
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +81,16 @@ def test_a_session_reopens_from_its_folder_with_data_run_classifier_and_preset(s
     (run / "manifest.jsonl").write_text("")
     (session.root / "runs" / "run-1").mkdir()
     (session.root / "runs" / "run-1" / "manifest.jsonl").write_text("")
-    studio.runs.open_run(session, "run-2")
-    studio.data.set_preset(session, "pets")
+    studio.curation.open_run(session, "run-2")
+    studio.settings.set_preset(session, "pets")
     result = _train(studio, session, {"epochs": 1})
 
     again = studio.open_session(session.id)
     assert again is not session and again.root == session.root
     assert studio.data.class_names(again) == ["Cat & dog", "a/b"]
     assert studio.data.image_paths(again, "a/b") == studio.data.image_paths(session, "a/b")  # same order
-    assert studio.runs.runs(again) == ["run-1", "run-2"] and studio.runs.run_name(again) == "run-2"
-    assert studio.runs.run_line(again) == "Run: run-2 (0 images kept)"
+    assert studio.curation.runs(again) == ["run-1", "run-2"] and studio.curation.run_name(again) == "run-2"
+    assert studio.curation.run_line(again) == "Run: run-2 (0 images kept)"
     assert studio.training.classifier_name(again) == result.out_dir.name
     assert again.preset == "pets" and again.generation == load_preset("pets").generation
     # Only an id of an existing session folder is reopened, never a path: anything else is new.
@@ -99,34 +100,33 @@ def test_a_session_reopens_from_its_folder_with_data_run_classifier_and_preset(s
 
 
 def test_a_refused_start_changes_nothing_and_names_the_differing_settings(studio):
-    """A folder holding another run's settings: Start is refused before the current run changes,
-    the message lists each differing setting, and the recorded settings can be taken over."""
+    """A folder holding another run's settings: Start is refused before the current run changes
+    or any file is written, the message lists each differing setting, and the recorded settings
+    can be taken over, after which the folder resumes."""
+    from dipsy_ui.errors import JobConflictError
+
     session = studio.core.session(None)
     studio.data.add_images(session, "zero", _digits(studio, "train", "zero", 2))
     studio.data.add_images(session, "one", _digits(studio, "train", "one", 2))
-    recorded = session.root / "runs" / "old"
-    recorded.mkdir(parents=True)
-    (recorded / "manifest.jsonl").write_text("")
-    settings = json.loads(json.dumps(session.generation.to_dict())) | {"steps": 3, "w_text": 1.5}
-    (recorded / "job.json").write_text(json.dumps({"generation": settings}))
-    studio.runs.open_run(session, "old")
-    (session.root / "runs" / "current").mkdir()
-    (session.root / "runs" / "current" / "manifest.jsonl").write_text("")
-    studio.runs.open_run(session, "current")
-    from dipsy_ui.errors import JobConflictError
+    studio.settings.update_generation(session, steps=3, w_text=1.5)
+    assert terminal(list(studio.generation.generate(session, 1, 1, "old"))).kind == DONE
+    studio.settings.update_generation(session, steps=2, w_text=4.0)
+    assert terminal(list(studio.generation.generate(session, 1, 1, "current"))).kind == DONE
+    old = session.root / "runs" / "old"
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
 
-    with pytest.raises(JobConflictError) as refused:
-        studio.runs.generate(session, 1, 1, "old")
-    message = str(refused.value)
-    assert "steps: recorded 3, now" in message and "w_text: recorded 1.5, now" in message
-    assert str(session.root) not in message and studio.runs.run_name(session) == "current"
-    assert studio.runs.free_folder(session, "old") == "old-1"
+    end = terminal(list(studio.generation.generate(session, 2, 1, "old")))
+    assert end.kind == FAILED and isinstance(end.error, JobConflictError)
+    message = str(end.error)
+    assert "steps: recorded 3, now 2" in message and "w_text: recorded 1.5, now 4.0" in message
+    assert str(session.root) not in message and studio.curation.run_name(session) == "current"
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert studio.generation.free_folder(session, "old") == "old-1"
     (session.root / "runs" / "old-1").mkdir()
-    assert studio.runs.free_folder(session, "old-1") == "old-2"
-    studio.runs.use_recorded(session, "old")
-    assert (
-        session.generation.steps == 3 and studio.runs.differing_settings(recorded, session.generation) == []
-    )
+    assert studio.generation.free_folder(session, "old-1") == "old-2"
+    studio.generation.use_recorded(session, "old")
+    assert session.generation.steps == 3 and session.generation.w_text == 1.5
+    assert terminal(list(studio.generation.generate(session, 2, 1, "old"))).result.done == 4
 
 
 def test_a_reopened_session_resumes_its_run_with_the_images_in_their_order(studio):
@@ -136,11 +136,11 @@ def test_a_reopened_session_resumes_its_run_with_the_images_in_their_order(studi
     for name, digit in (("zero", "zero"), ("seven", "seven")):
         files = sorted((studio.data.demo_data_dir() / "train" / digit).iterdir())[:4]
         studio.data.add_images(session, name, [str(path) for path in reversed(files)])
-    first = list(studio.runs.generate(session, 1, 1, "run-1"))[-1]
+    first = list(studio.generation.generate(session, 1, 1, "run-1"))[-1]
     assert first.kind == DONE, first.message
     reopened = studio.open_session(session.id)
     assert reopened.data.classes == session.data.classes
-    resumed = list(studio.runs.generate(reopened, 2, 1, "run-1"))[-1]
+    resumed = list(studio.generation.generate(reopened, 2, 1, "run-1"))[-1]
     assert resumed.kind == DONE, resumed.message
 
 
@@ -150,9 +150,9 @@ def test_an_experiments_cells_open_like_runs_by_their_path_in_the_session(studio
     cell.mkdir(parents=True)
     (cell / "manifest.jsonl").write_text("")
     name = "experiments/e1/runs/seed-0/shots-1/gen-abc"
-    assert name in studio.runs.runs(session)
-    assert studio.runs.open_run(session, name) == f"Run: {name} (0 images kept)"
+    assert name in studio.curation.runs(session)
+    assert studio.curation.open_run(session, name) == f"Run: {name} (0 images kept)"
     assert studio.open_session(session.id).run.run_dir == cell  # a reopen finds the cell again
     for bad in ("experiments/../../x", "experiments/e1/runs", str(cell)):
         with pytest.raises(UsageError, match="there is no run"):
-            studio.runs.open_run(session, bad)
+            studio.curation.open_run(session, bad)

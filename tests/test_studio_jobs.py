@@ -186,7 +186,7 @@ def session(studio):
         if name not in CLASSES:
             studio.data.remove_class(session, name)
     assert terminal(list(studio.similarity.compute(session, 0.4))).kind == DONE
-    assert terminal(list(studio.runs.generate(session, 1, 1, "run-1"))).kind == DONE
+    assert terminal(list(studio.generation.generate(session, 1, 1, "run-1"))).kind == DONE
     return session
 
 
@@ -206,8 +206,8 @@ def test_every_long_action_ends_in_exactly_one_terminal_event(studio, session, t
     actions = {
         "preview": lambda: studio.guidance.preview(session, settings),
         "sweep": lambda: studio.guidance.sweep(session, settings, "w_pos", [0.0, 6.0], "w_neg", [3.0]),
-        "generation": lambda: studio.runs.generate(session, 1, 1, "run-2"),
-        "ranking": lambda: studio.runs.rank(session),
+        "generation": lambda: studio.generation.generate(session, 1, 1, "run-2"),
+        "ranking": lambda: studio.curation.rank(session),
         "training": lambda: studio.training.train(session, {"epochs": 1}),
         "comparison": lambda: studio.training.compare(session, {"epochs": 1}, test_set),
         "similarity": lambda: studio.similarity.compute(session, 0.4),
@@ -222,10 +222,10 @@ def test_every_long_action_ends_in_exactly_one_terminal_event(studio, session, t
 def test_a_cancelled_action_ends_cancelled_once_and_frees_the_lock(studio, session, action):
     start = {
         "preview": lambda: studio.guidance.preview(session, GuidanceSettings("two", steps=100, seed=7)),
-        "generation": lambda: studio.runs.generate(session, 20, 1, "run-cancel"),
+        "generation": lambda: studio.generation.generate(session, 20, 1, "run-cancel"),
         "training": lambda: studio.training.train(session, {"epochs": 50}),
     }[action]
-    studio.runs.open_run(session, "run-1")  # a complete run: training's synthetic set
+    studio.curation.open_run(session, "run-1")  # a complete run: training's synthetic set
     events = []
     for event in start():
         events.append(event)

@@ -53,27 +53,25 @@ def cmd_generate_one(args: argparse.Namespace) -> int:
     return 0
 
 
-def _similarity(args, dataset, spec, runtime, temperature: float, mode: str, out: Path):
-    """Class similarity of ``dataset`` (embeddings cached under OUT/.cache), saved with its heatmap."""
-    from ..heatmap import save_similarity
+def _similarity(dataset, spec, runtime, temperature: float, mode: str, out: Path):
+    """Class similarity of ``dataset`` (embeddings cached under OUT/.cache)."""
     from ..models import load_clip
     from ..similarity import compute_similarity
 
     dataset.require_classes(2, purpose="class similarity")
     clip = load_clip(spec, runtime)
-    result = compute_similarity(
+    return compute_similarity(
         clip, dataset.image_lists(), temperature=temperature, mode=mode, cache_dir=out / ".cache"
     )
-    save_similarity(result, out)
-    return result
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
-    dataset = load_dataset_reporting(args.data)
-    result = _similarity(
-        args, dataset, spec_from_args(args), runtime_of(args), args.temperature, "similarity", args.out
-    )
+    from ..heatmap import save_similarity
     from ..similarity import top_similar
+
+    dataset = load_dataset_reporting(args.data)
+    result = _similarity(dataset, spec_from_args(args), runtime_of(args), args.temperature, "similarity", args.out)
+    save_similarity(result, args.out)
 
     for name, neighbours in top_similar(result.names, result.similarity, k=3):
         print(f"{name}: " + ", ".join(f"{other} ({value:.2f})" for other, value in neighbours))
@@ -87,10 +85,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..generate import GenerationJob, Shard
+    from ..generate import GenerationJob, Shard, needs_similarity
     from ..models import load_pipeline
     from ..presets import load_preset
-    from ..similarity import SIMILARITY_MODES
 
     preset = load_preset(args.preset)
     overrides = {
@@ -103,11 +100,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dataset = load_dataset_reporting(args.data)
     spec, runtime = spec_from_args(args), runtime_of(args)
     similarity = None
-    if config.negatives in SIMILARITY_MODES:
-        similarity = _similarity(args, dataset, spec, runtime, config.temperature, config.negatives, args.out)
+    if needs_similarity(config.negatives):
+        similarity = _similarity(dataset, spec, runtime, config.temperature, config.negatives, args.out)
     job = GenerationJob(
         load_pipeline(spec, runtime), dataset, config, args.out, spec, similarity, Shard.from_env()
     )
+    if job.note:
+        print(f"note: {job.note}")
     cancel = threading.Event()
     bar = tqdm(total=sum(len(batch) for batch in job.batches()), unit="img", desc="generating")
 
@@ -126,20 +125,12 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     from ..generate import GenerationJob, recorded_run
     from ..images import save_png
     from ..models import load_pipeline
-    from ..similarity import SIMILARITY_MODES, SimilarityResult
 
-    config, spec = recorded_run(args.out)
+    _, spec = recorded_run(args.out)
     if args.models or args.sd or args.ip_adapter:
         spec = spec_from_args(args)  # the same weights stored elsewhere
-    similarity = SimilarityResult.load(args.out) if config.negatives in SIMILARITY_MODES else None
-    job = GenerationJob(
-        load_pipeline(spec, runtime_of(args)),
-        load_dataset_reporting(args.data),
-        config,
-        args.out,
-        spec,
-        similarity,
-    )
+    pipe = load_pipeline(spec, runtime_of(args))
+    job = GenerationJob.from_folder(pipe, load_dataset_reporting(args.data), args.out, spec)
     report = job.regenerate(args.file, batch_size=args.batch_size)
     if args.save:
         save_png(report.image, args.save)
@@ -147,45 +138,54 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     return 1 if report.verdict == "different" else 0
 
 
-def register(commands) -> None:
-    """Add this module's commands to the ``python -m dipsy_ui`` subparsers."""
-    from ..config import NEGATIVE_MODES, SCHEDULER_NAMES, GenerationConfig
+def add_generate_one_arguments(parser: argparse.ArgumentParser) -> None:
+    """``generate-one``'s inputs (prompt, images, seed, weights, sampler, size, models), shared
+    with ``explain``, which draws the same image; each command adds its own ``--out``."""
+    from ..config import SCHEDULER_NAMES, GenerationConfig
 
-    authors = GenerationConfig()  # the authors' defaults, where a command takes no preset
-    one = commands.add_parser("generate-one", help="generate one image with dual IP-Adapter guidance")
-    one.add_argument("--prompt", required=True, help='e.g. "A photo of a Bombay cat"')
-    one.add_argument("--positive", required=True, type=Path, help="image of the class to generate")
-    one.add_argument("--negative", type=Path, help="image of a confusable class to steer away from")
-    one.add_argument("--seed", type=int, default=0)
-    one.add_argument("--out", required=True, type=Path, help="output PNG")
-    one.add_argument(
+    authors = GenerationConfig()  # the authors' defaults: generate-one takes no preset
+    parser.add_argument("--prompt", required=True, help='e.g. "A photo of a Bombay cat"')
+    parser.add_argument("--positive", required=True, type=Path, help="image of the class to generate")
+    parser.add_argument("--negative", type=Path, help="image of a confusable class to steer away from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
         "--w-text", type=float, default=authors.w_text, help="text guidance weight (default: %(default)s)"
     )
-    one.add_argument(
+    parser.add_argument(
         "--w-pos",
         type=float,
         default=authors.w_pos,
         help="positive image guidance weight (default: %(default)s)",
     )
-    one.add_argument(
+    parser.add_argument(
         "--w-neg",
         type=float,
         default=authors.w_neg,
         help="negative image guidance weight, subtracted (default: %(default)s)",
     )
-    one.add_argument(
+    parser.add_argument(
         "--scale",
         type=float,
         default=authors.ip_adapter_scale,
         help="IP-Adapter scale (default: %(default)s)",
     )
-    one.add_argument(
+    parser.add_argument(
         "--steps", type=int, default=authors.steps, help="denoising steps (default: %(default)s)"
     )
-    one.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=authors.scheduler)
-    one.add_argument("--height", type=int, help="default: the model's native size (512 for SD1.5)")
-    one.add_argument("--width", type=int)
-    add_model_arguments(one)
+    parser.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=authors.scheduler)
+    parser.add_argument("--height", type=int, help="default: the model's native size (512 for SD1.5)")
+    parser.add_argument("--width", type=int)
+    add_model_arguments(parser)
+
+
+def register(commands) -> None:
+    """Add this module's commands to the ``python -m dipsy_ui`` subparsers."""
+    from ..config import NEGATIVE_MODES, GenerationConfig
+
+    authors = GenerationConfig()  # the authors' defaults, where a command takes no preset
+    one = commands.add_parser("generate-one", help="generate one image with dual IP-Adapter guidance")
+    add_generate_one_arguments(one)
+    one.add_argument("--out", required=True, type=Path, help="output PNG")
     one.set_defaults(run=cmd_generate_one)
 
     sim = commands.add_parser("similarity", help="class similarity matrix and heatmap of a few-shot set")

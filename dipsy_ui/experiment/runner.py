@@ -38,10 +38,9 @@ from ..data import class_slugs, load_dataset
 from ..digits import write_demo_data
 from ..errors import JobConflictError
 from ..files import write_atomic
-from ..generate import GenerationJob, JobEvent
-from ..heatmap import save_similarity
+from ..generate import GenerationJob, JobEvent, needs_similarity
 from ..models import ModelSpec, Runtime, dtype_name, load_clip, load_pipeline, resolve_runtime
-from ..similarity import SIMILARITY_MODES, compute_similarity
+from ..similarity import compute_similarity
 from .report import write_report
 from .spec import DEMO_DIGITS, Arm, ExperimentSpec
 from .stats import accuracy_margin
@@ -190,7 +189,7 @@ class Experiment:
         folder = self._folder("runs", cell) / f"gen-{generation_key(config, self.models)}"
         dataset = load_dataset(subset)
         similarity = None
-        if config.negatives in SIMILARITY_MODES:
+        if needs_similarity(config.negatives):
             if self._clip is None:
                 self._clip = load_clip(self.models, self.runtime)
             similarity = compute_similarity(
@@ -200,9 +199,6 @@ class Experiment:
                 mode=config.negatives,
                 cache_dir=self.out_dir / ".cache",
             )
-            save_similarity(
-                similarity, folder
-            )  # beside the images, as `generate` keeps it (regenerate reads it)
         if self._pipe is None:
             self._pipe = load_pipeline(self.models, self.runtime)
         job = GenerationJob(self._pipe, dataset, config, folder, self.models, similarity)

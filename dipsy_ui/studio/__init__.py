@@ -2,20 +2,23 @@
 
 :mod:`.core` holds what every service shares (workspace, models, the model lock, sessions and
 :meth:`~.core.Core.run_job`), :mod:`.jobs` the event every long action yields, :mod:`.session`
-the per-user state; one module per service: :mod:`.data`, :mod:`.similarity`, :mod:`.guidance`,
-:mod:`.runs` (generation and curation), :mod:`.training`.
+the per-user state; one module per service: :mod:`.settings` (the one writer of the session's
+preset and settings), :mod:`.data`, :mod:`.similarity`, :mod:`.guidance`, :mod:`.generation`,
+:mod:`.curation`, :mod:`.training`, :mod:`.experiments`.
 """
 
 from pathlib import Path
 
 from ..models import ModelSpec, Runtime
 from .core import Core
+from .curation import CurationService
 from .data import DataService
 from .experiments import ExperimentService
+from .generation import GenerationService
 from .guidance import SAMPLE, WEIGHTS, GuidanceService, GuidanceSettings, parse_values
 from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Progress
-from .runs import RunService
 from .session import Session
+from .settings import SettingsService
 from .similarity import SimilarityService
 from .training import TrainingService
 
@@ -27,11 +30,15 @@ class Studio:
     def __init__(self, spec: ModelSpec | None, workspace: str | Path, demo: bool = False,
                  runtime: Runtime | None = None):  # fmt: skip
         self.core = Core(spec, workspace, demo, runtime)
-        self.data = DataService(self.core)
-        self.similarity = SimilarityService(self.core, self.data)
-        self.guidance = GuidanceService(self.core, self.data, self.similarity)
-        self.runs = RunService(self.core, self.data, self.similarity)
-        self.training = TrainingService(self.core, self.data, self.runs)
+        self.settings = SettingsService(self.core)
+        self.data = DataService(self.core, self.settings)
+        self.similarity = SimilarityService(self.core, self.data, self.settings)
+        self.curation = CurationService(self.core, self.data)
+        self.generation = GenerationService(
+            self.core, self.data, self.settings, self.similarity, self.curation
+        )
+        self.guidance = GuidanceService(self.core, self.data, self.settings, self.similarity, self.generation)
+        self.training = TrainingService(self.core, self.data, self.settings, self.curation)
         self.experiments = ExperimentService(self.core, self.data)
 
     def open_session(self, session_id: object) -> Session:
@@ -43,7 +50,7 @@ class Studio:
             return self.core.session(None)
         session, choices = reopened
         self.data.restore(session)
-        self.runs.restore(session, choices.get("run"))
+        self.curation.restore(session, choices.get("run"))
         self.training.restore(session, choices.get("classifier"))
         return session
 

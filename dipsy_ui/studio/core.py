@@ -10,6 +10,7 @@ cancelled or failed. Nothing else takes the model lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -25,6 +26,7 @@ from ..models import WORLD_DIR, ModelSpec, Runtime
 from ..presets import load_preset
 from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
 from .session import Session, run_name
+from .settings import apply_preset
 
 RESULTS = (
     "runs",
@@ -133,15 +135,8 @@ class Core:
             saved = {}
         saved = saved if isinstance(saved, dict) else {}
         if isinstance(saved.get("preset"), str):
-            try:
-                preset = load_preset(saved["preset"], user_folder=root / "presets")
-                session.preset, session.generation, session.train = (
-                    preset.name,
-                    preset.generation,
-                    preset.train,
-                )
-            except DipsyError:
-                pass  # a preset deleted since: the default one
+            with contextlib.suppress(DipsyError):  # a preset deleted since: the default one stays
+                apply_preset(session, load_preset(saved["preset"], user_folder=root / "presets"))
         self._opened(session_id)
         return session, {k: v for k, v in saved.items() if k in ("run", "classifier") and isinstance(v, str)}
 
@@ -156,9 +151,7 @@ class Core:
         write_atomic(session.root / SESSION_FILE, json.dumps(choices, indent=1))
 
     def _defaults(self, session: Session) -> None:
-        session.preset = "demo" if self.demo else "pets"
-        preset = load_preset(session.preset)
-        session.generation, session.train = preset.generation, preset.train
+        apply_preset(session, load_preset("demo" if self.demo else "pets"))
 
     def _opened(self, session_id: str) -> None:
         with self._load_lock:

@@ -1,4 +1,4 @@
-"""The data service: a session's classes and images, the demo data, presets."""
+"""The data service: a session's classes and images, and the demo data."""
 
 from __future__ import annotations
 
@@ -15,26 +15,19 @@ from ..digits import write_demo_data
 from ..errors import DipsyError, ImageReadError, UsageError
 from ..files import write_atomic
 from ..images import image_digest, read_image, save_png
-from ..presets import (
-    Preset,
-    existing_user_preset,
-    list_presets,
-    list_user_presets,
-    load_preset,
-    save_user_preset,
-)
 from .core import Core
 from .session import Session, check_name
+from .settings import SettingsService
 
 CLASSES_FILE = "classes.json"  # in data/: display name -> class folder, in the user's order
 
 
 class DataService:
     """Classes and images kept as PNGs in ``<session>/data/<class slug>/``, decoded once into a
-    :class:`~dipsy_ui.data.FewShotDataset` that is kept until they change; presets."""
+    :class:`~dipsy_ui.data.FewShotDataset` that is kept until they change."""
 
-    def __init__(self, core: Core):
-        self.core = core
+    def __init__(self, core: Core, settings: SettingsService):
+        self.core, self.settings = core, settings
         self._decoding = threading.Lock()  # two requests of one session decode its data once
 
     # -- classes and images ---------------------------------------------------------------------
@@ -89,7 +82,7 @@ class DataService:
 
     def load_demo(self, session: Session) -> str:
         report = self.load_source(session, self.demo_data_dir() / "train")
-        self.set_preset(session, "demo")
+        self.settings.set_preset(session, "demo")
         return report
 
     def clear(self, session: Session) -> None:
@@ -170,40 +163,6 @@ class DataService:
         if state.classes and len(state.classes) < 2:
             lines.append("Note: negative guidance needs at least 2 classes.")
         return "\n".join(lines)
-
-    # -- presets --------------------------------------------------------------------------------
-
-    def preset(self, session: Session) -> str:
-        return self.core.session(session).preset
-
-    def preset_choices(self, session: Session | None = None) -> list[str]:
-        """The built-in presets' names, then the user's own (none for a session not used yet)."""
-        if session is None or session.root is None:
-            return list_presets()
-        return list_presets() + list_user_presets(session.root / "presets")
-
-    def set_preset(self, session: Session, name: str) -> str:
-        """Make a preset (built-in or the user's own, by name only) the session's settings."""
-        session = self.core.session(session)
-        preset = load_preset(name, user_folder=session.root / "presets")
-        session.preset = preset.name
-        session.generation, session.train = preset.generation, preset.train
-        self.core.save_choices(session)
-        return f"Preset {preset.name}: {preset.description or 'no description'}"
-
-    def existing_preset(self, session: Session, name: str) -> str | None:
-        """The user's preset that saving ``name`` would replace, or None."""
-        return existing_user_preset(self.core.session(session).root / "presets", name)
-
-    def save_preset(self, session: Session, name: str, overwrite: bool = False) -> str:
-        """Save the session's current settings as the user's own preset ``name``; its name. A
-        built-in name is refused, an existing one replaced only with ``overwrite``."""
-        session = self.core.session(session)
-        preset = Preset(name, "saved from the app", session.generation, session.train)
-        path = save_user_preset(preset, session.root / "presets", name, overwrite=overwrite)
-        session.preset = path.stem
-        self.core.save_choices(session)
-        return path.stem
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The guidance service: live previews of one image and labelled weight sweeps (one batched
-pipeline call each), with the weights tried kept as the session's generation settings."""
+pipeline call each), drawn through the batch job's own setup (:meth:`GenerationService.job`), so
+that a preview is the image Generate writes for the same class, images, seed and settings."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from ..errors import UsageError
 from ..images import save_png
 from .core import Core
 from .data import DataService
+from .generation import GenerationService
 from .jobs import Cancelled, Job, Progress, enlarge
 from .session import Session
+from .settings import SettingsService
 from .similarity import SimilarityService
 
 WEIGHTS = ("w_text", "w_pos", "w_neg", "ip_adapter_scale")
-SAMPLE = "sample"
+SAMPLE = "sample"  # the negative class is drawn by the negative rule in force
 MAX_SWEEP = 36  # images in one sweep call: a bigger grid would hold the model for minutes
+LONG_PREVIEW = 15.0  # seconds: a preview estimated to take longer says so before it starts
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class GuidanceSettings:
 
     class_name: str
     positive_index: int = 0  # index into the class's images
-    negative_class: str = SAMPLE  # a class name, "sample" (drawn from the similarity) or "none"
+    negative_class: str = SAMPLE  # a class name, or "sample" (drawn by the negative rule)
     negative_index: int = -1  # index into the negative class's images; -1 draws one
     w_text: float = GenerationConfig.w_text
     w_pos: float = GenerationConfig.w_pos
@@ -40,20 +44,29 @@ class GuidanceSettings:
     steps: int = GenerationConfig.steps
     seed: int | None = 0  # None: a new random seed for each preview
 
+    def weights(self) -> dict:
+        """The generation settings this preview tries (the weights and steps)."""
+        return {name: float(getattr(self, name)) for name in WEIGHTS} | {"steps": int(self.steps)}
+
 
 @dataclass(frozen=True)
 class Rendered:
-    """A finished preview or sweep: the image written and the seed it used."""
+    """A finished preview or sweep: the image written, the seed and the images it used."""
 
     path: str
     seed: int
+    negative_class: str | None = None  # None: no negative image
+    negative_index: int | None = None
 
 
 class GuidanceService:
     """Previews and sweeps of the session's classes with the session's generation settings."""
 
-    def __init__(self, core: Core, data: DataService, similarity: SimilarityService):
-        self.core, self.data, self.similarity = core, data, similarity
+    def __init__(self, core: Core, data: DataService, settings: SettingsService,
+                 similarity: SimilarityService, generation: GenerationService):  # fmt: skip
+        self.core, self.data, self.settings = core, data, settings
+        self.similarity, self.generation = similarity, generation
+        self._seconds_per_step_pixel: float | None = None  # measured on the last preview
 
     # -- what the tab shows ---------------------------------------------------------------------
 
@@ -63,33 +76,42 @@ class GuidanceService:
     def image_paths(self, session: Session, name: str | None) -> list[str]:
         return self.data.image_paths(session, name)
 
-    def settings(self, session: Session) -> GenerationConfig:
-        return self.core.session(session).generation
-
     def shown(self, session: Session) -> tuple[str | None, str | None]:
         """The last finished preview and the one before it (image paths)."""
         state = self.core.session(session).guidance
         return state.latest, state.previous
 
-    def remember(self, session: Session, settings: GuidanceSettings) -> None:
-        """Keep the weights and steps tried as the session's generation settings (validated by
-        GenerationConfig, so bad values raise here)."""
+    def use(self, session: Session, settings: GuidanceSettings) -> GenerationConfig:
+        """Make the weights and steps tried the session's generation settings, which Generate
+        uses (validated, so bad values raise before anything changes)."""
+        return self.settings.update_generation(session, **settings.weights())
+
+    def set_negative(self, session: Session, class_name: str | None, rule: str, negative: str) -> str:
+        """The Guidance tab's negative choice, for Generate too: the rule in force (similarity,
+        uniform, dissimilar, none) and, for ``class_name``, a pinned negative class (or "sample":
+        drawn by the rule). Returns the rule in words."""
         session = self.core.session(session)
-        session.generation = replace(
-            session.generation, w_text=float(settings.w_text), w_pos=float(settings.w_pos),
-            w_neg=float(settings.w_neg), ip_adapter_scale=float(settings.ip_adapter_scale), steps=int(settings.steps),
-        )  # fmt: skip
+        if negative not in (SAMPLE, None, "") and rule == "none":
+            raise UsageError(
+                "the negative rule is 'none' (no negative image): choose another rule to pin a negative class"
+            )
+        self.settings.update_generation(session, negatives=rule)
+        if class_name in self.class_names(session):
+            pinned = None if negative in (SAMPLE, None, "") else negative
+            if pinned is not None or class_name in self.similarity.pinned(session):
+                self.similarity.pin(session, class_name, pinned)
+        return self.generation.negative_rule(session)
 
-    def existing_preset(self, session: Session, name: str) -> str | None:
-        """The user's preset that saving ``name`` would replace, or None."""
-        return self.data.existing_preset(session, name)
-
-    def save_preset(
-        self, session: Session, name: str, settings: GuidanceSettings, overwrite: bool = False
-    ) -> str:
-        """Save these settings (with the rest of the session's) as the user's preset; its name."""
-        self.remember(session, settings)
-        return self.data.save_preset(session, name, overwrite=overwrite)
+    def open_image(self, session: Session, file: str) -> tuple[GuidanceSettings, GenerationConfig]:
+        """A generated image of the current run back in the Guidance tab: the preview settings
+        that redraw it (its class, positive and negative image, seed and the run's weights), and
+        the run's settings, which become the session's (:meth:`GenerationService.open_in_guidance`)."""
+        made = self.generation.open_in_guidance(session, file)
+        config = self.settings.generation(session)
+        weights = {name: getattr(config, name) for name in WEIGHTS}
+        chosen = GuidanceSettings(made["class_name"], made["positive_index"], made["negative_class"],
+                                  made["negative_index"], steps=config.steps, seed=made["seed"], **weights)  # fmt: skip
+        return chosen, config
 
     def cancel(self, session: Session) -> bool:
         """Stop the running preview or sweep and drop the waiting ones."""
@@ -99,26 +121,29 @@ class GuidanceService:
 
     def preview(self, session: Session, settings: GuidanceSettings, edit: bool = False) -> Iterator[Progress]:
         """One image, as a job: "step" events carry the denoising preview, "done" a
-        :class:`Rendered`. The newest request wins: it supersedes the previews still waiting,
-        one asking what a preview in flight asks is answered by it, and an ``edit`` (a slider
-        released, a number typed) asking what the last request asked is no request."""
+        :class:`Rendered`. It is the image the batch job writes for this class, positive and
+        negative image and seed with the session's settings and these weights (alone in its
+        batch). The newest request wins: it supersedes the previews still waiting, one asking
+        what a preview in flight asks is answered by it, and an ``edit`` (a slider released, a
+        number typed) asking what the last request asked is no request."""
         session = self.core.session(session)
-        self.remember(session, settings)  # validates the weights too
-        self._images(session, settings)  # refuses an unknown class or image now, not in the job
+        config = self._config(session, settings)
 
         def work(job: Job) -> Rendered:
             seed = self._seed(settings)
-            images, negative_class = self._render(job, session, settings, seed, 1)
+            images, pick = self._render(job, session, config, settings, seed, 1)
             folder = session.root / "previews"
             folder.mkdir(exist_ok=True)
             path = folder / f"{time.time_ns()}-{seed}.png"
-            record = asdict(settings) | {"seed": seed, "negative_class": negative_class}
+            record = asdict(settings) | {"seed": seed, "negative_class": pick.negative_class,
+                                         "negative_index": pick.negative_index}  # fmt: skip
             save_png(images[0], path, {"dipsy": json.dumps(record)})
             state = session.guidance
             state.latest, state.previous = str(path), state.latest
-            return Rendered(str(path), seed)
+            return Rendered(str(path), seed, pick.negative_class, pick.negative_index)
 
-        return self.core.run_job(session, "preview", work, key=settings, changed_only=edit)
+        key = (settings, config)  # the same controls under other settings are another image
+        return self.core.run_job(session, "preview", work, key=key, changed_only=edit)
 
     def sweep(self, session: Session, settings: GuidanceSettings, x_name: str, x_values: list[float],
               y_name: str, y_values: list[float]) -> Iterator[Progress]:  # fmt: skip
@@ -134,20 +159,19 @@ class GuidanceService:
             raise UsageError("give at least one value for each sweep axis")
         if len(x_values) * len(y_values) > MAX_SWEEP:
             raise UsageError(f"the sweep grid has {len(x_values) * len(y_values)} cells; at most {MAX_SWEEP}")
-        self.remember(session, settings)
-        self._images(session, settings)
+        config = self._config(session, settings)
         cells = [(x, y) for y in y_values for x in x_values]
         axes = {x_name: [x for x, _ in cells], y_name: [y for _, y in cells]}
 
         def work(job: Job) -> Rendered:
             seed = self._seed(settings)
-            images, _ = self._render(job, session, settings, seed, len(cells), **axes)
+            images, pick = self._render(job, session, config, settings, seed, len(cells), **axes)
             grid = labelled_grid(images, x_name, x_values, y_name, y_values)
             folder = session.root / "sweeps"
             folder.mkdir(exist_ok=True)
             path = folder / f"{time.time_ns()}-{x_name}-{y_name}.png"
             save_png(grid, path)
-            return Rendered(str(path), seed)
+            return Rendered(str(path), seed, pick.negative_class, pick.negative_index)
 
         return self.core.run_job(session, "sweep", work)
 
@@ -157,50 +181,45 @@ class GuidanceService:
     def _seed(settings: GuidanceSettings) -> int:
         return random.randrange(2**31) if settings.seed is None else int(settings.seed)
 
-    def _images(self, session: Session, settings: GuidanceSettings):
-        """(the session's dataset, the positive image) of a preview; refuses unknown choices."""
+    def _config(self, session: Session, settings: GuidanceSettings) -> GenerationConfig:
+        """The session's generation settings with these weights (validated); refuses an unknown
+        class, image or negative class now, not in the job."""
+        config = replace(self.settings.generation(session), **settings.weights())
         dataset = self.data.dataset(session)
-        if settings.class_name not in dataset.class_names:
+        names = list(dataset.class_names)
+        if settings.class_name not in names:
+            raise UsageError(f"choose a class (got {settings.class_name!r}); classes: {names}")
+        count = len(dataset.images(settings.class_name))
+        if not 0 <= settings.positive_index < count:
             raise UsageError(
-                f"choose a class (got {settings.class_name!r}); classes: {list(dataset.class_names)}"
+                f"positive image {settings.positive_index} does not exist; the class has {count}"
             )
-        positives = dataset.images(settings.class_name)
-        if not 0 <= settings.positive_index < len(positives):
-            raise UsageError(
-                f"positive image {settings.positive_index} does not exist; the class has {len(positives)}"
-            )
-        negative = settings.negative_class or SAMPLE
-        if negative not in (SAMPLE, "none") and negative not in dataset.class_names:
-            raise UsageError(
-                f"choose a negative class (got {negative!r}); classes: {list(dataset.class_names)}"
-            )
-        return dataset, positives[settings.positive_index].image
+        if settings.negative_class not in (SAMPLE, *names):
+            raise UsageError(f"choose a negative class (got {settings.negative_class!r}); classes: {names}")
+        return config
 
-    def _render(self, job: Job, session: Session, settings: GuidanceSettings, seed: int, rows: int,
-                **weights) -> tuple[list[Image.Image], str | None]:  # fmt: skip
-        """``rows`` images of one seed (``weights``: per-row values), the denoising steps
-        reported as previews; and the negative class used."""
-        import torch
+    def _render(self, job: Job, session: Session, config: GenerationConfig, settings: GuidanceSettings,
+                seed: int, rows: int, **per_row):  # fmt: skip
+        """``rows`` images of one seed (``per_row``: weights with one value per row) through the
+        batch job's setup, the denoising steps reported as previews; and the images' picks."""
+        from ..generate import pick_images, render
 
-        dataset, positive = self._images(session, settings)
-        pipe, _ = self.core.models(job)
-        generator = torch.Generator().manual_seed(seed)
-        negative_class = settings.negative_class or SAMPLE
-        if negative_class == SAMPLE:
-            names = list(dataset.class_names)
-            sampler = self.similarity.sampler(session, names) if len(names) > 1 else None
-            # One class has no other class to steer away from.
-            negative_class = sampler.sample(settings.class_name, generator) if sampler else None
-        negative = None
-        if negative_class not in (None, "none"):
-            negatives = dataset.images(negative_class)
-            index = settings.negative_index
-            if index < 0:
-                index = int(torch.randint(len(negatives), (), generator=generator))
-            negative = negatives[min(index, len(negatives) - 1)].image
-        config = session.generation
-        base = {name: getattr(settings, name) for name in WEIGHTS}
-        steps = config.steps
+        run = self.generation.job(job, session, config, None)
+        config = run.config  # the size the loaded models draw
+        sampled = settings.negative_class == SAMPLE
+        pick = pick_images(
+            run.dataset, run.sampler, settings.class_name, seed, positive_index=settings.positive_index,
+            negative_class=None if sampled else settings.negative_class,
+            negative_index=None if settings.negative_index < 0 else settings.negative_index,
+        )  # fmt: skip
+        steps, pixels = config.steps, config.height * config.width * rows
+        if run.note:
+            job.progress(0, steps, f"Note: {run.note}.")
+        if self._seconds_per_step_pixel is not None:
+            estimate = self._seconds_per_step_pixel * steps * pixels
+            if estimate > LONG_PREVIEW:
+                job.progress(0, steps, f"This will take about {estimate:.0f} s ({steps} steps at "
+                                       f"{config.width}x{config.height}); Cancel stops it.")  # fmt: skip
 
         def on_step(p, step, timestep, kwargs):
             if job.cancelled:
@@ -208,16 +227,13 @@ class GuidanceService:
             job.step(step + 1, steps, f"Step {step + 1}/{steps}...", enlarge(kwargs["preview"][0]))
             return {}
 
-        pipe.use_scheduler(config.scheduler)
-        images = pipe(
-            prompt=[config.prompt(settings.class_name)] * rows, positive_image=[positive] * rows,
-            negative_image=[negative] * rows, num_inference_steps=steps, height=config.height, width=config.width,
-            generator=[torch.Generator(pipe._execution_device).manual_seed(seed) for _ in range(rows)],
-            callback_on_step_end=on_step, **(base | weights),
-        ).images  # fmt: skip
+        started = time.perf_counter()
+        images = render(run.pipe, config, [config.prompt(settings.class_name)] * rows, [pick] * rows,
+                        [seed] * rows, on_step, **per_row)  # fmt: skip
         if images is None:  # interrupted
             raise Cancelled()
-        return images, negative_class
+        self._seconds_per_step_pixel = (time.perf_counter() - started) / (steps * pixels)
+        return images, pick
 
 
 def labelled_grid(images: list[Image.Image], x_name: str, x_values: list[float], y_name: str,

@@ -1,5 +1,5 @@
 """The similarity service: CLIP class similarity (paper section 3), its temperature and the
-user's overrides, and the negative-class sampler the guidance and run services draw from."""
+user's overrides (pinned and excluded negatives), which generation and previews sample with."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from .core import Core
 from .data import DataService
 from .jobs import Job, Progress
 from .session import Session, SimilarityState
+from .settings import SettingsService
 
 
 class SimilarityService:
     """The similarity of the session's classes, valid for the data it was computed from."""
 
-    def __init__(self, core: Core, data: DataService):
-        self.core, self.data = core, data
+    def __init__(self, core: Core, data: DataService, settings: SettingsService):
+        self.core, self.data, self.settings = core, data, settings
 
     def compute(self, session: Session, temperature: float | None = None) -> Iterator[Progress]:
         """Embed every image with CLIP and draw the heatmap, as a job; its result is the
@@ -44,7 +45,7 @@ class SimilarityService:
             allowed=state.allowed, excluded=state.excluded, cache_dir=self.core.workspace / "cache",
         )  # fmt: skip
         state.result, state.version = result, self.data.version(session)
-        session.generation = replace(session.generation, temperature=temperature)
+        self.settings.update_generation(session, temperature=temperature)
         job.progress(1, 2, "Drawing the heatmap...")
         save_similarity(result, session.root)
         return result
@@ -71,7 +72,7 @@ class SimilarityService:
         probabilities = apply_override(base, result.names, state.allowed, state.excluded)
         state.result = replace(result, probabilities=probabilities, temperature=float(temperature),
                                allowed=dict(state.allowed), excluded=dict(state.excluded))  # fmt: skip
-        session.generation = replace(session.generation, temperature=float(temperature))
+        self.settings.update_generation(session, temperature=float(temperature))
 
     def override(self, session: Session, name: str) -> tuple[list[str], list[str]]:
         """(pinned, excluded) negatives of one class."""
@@ -112,14 +113,28 @@ class SimilarityService:
                          "; ".join(filter(None, notes))])  # fmt: skip
         return rows
 
-    def sampler(self, session: Session, class_names: list[str]):
-        """The negative-class sampler: the similarity's, or uniform before one is computed."""
-        from ..similarity import NegativeSampler, uniform_probabilities
+    def pinned(self, session: Session) -> dict[str, list[str]]:
+        """Each class's pinned negative classes (only classes with a pin)."""
+        return dict(self._state(session).allowed)
 
-        result = self.current(session)
-        if result is not None:
-            return result.sampler()
-        return NegativeSampler(list(class_names), uniform_probabilities(len(class_names)))
+    def pin(self, session: Session, name: str, negative: str | None) -> str:
+        """Make ``negative`` the only negative class of ``name`` (None: its negatives follow the
+        rule again): the Similarity tab's override, set from the Guidance tab, and kept before a
+        similarity exists (the one computed next applies it)."""
+        state = self._state(session)
+        if state.result is not None:
+            return self.set_override(
+                session, name, [negative] if negative else [], state.excluded.get(name, [])
+            )
+        names = self.data.class_names(session)
+        if name not in names or (negative is not None and negative not in names):
+            raise UsageError(f"choose classes of your data (got {name!r} -> {negative!r}); classes: {names}")
+        if negative == name:
+            raise UsageError(f"a class cannot be its own negative: {name!r}")
+        state.allowed = {key: row for key, row in state.allowed.items() if key != name}
+        if negative is not None:
+            state.allowed[name] = [negative]
+        return f"Override for {name!r}: pinned {negative or 'none'}."
 
     def _state(self, session: Session) -> SimilarityState:
         """The session's similarity state, emptied first when the classes changed since."""

@@ -8,18 +8,18 @@ import shutil
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TrainConfig
 from ..data import load_dataset, resolve_inside, safe_slug
 from ..errors import UsageError
 from ..images import save_png
 from .core import Core
+from .curation import CurationService
 from .data import DataService
 from .jobs import Cancelled, Job, Progress, eta_text
-from .runs import RunService
 from .session import Session
+from .settings import SettingsService
 
 RUNS = ("real_only", "real_synthetic")  # a comparison's two runs, in the order they train
 LABELS = {"train": "train", "real_only": "real only", "real_synthetic": "real+synthetic"}
@@ -41,17 +41,13 @@ class TrainingStep:
 class TrainingService:
     """Classifiers under ``<session>/classifiers/``, comparisons under ``<session>/comparisons/``."""
 
-    def __init__(self, core: Core, data: DataService, runs: RunService):
-        self.core, self.data, self.runs = core, data, runs
+    def __init__(self, core: Core, data: DataService, settings: SettingsService, runs: CurationService):
+        self.core, self.data, self.settings, self.runs = core, data, settings, runs
 
     @property
     def demo(self) -> bool:
         """Whether the app runs the demo (whose test set is then the natural choice)."""
         return self.core.demo
-
-    def settings(self, session: Session) -> TrainConfig:
-        """The training settings in use (the preset's, with what the user changed)."""
-        return self.core.session(session).train
 
     def cancel(self, session: Session) -> bool:
         return self.core.cancel(session, ("train", "compare"))
@@ -65,7 +61,7 @@ class TrainingService:
         from ..models import load_clip
 
         session = self.core.session(session)
-        config = session.train = replace(session.train, **settings)
+        config = self.settings.update_train(session, **settings)
         real = self.data.labelled_images(session)
         synthetic = self.runs.kept_run(session)
         test = self.test_set(session, test_upload, use_demo_test)
@@ -99,7 +95,7 @@ class TrainingService:
         from ..classifier.train import compare
 
         session = self.core.session(session)
-        config = replace(session.train, **settings)
+        config = self.settings.update_train(session, **settings)
         test = self.test_set(session, test_upload, use_demo_test)
         if test is None:
             raise UsageError("the comparison needs a test set: upload one or use the demo test set")

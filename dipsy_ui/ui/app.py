@@ -37,13 +37,21 @@ def build_app(studio) -> gr.Blocks:
             model_status = gr.Markdown(core.model_status())
             load = gr.Button("Load models", scale=0)
         with gr.Tabs() as tabs:
-            data_view = data_tab.create(studio.data, state)
+            data_view = data_tab.create(studio.data, studio.settings, state)
             similarity_tab.create(studio.similarity, state)
-            guidance_tab.create(studio.guidance, state)
-            generate_tab.create(studio.runs, state)
-            curate_tab.create(studio.runs, state)
+            guidance_view = guidance_tab.create(studio.guidance, state)
+            generate_view = generate_tab.create(studio.generation, state)
+            curate_tab.create(studio.curation, state)
             train_tab.create(studio.training, state)
             experiments_tab.create(studio.experiments, state)
+
+        # "Open in Guidance" from the Generate tab: the picked image into the Guidance tab's box,
+        # its settings into the controls, then the Guidance tab shown.
+        opening, inputs, outputs = guidance_view["open"]
+        generate_view["open"].click(lambda file: file, [generate_view["picked"]], [guidance_view["open_file"]],
+                                    api_visibility="private").then(
+            opening, inputs, outputs, api_visibility="private").success(
+            lambda: gr.Tabs(selected="guidance"), None, [tabs], api_visibility="private")  # fmt: skip
 
         @readable_errors
         def on_load(progress=gr.Progress()):  # noqa: B008

@@ -8,7 +8,7 @@ from ..errors import DipsyError, UsageError
 from .common import readable_errors, refusal
 
 
-def create(data, state):
+def create(data, settings, state):
     with gr.Tab("1. Data", id="data") as tab:
         gr.Markdown(
             "Give a few images per class. Add a class by name and drop its images, upload a **.zip** of "
@@ -34,7 +34,9 @@ def create(data, state):
                 upload = gr.Button("Load the zip")
                 demo = gr.Button("Load the demo digits")
                 # Custom values reach the service, which takes a preset name only (a built-in or the user's own).
-                preset = gr.Dropdown(label="Preset", choices=data.preset_choices(), allow_custom_value=True)
+                preset = gr.Dropdown(
+                    label="Preset", choices=settings.preset_choices(), allow_custom_value=True
+                )
                 preset_info = gr.Markdown()
             with gr.Column(scale=2):
                 table = gr.Dataframe(
@@ -60,7 +62,7 @@ def create(data, state):
         text = data.report(session) if message is None else message + "\n\n" + data.report(session)
         return (
             data.class_table(session), data.thumbnails(session), text, gr.update(choices=data.class_names(session), value=None),
-            gr.update(choices=data.preset_choices(session), value=data.preset(session)),
+            gr.update(choices=settings.preset_choices(session), value=settings.preset(session)),
         )  # fmt: skip
 
     outputs = [table, gallery, report, remove_name, preset]
@@ -130,7 +132,7 @@ def create(data, state):
         if not name:
             return ""
         try:
-            return data.set_preset(session, name)
+            return settings.set_preset(session, name)
         except DipsyError as error:
             return refusal(error)
 

@@ -18,6 +18,8 @@ def number(name: str, label: str, **kwargs) -> gr.Number:
 
 
 def create(runs, state):
+    """The tab over the generation service; returns the image picked in its gallery and the
+    button that opens it in the Guidance tab (wired by app.py)."""
     with gr.Tab("4. Generate", id="generate") as tab:
         settings = gr.Markdown()
         with gr.Row():
@@ -46,13 +48,17 @@ def create(runs, state):
                 allow_preview=True,
             )
             preview = gr.Image(label="Current batch (denoising)", interactive=False, height=200)
+        with gr.Row():
+            picked = gr.Textbox(label="Picked image (click one in the gallery)", interactive=False,
+                                elem_id="generate-picked")  # fmt: skip
+            open_picked = gr.Button("Open in Guidance (redraw it there)", elem_id="generate-open", scale=0)
 
-    def describe(session):
-        preset, c = runs.settings(session)
-        return (f"**Settings** (from the preset `{preset}` and the Guidance tab): prompt `{c.template}`, "
-                f"weights text {c.w_text:g} / positive {c.w_pos:g} / negative {c.w_neg:g}, adapter scale "
-                f"{c.ip_adapter_scale:g}, {c.steps} steps, {c.width}x{c.height}, negatives `{c.negatives}` "
-                f"(T={c.temperature:g}), seed {c.seed}.")  # fmt: skip
+    describe = runs.describe
+
+    def on_pick(session, evt: gr.SelectData):
+        """The manifest name of the gallery image clicked (the gallery lists the newest first)."""
+        files = runs.run_files(session)
+        return runs.manifest_file(session, files[evt.index][0]) if evt.index < len(files) else ""
 
     hidden = gr.update(visible=False)
 
@@ -116,5 +122,7 @@ def create(runs, state):
                      api_name="new_folder")  # fmt: skip
     cancel.click(lambda s: cancel_reply(runs.cancel(s)), [state], [progress_bar], api_name="cancel_generation",
                  **FREE)  # fmt: skip
+    gallery.select(on_pick, [state], [picked], api_visibility="private")
     tab.select(describe, [state], [settings], api_visibility="private")
     tab.select(lambda s: runs.run_files(s), [state], [gallery], api_visibility="private")
+    return {"picked": picked, "open": open_picked}

@@ -2,7 +2,7 @@
 
 import gradio as gr
 
-from ..config import GenerationConfig
+from ..config import NEGATIVE_MODES, GenerationConfig
 from ..errors import DipsyError
 from ..studio import CANCELLED, DONE, SAMPLE, STEP, WEIGHTS, GuidanceSettings, parse_values
 from .common import FREE, JOBS, cancel_reply, follow, readable_errors, refusal
@@ -11,7 +11,9 @@ HELP = """
 **Text weight** pulls the image towards the class prompt ("A photo of a ..."); higher is more literal.
 **Positive image weight** pulls it towards the chosen real image of the class (look, pose, colours).
 **Negative image weight** pushes it away from an image of a look-alike class, so the model does not
-drift into the wrong class. **Adapter scale** sets how strongly the images speak at all (0 = text only).
+drift into the wrong class. The **negative rule** decides which class that is for every image Generate
+draws (similar classes first, as in the paper; uniform; dissimilar; none); picking a **negative class**
+pins it for this class, in previews and in Generate alike. **Adapter scale** sets how strongly the images speak at all (0 = text only).
 More **steps** are slower and cleaner. The same **seed** gives the same image; lock it to compare weights.
 """
 DEFAULTS = GenerationConfig()
@@ -34,9 +36,14 @@ def create(guidance, state):
                 positive = gr.Dropdown(
                     label="Positive image", choices=[], allow_custom_value=True, value=None
                 )
+                negative_rule = gr.Dropdown(
+                    label="Negative rule (previews and Generate)", choices=list(NEGATIVE_MODES),
+                    value=DEFAULTS.negatives, elem_id="guidance-negative-rule",
+                )  # fmt: skip
                 negative_class = gr.Dropdown(
-                    label="Negative class", choices=[SAMPLE], allow_custom_value=True, value=SAMPLE
-                )
+                    label="Negative class (sample: drawn by the rule)", choices=[SAMPLE],
+                    allow_custom_value=True, value=SAMPLE, elem_id="guidance-negative-class",
+                )  # fmt: skip
                 negative = gr.Dropdown(
                     label="Negative image", choices=[(SAMPLE, -1)], allow_custom_value=True, value=-1
                 )
@@ -50,9 +57,9 @@ def create(guidance, state):
                 steps = slider("steps", 1, "Steps", elem_id="steps")
                 with gr.Row():
                     low, high = GenerationConfig.bounds("seed")
-                    seed = gr.Number(
-                        label="Seed", value=DEFAULTS.seed, precision=0, minimum=low, maximum=high
-                    )
+                    # Seeds stay below 2^53, so the browser keeps every digit of a manifest's seed.
+                    seed = gr.Number(label="Seed", value=DEFAULTS.seed, precision=0, minimum=low, maximum=high,
+                                     elem_id="guidance-seed")  # fmt: skip
                     lock = gr.Checkbox(label="Lock seed", value=True)
                 with gr.Row():
                     run = gr.Button("Preview", variant="primary")
@@ -66,6 +73,10 @@ def create(guidance, state):
                 label="Previous result", type="filepath", interactive=False, height=300, elem_id="previous"
             )
         status = gr.Markdown(elem_id="guidance-status")
+        with gr.Accordion("Open a generated image (redraw it here)", open=False), gr.Row():
+            opened_file = gr.Textbox(label="Image of the current run, as its manifest names it",
+                                     placeholder="one/00003.png", elem_id="open-file")  # fmt: skip
+            open_button = gr.Button("Open in Guidance", elem_id="open-in-guidance")
         with gr.Accordion("Sweep: a grid over two weights (same seed)", open=False):
             with gr.Row():
                 x_name = gr.Dropdown(label="Columns", choices=list(WEIGHTS), value="w_pos")
@@ -90,15 +101,17 @@ def create(guidance, state):
 
     def refresh(session):
         names = guidance.class_names(session)
-        config = guidance.settings(session)
+        config = guidance.settings.generation(session)
         first = names[0] if names else None
-        return (gr.update(choices=names, value=first), *class_choices(session, first),
-                gr.update(choices=[SAMPLE, "none", *names]), config.w_text, config.w_pos, config.w_neg,
+        return (gr.update(choices=names, value=first), *class_choices(session, first), config.negatives,
+                gr.update(choices=[SAMPLE, *names], value=SAMPLE), config.w_text, config.w_pos, config.w_neg,
                 config.ip_adapter_scale, config.steps)  # fmt: skip
 
+    def image_choices(session, name):
+        return [(f"image {i + 1}", i) for i in range(len(guidance.image_paths(session, name)))]
+
     def class_choices(session, name):
-        paths = guidance.image_paths(session, name)
-        return gr.update(choices=[(f"image {i + 1}", i) for i in range(len(paths))], value=0), paths
+        return gr.update(choices=image_choices(session, name), value=0), guidance.image_paths(session, name)
 
     def negative_choices(session, name):
         paths = guidance.image_paths(session, name)
@@ -108,15 +121,18 @@ def create(guidance, state):
 
     def show_preview(session, values, edit):
         """(live, previous, seed, status) as the preview job goes; a cancelled preview puts back
-        what was shown before it, and a superseded one shows nothing (a newer one is coming)."""
+        what was shown before it, and a superseded one shows nothing (a newer one is coming).
+        The weights tried become the session's, which Generate uses."""
         latest, before = guidance.shown(session)
-        for event in follow(guidance.preview(session, settings(*values), edit=edit)):
+        chosen = settings(*values)
+        guidance.use(session, chosen)
+        for event in follow(guidance.preview(session, chosen, edit=edit)):
             if event.superseded:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
             elif event.kind == STEP:
                 yield event.preview, latest, gr.skip(), event.message
             elif event.kind == DONE:
-                yield event.result.path, latest, event.result.seed, f"Done (seed {event.result.seed})."
+                yield event.result.path, latest, event.result.seed, done_line(chosen, event.result)
             elif event.kind == CANCELLED:
                 yield latest, before, gr.skip(), f"{event.message} The previous result is kept."
             else:  # waiting for the model, loading it, cancelling
@@ -133,9 +149,9 @@ def create(guidance, state):
     @readable_errors
     def on_sweep(session, *values):
         *rest, xn, xv, yn, yv = values
-        for event in follow(
-            guidance.sweep(session, settings(*rest), xn, parse_values(xv), yn, parse_values(yv))
-        ):
+        chosen = settings(*rest)
+        guidance.use(session, chosen)
+        for event in follow(guidance.sweep(session, chosen, xn, parse_values(xv), yn, parse_values(yv))):
             if event.kind == DONE:
                 yield event.result.path, event.result.seed, f"Sweep done (seed {event.result.seed})."
             else:  # the grid stays as it was until a sweep finishes
@@ -144,11 +160,12 @@ def create(guidance, state):
     def save_preset(session, name, values, overwrite):
         """(status, Replace button): saved, refused, or asking before replacing the user's preset."""
         try:
-            existing = None if overwrite else guidance.existing_preset(session, name)
+            existing = None if overwrite else guidance.settings.existing_preset(session, name)
             if existing is not None:
                 question = f"A preset named **{existing}** exists: click **Replace it** to save over it, or type another name."
                 return question, gr.update(visible=True)
-            saved_name = guidance.save_preset(session, name, settings(*values), overwrite=overwrite)
+            guidance.use(session, settings(*values))
+            saved_name = guidance.settings.save_preset(session, name, overwrite=overwrite)
         except DipsyError as error:
             return refusal(error), gr.update(visible=False)
         return f"Saved as preset **{saved_name}** (choose it in the Data tab's preset list).", gr.update(
@@ -162,6 +179,33 @@ def create(guidance, state):
     @readable_errors
     def on_replace(session, name, *values):
         return save_preset(session, name, values, overwrite=True)
+
+    @readable_errors
+    def on_negative(session, name, rule, negative_name):
+        """The negative rule or class changed: it is Generate's too."""
+        return f"Negatives: {guidance.set_negative(session, name, rule, negative_name)}."
+
+    @readable_errors
+    def on_negative_class(session, name, rule, negative_name):
+        line = on_negative(session, name, rule, negative_name)
+        return negative_choices(session, None if negative_name == SAMPLE else negative_name), line
+
+    @readable_errors
+    def on_open(session, file):
+        """A generated image's class, images, seed and settings as the preview's controls."""
+        chosen, config = guidance.open_image(session, file)
+        names = guidance.class_names(session)
+        negative_paths = (
+            guidance.image_paths(session, chosen.negative_class) if chosen.negative_class != SAMPLE else []
+        )
+        return (gr.update(choices=names, value=chosen.class_name),
+                gr.update(choices=image_choices(session, chosen.class_name), value=chosen.positive_index),
+                guidance.image_paths(session, chosen.class_name), config.negatives,
+                gr.update(choices=[SAMPLE, *names], value=chosen.negative_class),
+                gr.update(choices=[(SAMPLE, -1)] + [(f"image {i + 1}", i) for i in range(len(negative_paths))],
+                          value=chosen.negative_index),
+                chosen.w_text, chosen.w_pos, chosen.w_neg, chosen.ip_adapter_scale, chosen.steps, chosen.seed, True,
+                f"Opened {file} (seed {chosen.seed}): Preview redraws it.")  # fmt: skip
 
     def on_example(evt: gr.SelectData):
         return gr.update(value=evt.index)  # clicking a thumbnail makes it the positive image
@@ -181,6 +225,34 @@ def create(guidance, state):
     replace.click(on_replace, [state, preset_name, *controls], [saved, replace], api_name="replace_preset")
     examples.select(on_example, None, [positive], api_visibility="private")
     class_name.input(class_choices, [state, class_name], [positive, examples], api_visibility="private")
-    negative_class.input(negative_choices, [state, negative_class], [negative], api_visibility="private")
-    tab.select(refresh, [state], [class_name, positive, examples, negative_class, *sliders],
+    negatives = [state, class_name, negative_rule, negative_class]
+    negative_rule.input(on_negative, negatives, [status], api_name="set_negative_rule")
+    negative_class.input(on_negative_class, negatives, [negative, status], api_name="set_negative_class")
+    opened = [
+        class_name,
+        positive,
+        examples,
+        negative_rule,
+        negative_class,
+        negative,
+        *sliders,
+        seed,
+        lock,
+        status,
+    ]
+    open_button.click(on_open, [state, opened_file], opened, api_name="open_in_guidance")
+    tab.select(refresh, [state], [class_name, positive, examples, negative_rule, negative_class, *sliders],
                api_visibility="private")  # fmt: skip
+    # Another tab opens an image here: it fills the box, then runs this event (see app.py).
+    return {"open_file": opened_file, "open": (on_open, [state, opened_file], opened)}
+
+
+def done_line(chosen: GuidanceSettings, result) -> str:
+    """What a finished preview says: its seed and the negative image it was pushed away from
+    (also when the rule drew it)."""
+    if result.negative_class is None:
+        negative = "no negative image"
+    else:
+        how = "drawn by the rule" if chosen.negative_class == SAMPLE else "chosen"
+        negative = f"negative: {result.negative_class} image {result.negative_index + 1} ({how})"
+    return f"Done (seed {result.seed}; {negative})."

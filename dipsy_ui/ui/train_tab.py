@@ -116,13 +116,11 @@ def create(training, state):
                     raise UsageError(
                         f"{label} must be {what} (or blank for the preset's), got {text!r}"
                     ) from None
-        if "lora_rank" in changes:
-            changes["lora_alpha"] = 2 * changes["lora_rank"]  # the recipe's alpha / rank = 2
         return changes
 
     def placeholders(session):
         """Each blank box shows the preset's value it stands for."""
-        used = training.settings(session)
+        used = training.settings.train(session)
         return [gr.update(placeholder=f"{getattr(used, key):g} (preset)") for key in FIELDS]
 
     def outcome(session, result, word) -> tuple:
@@ -140,7 +138,7 @@ def create(training, state):
                    "zero_shot_top1": result.zero_shot_top1, "epochs": len(epochs), "out_dir": str(result.out_dir),
                    "per_class": test["per_class"] if test else None, "confusion": test["confusion"] if test else None}  # fmt: skip
         top1 = f", test top-1 {100 * result.test_top1:.1f}%" if result.test_top1 is not None else ""
-        used = training.settings(session)
+        used = training.settings.train(session)
         settings = (
             f"epochs {used.epochs}, lr {used.lr:g}, lambda {used.lambda_real:g}, LoRA rank {used.lora_rank}"
         )

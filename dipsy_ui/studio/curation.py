@@ -1,152 +1,36 @@
-"""The run service: the batch generation job (Generate tab) and reviewing its images (Curate
-tab). The run's manifest is the source of truth for both."""
+"""The curation service (Curate tab): the session's runs, the current run (the one Curate and
+Train work on), and reviewing its images through the run's manifest, the source of truth."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..config import GenerationConfig, settings_from_dict
 from ..data import class_slugs, resolve_inside, safe_slug
-from ..errors import DipsyError, JobConflictError, UsageError
+from ..errors import DipsyError, UsageError
 from ..images import open_image
 from ..manifest import kept_images, read_manifest, set_status
 from .core import Core
 from .data import DataService
-from .jobs import Cancelled, Job, Progress, enlarge, eta_text
+from .jobs import Job, Progress
 from .session import Session, check_name, run_name
-from .similarity import SimilarityService
-
-FREE_SETTINGS = ("images_per_class", "batch_size")  # may change between the parts of one run
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    """Where a generation job stands when it ends: images there out of the run's total."""
+class CurationService:
+    """The current run (``session.run``, written here only) and its curation."""
 
-    name: str  # the run's folder name
-    done: int
-    total: int
+    def __init__(self, core: Core, data: DataService):
+        self.core, self.data = core, data
 
-
-class RunService:
-    """Runs under ``<session>/runs/<folder>``; curation through the run's manifest."""
-
-    def __init__(self, core: Core, data: DataService, similarity: SimilarityService):
-        self.core, self.data, self.similarity = core, data, similarity
-
-    # -- generation -----------------------------------------------------------------------------
-
-    def settings(self, session: Session) -> tuple[str, GenerationConfig]:
-        """(the active preset's name, the generation settings a run would use)."""
+    def select(self, session: Session, run_dir: Path) -> None:
+        """Make ``run_dir`` the run Curate and Train work on (a new run, or an earlier one)."""
         session = self.core.session(session)
-        return session.preset, session.generation
-
-    def generate(
-        self, session: Session, images_per_class: int, batch_size: int, folder: str
-    ) -> Iterator[Progress]:
-        """Generate (or resume) the run in ``folder`` as a job: "step" events carry the current
-        batch's denoising previews side by side, "progress" events each written batch, and the
-        end a :class:`RunSummary` (what a cancelled run kept stays valid: Resume continues)."""
-        from ..generate import GenerationJob
-
-        session = self.core.session(session)
-        dataset = self.data.dataset(session)
-        config = replace(
-            session.generation, images_per_class=int(images_per_class), batch_size=int(batch_size)
-        )
-        if len(dataset.class_names) < 2:
-            config = replace(config, negatives="none")
-        out_dir = self.run_dir(session, folder)
-        different = self.differing_settings(out_dir, config)
-        if different:  # refused before anything changes: the current run stays the current run
-            raise JobConflictError(
-                f"the folder {out_dir.name!r} holds images generated with different settings: "
-                + "; ".join(different)
-                + ". Resume with the recorded settings, or start in a new folder."
-            )
-        state = session.run
-        state.run_dir, state.scores = out_dir, {}
+        session.run.run_dir, session.run.scores = run_dir, {}
         self.core.save_choices(session)
-
-        def work(job: Job) -> RunSummary:
-            similarity = self.similarity.current(session)
-            if config.negatives == "similarity" and similarity is None:
-                similarity = self.similarity.compute_in(job, session, config.temperature)
-            pipe, _ = self.core.models(job)
-            run = GenerationJob(pipe, dataset, config, out_dir, self.core.spec, similarity)
-            last = run.run(lambda event: self._report(job, event), job.cancel)
-            summary = RunSummary(out_dir.name, last.done, last.total)
-            if last.kind == "cancelled":
-                raise Cancelled(summary, f"Cancelled: {last.done} / {last.total} images in {out_dir.name} "
-                                         "(Resume continues where it stopped).")  # fmt: skip
-            return summary
-
-        return self.core.run_job(session, "generate", work)
-
-    @staticmethod
-    def differing_settings(out_dir: Path, config: GenerationConfig) -> list[str]:
-        """The generation settings of ``config`` that differ from those recorded in the run
-        folder's ``job.json`` ("steps: recorded 20, now 2"); none for a new folder. (Images per
-        class and batch size may change between the parts of a run.)"""
-        recorded = recorded_generation(out_dir)
-        if recorded is None:
-            return []
-        mine = json.loads(json.dumps(config.to_dict()))  # as job.json holds it
-        return [f"{key}: recorded {recorded.get(key)!r}, now {mine.get(key)!r}"
-                for key in sorted(set(mine) | set(recorded))
-                if key not in FREE_SETTINGS and recorded.get(key) != mine.get(key)]  # fmt: skip
-
-    def use_recorded(self, session: Session, folder: str) -> GenerationConfig:
-        """Make the run's recorded generation settings the session's (to resume it as it began)."""
-        session = self.core.session(session)
-        recorded = recorded_generation(self.run_dir(session, folder))
-        if recorded is None:
-            raise UsageError(f"the folder {folder!r} has no recorded settings (no run was started there)")
-        keep = {key: getattr(session.generation, key) for key in FREE_SETTINGS}
-        session.generation = settings_from_dict(GenerationConfig, recorded | keep, "generation")
-        return session.generation
-
-    def free_folder(self, session: Session, folder: str) -> str:
-        """A folder name like ``folder`` that no run uses yet: "run-1" -> "run-2"."""
-        session = self.core.session(session)
-        base = re.sub(r"-\d+$", "", safe_slug(check_name(folder, "output folder name"))) or "run"
-        taken = (
-            {p.name for p in (session.root / "runs").iterdir()} if (session.root / "runs").is_dir() else set()
-        )
-        return next(f"{base}-{n}" for n in range(1, len(taken) + 2) if f"{base}-{n}" not in taken)
-
-    @staticmethod
-    def _report(job: Job, event) -> None:
-        """A GenerationJob event as the job's progress."""
-        label = f"{event.done} / {event.total} images - ETA {eta_text(event.eta_seconds)}"
-        if event.kind == "step":
-            strip = enlarge(event.preview.transpose(1, 0, 2, 3).reshape(event.preview.shape[1], -1, 3))
-            job.step(event.done, event.total, f"{label} (step {event.step}/{event.steps})", strip)
-        elif event.kind == "batch":
-            job.progress(event.done, event.total, label, detail=event.files)
-
-    def cancel(self, session: Session) -> bool:
-        return self.core.cancel(session, ("generate",))
-
-    def run_dir(self, session: Session, folder: str) -> Path:
-        name = safe_slug(check_name(folder, "output folder name"))
-        return resolve_inside(self.core.session(session).root, "runs", name)
-
-    def run_files(self, session: Session, limit: int = 48) -> list[tuple[str, str]]:
-        """The newest images of the current run, for the live gallery."""
-        run_dir = self.core.session(session).run.run_dir
-        if run_dir is None:
-            return []
-        records = list(read_manifest(run_dir).values())[-limit:]
-        return [(str(run_dir / r["file"]), r["class_name"]) for r in reversed(records)]
 
     def runs(self, session: Session) -> list[str]:
         """The session's runs, oldest first: the picker's choices. Its own runs by folder name,
@@ -164,7 +48,7 @@ class RunService:
             path = (
                 resolve_inside(session.root, *folder.split("/"))
                 if folder.startswith("experiments/")
-                else self.run_dir(session, folder)
+                else resolve_inside(session.root, "runs", safe_slug(check_name(folder, "run name")))
             )
         except DipsyError:
             path = None
@@ -172,8 +56,7 @@ class RunService:
             raise UsageError(
                 f"there is no run {folder!r}; your runs: {', '.join(self.runs(session)) or 'none yet'}"
             )
-        session.run.run_dir, session.run.scores = path, {}
-        self.core.save_choices(session)
+        self.select(session, path)
         return self.run_line(session)
 
     def restore(self, session: Session, name: str | None) -> None:
@@ -325,15 +208,6 @@ class RunService:
             for file, name in kept:
                 archive.write(file, f"{run.name}/{slugs[name]}/{file.name}")
         return str(path)
-
-
-def recorded_generation(out_dir: Path) -> dict | None:
-    """The generation settings recorded in a run folder's ``job.json``, or None."""
-    try:
-        recorded = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("generation")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return recorded if isinstance(recorded, dict) else None
 
 
 def thumbnail(run: Path, file: str, status: str, size: int = 128) -> Path:
