@@ -1,6 +1,6 @@
-"""``python -m dipsy_ui.bench {generation,training,world}``: the benchmarks, run as scripts
-(never as timed tests). See :mod:`dipsy_ui.bench.generation`, :mod:`dipsy_ui.bench.training` and
-:mod:`dipsy_ui.world.report`."""
+"""``python -m dipsy_ui.bench {generation,training,world,explain}``: the benchmarks, run as scripts
+(never as timed tests). See :mod:`dipsy_ui.bench.generation`, :mod:`dipsy_ui.bench.training`,
+:mod:`dipsy_ui.world.report` and :mod:`dipsy_ui.bench.explain`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     world.add_argument("--shots", type=int, default=4, help="few-shot images per class")
     world.add_argument("--no-classifier", action="store_true", help="skip the zero-shot / real-only training")
     world.add_argument("--out", type=Path, help="also write the report as JSON here")
+    explain = commands.add_parser("explain", help="one explain (Eq. 9's ladder) vs one preview")
+    explain.add_argument("--models", type=Path, help="models folder (default: the digit world)")
+    explain.add_argument("--preset", default="demo", help="preset whose generation settings are used")
+    explain.add_argument("--repeats", type=int, default=5)
     variant = commands.add_parser("_variant")  # internal: one variant in a fresh process
     variant.add_argument("variant", choices=sorted(VARIANTS))
     variant.add_argument("models", type=Path)
@@ -50,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         return training.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "explain":
+        from .explain import bench_explain
+
+        bench_explain(args.models, args.preset, args.repeats)
+        return 0
     if args.command == "world":
         from ..world import report
 

@@ -407,6 +407,7 @@ class DipsyPipeline(StableDiffusionPipeline):
 
     # -- outputs ----------------------------------------------------------------------------
 
+    @torch.no_grad()
     def latents_to_images(self, latents: torch.Tensor, output_type: str = "pil", generator=None):
         """Decode latents (B, 4, h/8, w/8) through the VAE into images of ``output_type`` ("pil",
         "np" or "pt"), as a call's last step does; e.g. a traced step's clean-latent estimates."""
