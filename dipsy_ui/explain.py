@@ -102,10 +102,13 @@ def explain(
     """
     on_event = on_event or (lambda event: None)
     cancel = cancel or threading.Event()
-    branch_steps = spread_steps(config.steps) if branch_steps is None else tuple(branch_steps)
-    if not branch_steps or not all(1 <= step <= config.steps for step in branch_steps):
+    branch_steps = spread_steps(config.steps) if branch_steps is None else tuple(sorted(set(branch_steps)))
+    if not branch_steps or not all(
+        isinstance(step, int) and 1 <= step <= config.steps for step in branch_steps
+    ):
         raise UsageError(
-            f"branch steps must lie between 1 and {config.steps} (the steps), got {list(branch_steps)}"
+            f"branch steps must be whole numbers between 1 and {config.steps} (the steps), "
+            f"got {list(branch_steps)}"
         )
     weights = rung_weights(config, negative is not None)
     rows = list(dict.fromkeys(tuple(w.values()) for w in weights.values()))  # distinct, in ladder order

@@ -107,7 +107,7 @@ def test_an_unused_negative_changes_nothing_and_weighs_nothing(tiny_pipe, images
 def test_branches_are_shown_at_the_chosen_steps(tiny_pipe, images):
     default = explain(tiny_pipe, PROMPT, images["pos"], images["neg"], settings(), seed=1)
     assert tuple(default.branches) == spread_steps(STEPS)
-    chosen = explain(tiny_pipe, PROMPT, images["pos"], images["neg"], settings(), seed=1, branch_steps=[2])
+    chosen = explain(tiny_pipe, PROMPT, images["pos"], images["neg"], settings(), seed=1, branch_steps=[2, 2])
     assert list(chosen.branches) == [2] and set(chosen.branches[2]) == {"u", "t", "tp", "tpn"}
     assert all(image.size == (64, 64) for image in chosen.branches[2].values())
     # Different conditions, different clean estimates; the same step, the same estimates (decoded
@@ -117,7 +117,7 @@ def test_branches_are_shown_at_the_chosen_steps(tiny_pipe, images):
     assert all(np.abs(pixels(default.branches[2][b]) - estimates[b]).max() <= 1 for b in estimates)
 
 
-@pytest.mark.parametrize("steps", [[0], [STEPS + 1], []])
+@pytest.mark.parametrize("steps", [[0], [STEPS + 1], [], [1.5]])
 def test_branch_steps_outside_the_run_are_refused(tiny_pipe, images, steps):
     with pytest.raises(UsageError, match="branch steps"):
         explain(tiny_pipe, PROMPT, images["pos"], images["neg"], settings(), seed=0, branch_steps=steps)
@@ -231,4 +231,4 @@ def test_explain_without_negative_weight_has_an_empty_negative_change(inputs, ti
 def test_explain_with_a_step_out_of_range_is_a_clear_error(inputs, tiny_models, capsys):
     code = main(command("explain", tiny_models, inputs, inputs / "x", "--branch-steps", "9"))
     assert code == 2
-    assert "branch steps must lie between 1 and 4" in capsys.readouterr().err
+    assert "branch steps must be whole numbers between 1 and 4" in capsys.readouterr().err
