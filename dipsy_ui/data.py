@@ -14,6 +14,7 @@ line there. Only an input with no usable class at all raises :class:`DatasetErro
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import unicodedata
 import zipfile
@@ -34,6 +35,8 @@ from .images import Decoded, ImageReadError, fit_image, image_digest, read_image
 IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
 MAX_SLUG_LENGTH = 64
+# In a data folder the app wrote: display name -> {"folder", "files"}, in the user's order.
+CLASSES_FILE = "classes.json"
 # A zip entry larger than this is skipped unread, so a zip bomb cannot exhaust memory.
 MAX_ZIP_ENTRY_BYTES = 64 * 1024 * 1024
 _WINDOWS_RESERVED = frozenset(
@@ -254,11 +257,14 @@ def load_dataset(source: str | Path | Mapping[str, Sequence[ImageLike]]) -> FewS
 
 def load_folder(root: str | Path) -> FewShotDataset:
     """Load ``root/<class name>/**/<image>``; hidden files and folders are ignored (a hidden
-    class folder with a line in the report)."""
+    class folder with a line in the report). A folder the app wrote (with its ``classes.json``)
+    loads as the app sees it: its class names, classes and images in the order they were added."""
     root = Path(root)
     report = LoadReport(str(root))
     if not root.is_dir():
         raise DatasetError(f"{root} is not a folder", report)
+    if (root / CLASSES_FILE).is_file():
+        return _build(_recorded_entries(root), report, f"{root / CLASSES_FILE} lists no images")
     entries: dict[str, list[tuple[str, Reader]]] = {}
     seen: set[str] = set()
     # Linked folders are followed, as torchvision's ImageFolder does, but each real folder is
@@ -280,6 +286,22 @@ def load_folder(root: str | Path) -> FewShotDataset:
             if _accept(relative[0] if relative else "", str(path), report):
                 entries[relative[0]].append((str(path), partial(read_image, path)))
     return _build(entries, report, f"no class folders found in {root}; expected {root}/<class name>/<images>")
+
+
+def _recorded_entries(root: Path) -> dict[str, list[tuple[str, Reader]]]:
+    """The classes an app's data folder records in ``classes.json`` (display name -> its folder
+    and file names, in order); only files inside ``root`` are read, whatever the file says."""
+    try:
+        recorded = json.loads((root / CLASSES_FILE).read_text(encoding="utf-8"))
+        entries = {
+            str(name): [resolve_inside(root, str(entry["folder"]), str(file)) for file in entry["files"]]
+            for name, entry in recorded.items()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise DatasetError(f"{root / CLASSES_FILE} is not a class list the app wrote ({error})") from None
+    return {
+        name: [(str(path), partial(read_image, path)) for path in paths] for name, paths in entries.items()
+    }
 
 
 def load_zip(archive: str | Path) -> FewShotDataset:

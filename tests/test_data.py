@@ -416,3 +416,27 @@ def test_demo_data_with_impossible_shots_is_refused_before_anything_is_removed(t
     with pytest.raises(ValueError, match="shots must be in 1.."):
         write_demo_data(demo, shots=100_000, test_per_class=2)
     assert sorted(p.relative_to(demo) for p in demo.rglob("*.png")) == before
+
+
+def test_a_data_folder_the_app_wrote_loads_as_the_app_sees_it(tmp_path):
+    """With its classes.json, a session's data folder keeps the app's class names (not the folder
+    slugs), the order classes and images were added in, and reads nothing outside the folder."""
+    import json
+
+    for folder, files in {"cat-tabby": ["b.png", "a.png"], "dog": ["c.png"]}.items():
+        (tmp_path / folder).mkdir()
+        for shade, file in enumerate(files):
+            Image.new("RGB", (8, 8), (40 * shade, 9, 9) if folder == "dog" else (9, 40 * shade, 9)).save(
+                tmp_path / folder / file
+            )
+    classes = {"dog": {"folder": "dog", "files": ["c.png"]},
+               "Cat (tabby)": {"folder": "cat-tabby", "files": ["b.png", "a.png"]}}  # fmt: skip
+    (tmp_path / "classes.json").write_text(json.dumps(classes))
+    dataset = load_dataset(tmp_path)
+    assert list(dataset.class_names) == ["dog", "Cat (tabby)"]
+    assert [Path(r.source).name for r in dataset.images("Cat (tabby)")] == ["b.png", "a.png"]
+    assert not dataset.report.skipped  # classes.json is the list, not a stray file
+    classes["dog"]["files"] = ["../../escape.png"]
+    (tmp_path / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(DatasetError, match="inside"):
+        load_dataset(tmp_path)

@@ -69,10 +69,3 @@ def test_the_app_reports_a_bug_as_internal_and_logs_its_traceback(kind, caplog):
         list(action()) if kind == "generator" else action()
     assert raised.value.message == INTERNAL and "secret" not in raised.value.message
     assert "KeyError: 'secret internals'" in caplog.text and "Traceback" in caplog.text
-
-
-def test_old_module_names_fail_with_the_new_location():
-    with pytest.raises(
-        ModuleNotFoundError, match=r"dipsy_ui\.pipeline has moved to dipsy_ui\.diffusion\.pipeline"
-    ):
-        import dipsy_ui.pipeline  # noqa: F401

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data import FewShotDataset, class_slugs, load_dataset, resolve_inside
+from ..data import CLASSES_FILE, FewShotDataset, class_slugs, load_dataset, resolve_inside
 from ..digits import write_demo_data
 from ..errors import DipsyError, ImageReadError, UsageError
 from ..files import write_atomic
@@ -18,8 +18,6 @@ from ..images import image_digest, read_image, save_png
 from .core import Core
 from .session import Session, check_name
 from .settings import SettingsService
-
-CLASSES_FILE = "classes.json"  # in data/: display name -> class folder, in the user's order
 
 
 class DataService:

@@ -67,7 +67,7 @@ class GenerationService:
         """The negative rule in force, in words, with the user's pinned negatives."""
         session = self.core.session(session)
         config = session.generation
-        line = RULES[config.negatives].format(t=config.temperature)
+        line = f"{config.negatives}, {RULES[config.negatives].format(t=config.temperature)}"
         pinned = self.similarity.pinned(session)
         if config.negatives != "none" and pinned:
             pins = ", ".join(f"{name} -> {' / '.join(row)}" for name, row in pinned.items())
