@@ -262,3 +262,15 @@ class CurationConfig(Settings):
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The app's limits for a shared demo (app.py's --max-upload-mb, --session-quota-mb, --queue-size).
+# One upload request (a zip of a few-shot set, a handful of photos): 200 MB holds a 16-shot set
+# of 100 classes at 100 KB an image with room to spare.
+MAX_UPLOAD_MB = 200
+# A session's folder (its data, runs, classifiers, experiments): 2000 images of 512 px PNG
+# (about 400 KB each) per run, a few runs and their classifiers fit in 5 GB.
+SESSION_QUOTA_MB = 5000
+# Requests waiting in the app's queue, beyond those already started (a long job waits for the model
+# in the Studio's own lock, not in this queue); one more is answered "the server is busy".
+QUEUE_SIZE = 64

@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
-from ..errors import DipsyError
+from ..config import SESSION_QUOTA_MB
+from ..errors import DipsyError, UsageError
 from ..files import write_atomic
 from ..models import WORLD_DIR, ModelSpec, Runtime
 from ..presets import load_preset
@@ -39,6 +40,8 @@ RESULTS = (
 SCRATCH = ("previews", "sweeps", "test")  # session folders nothing refers to once it has ended
 SESSION_ID = re.compile(r"[0-9a-f]{12}")  # what Core.session names a session folder
 SESSION_FILE = "session.json"  # the session's choices: preset, current run, current classifier
+OWNER_FILE = "owner"  # the signed-in user a session belongs to (absent: made without sign-in)
+MB = 2**20
 
 
 class Core:
@@ -56,6 +59,7 @@ class Core:
         self._pipe = self._clip = None
         self._load_lock = threading.Lock()
         self._open: dict[str, int] = {}  # session id -> live Session objects using its folder
+        self.quota_bytes = SESSION_QUOTA_MB * MB  # a session folder's disk space (0: no quota)
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -140,6 +144,41 @@ class Core:
         self._opened(session_id)
         return session, {k: v for k, v in saved.items() if k in ("run", "classifier") and isinstance(v, str)}
 
+    def admits(self, session_id: object, user: str | None) -> bool:
+        """Whether ``user`` (None: no sign-in) may reopen ``session_id``: a session a signed-in
+        user made reopens for that user only; one made without sign-in, for the browser holding
+        its id (as it always did). An id naming no session is admitted: it opens a new one."""
+        if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
+            return True
+        try:
+            owner = (self.workspace / "sessions" / session_id / OWNER_FILE).read_text(encoding="utf-8")
+        except OSError:
+            return True
+        return owner == user
+
+    def claim(self, session: Session, user: str | None) -> None:
+        """Make ``session`` the signed-in ``user``'s (see :meth:`admits`); no-op without sign-in
+        or when it has an owner already."""
+        owner = session.root / OWNER_FILE if session.root is not None else None
+        if user and owner is not None and not owner.exists():
+            write_atomic(owner, user)
+
+    def quota_refusal(self, session_id: str) -> UsageError | None:
+        """Why nothing more may be written to the session's folder (its size has reached
+        :attr:`quota_bytes`), or None."""
+        root = self.workspace / "sessions" / session_id
+        if not self.quota_bytes or not SESSION_ID.fullmatch(session_id or "") or not root.is_dir():
+            return None
+        used = sum(
+            file.stat().st_size for file in root.rglob("*") if file.is_file() and not file.is_symlink()
+        )
+        if used < self.quota_bytes:
+            return None
+        return UsageError(f"this session's folder holds {used / MB:.0f} MB, its limit is "
+                          f"{self.quota_bytes / MB:.0f} MB, so nothing new is made; everything made so far is kept. "
+                          "Remove classes you no longer need (Data), or ask whoever runs the app to raise "
+                          "--session-quota-mb")  # fmt: skip
+
     def save_choices(self, session: Session) -> None:
         """Record the session's choices (preset, current run and classifier, by name) in its
         folder, for :meth:`reopen`."""
@@ -195,7 +234,12 @@ class Core:
         generator cancels the job and waits for its thread, which releases the lock itself, so
         an abandoned stream never keeps the model.
         """
-        jobs = self.session(session).jobs
+        session = self.session(session)
+        refusal = self.quota_refusal(session.id)
+        if refusal is not None:  # refused before it starts: nothing already made is touched
+            yield Progress(FAILED, 0, 0, str(refusal), error=refusal)
+            return
+        jobs = session.jobs
         ticket = jobs.open(kind, key, changed_only)
         events: queue.Queue[Progress] = queue.Queue()
         job = Job(ticket.cancel, events.put)

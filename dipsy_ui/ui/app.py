@@ -3,6 +3,7 @@
 import gradio as gr
 
 from ..studio import Session
+from . import access as file_access
 from . import curate_tab, data_tab, experiments_tab, generate_tab, guidance_tab, similarity_tab, train_tab
 from .common import JOBS, progress_callback, readable_errors
 
@@ -16,8 +17,10 @@ CSS = (
 )
 
 
-def build_app(studio) -> gr.Blocks:
-    """The app over a :class:`~dipsy_ui.studio.Studio`: each tab gets its service only."""
+def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
+    """The app over a :class:`~dipsy_ui.studio.Studio`: each tab gets its service only.
+    ``access`` (the file gate's state) learns which session each browser holds, for its upload
+    quota."""
     core = studio.core
     with gr.Blocks(title="DIPSY Studio") as app:
         # One copy per browser session (see Session.__deepcopy__). No time_to_live: long jobs
@@ -65,8 +68,14 @@ def build_app(studio) -> gr.Blocks:
                          show_progress="hidden", queue=False)  # fmt: skip
         app.load(core.model_status, None, [model_status], api_name="model_status")
 
-        def on_open(session_id):
-            session = studio.open_session(session_id)
+        def on_open(session_id, request: gr.Request):
+            # A signed-in user reopens only their own sessions: another user's id (a shared
+            # computer's browser) opens a new session instead.
+            user = request.username
+            session = studio.open_session(session_id if core.admits(session_id, user) else "")
+            core.claim(session, user)
+            if access is not None:
+                access.bind(request.cookies.get(file_access.COOKIE), session.id)
             return session, session.id
 
         app.load(on_open, [browser], [state, browser], api_visibility="private").then(
