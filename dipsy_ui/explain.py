@@ -118,9 +118,9 @@ def explain(
         return None
 
     def on_step(p, step, timestep, kwargs):
-        on_event(
-            JobEvent("step", 0, len(RUNGS), step=step + 1, steps=config.steps, preview=kwargs["preview"])
-        )
+        # The sampler's own count: SD1.5's PNDM takes one step more than asked.
+        steps = len(p.scheduler.timesteps)
+        on_event(JobEvent("step", 0, len(RUNGS), step=step + 1, steps=steps, preview=kwargs["preview"]))
         if cancel.is_set():  # after the event, so that a cancel made while handling it counts now
             p.request_interrupt()
         return {}

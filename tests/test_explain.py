@@ -140,6 +140,8 @@ def test_progress_is_reported_and_cancel_stops_it(tiny_pipe, images):
     result = explain(tiny_pipe, PROMPT, images["pos"], images["neg"], settings(), 0, None, on_event, cancel)
     assert result is None
     assert [event.kind for event in events] == ["step", "step", "cancelled"]
+    assert [event.step for event in events[:2]] == [1, 2]
+    assert events[0].steps == STEPS + 1  # the tiny models' PNDM, as SD1.5's, takes one step more
     assert events[0].preview.shape == (3, 8, 8, 3)
     # Already cancelled: nothing runs.
     calls = []
