@@ -31,7 +31,7 @@ def images():
 def settings(**overrides) -> GenerationConfig:
     # PNDM is the tiny pipeline's own sampler: explain switches to it and leaves it so.
     fields = dict(w_text=5.0, w_pos=4.0, w_neg=3.0, ip_adapter_scale=0.7, steps=STEPS, scheduler="pndm")
-    return GenerationConfig(height=64, width=64, augment=False, **(fields | overrides))
+    return GenerationConfig(height=64, width=64, **(fields | {"augment": False} | overrides))
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -39,7 +39,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 def single(pipe, images, config: GenerationConfig, seed: int, **weights) -> Image.Image:
-    """The image of one unbatched call, as generate-one makes it."""
+    """The image of one unbatched call, as generate-one (and a preview) makes it."""
     pipe.use_scheduler(config.scheduler)
     return pipe(
         PROMPT,
@@ -50,12 +50,14 @@ def single(pipe, images, config: GenerationConfig, seed: int, **weights) -> Imag
         height=config.height,
         width=config.width,
         generator=torch.Generator().manual_seed(seed),
+        augment=config.augment,
         **weights,
     ).images[0]
 
 
-def test_each_rung_is_the_single_call_with_its_weights(tiny_pipe, images):
-    config = settings()
+@pytest.mark.parametrize("augment", [False, True])
+def test_each_rung_is_the_single_call_with_its_weights(tiny_pipe, images, augment):
+    config = settings(augment=augment)
     result = explain(tiny_pipe, PROMPT, images["pos"], images["neg"], config, seed=7)
     assert result.weights == {
         "text-only": {"w_text": 5.0, "w_pos": 0.0, "w_neg": 0.0},

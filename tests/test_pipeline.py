@@ -339,6 +339,21 @@ def test_trace_branch_estimates_combine_like_the_guided_estimate(tiny_pipe, imag
         torch.testing.assert_close(combined, x0, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.determinism
+def test_latents_to_images_decodes_as_the_call_does(tiny_pipe, images):
+    latents = tiny_pipe(
+        "A photo of a cat",
+        images["pos"],
+        images["neg"],
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    ).images
+    decoded = tiny_pipe.latents_to_images(latents, output_type="np")
+    # The same VAE call on the same latents: the same bits.
+    assert np.array_equal(decoded, run(tiny_pipe, images))
+
+
 def test_trace_strengths_follow_the_weights(tiny_pipe, images, monkeypatch):
     # At the first step every call starts from the same noise: each term is its weight times the
     # same branch difference, so its strength is proportional to the weight.
