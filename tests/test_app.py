@@ -12,6 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -114,6 +115,16 @@ def test_full_flow(demo_app, tmp_path):
     records = read_manifest(root / "runs" / "run-1")
     assert sorted(r["class_name"] for r in records.values()) == sorted(CLASSES * 2)
     assert len(gallery) == 6 and all(r["steps"] == 2 for r in records.values())
+    # Open in Guidance gives /preview's inputs, and /preview redraws the image (alone instead of
+    # in its batch of two: the last bits of the kernels may differ, no more).
+    for file in sorted(records)[:2]:
+        opened = client.predict(file, api_name="/open_in_guidance")
+        values = [opened[i] for i in (0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 12)]
+        assert values[9] == records[file]["seed"] and values[2] == records[file]["negative_class"]
+        redrawn, *_ = client.predict(*values, api_name="/preview")
+        difference = np.abs(np.asarray(Image.open(redrawn).convert("RGB"), dtype=int)
+                            - np.asarray(Image.open(root / "runs" / "run-1" / file).convert("RGB"), dtype=int))  # fmt: skip
+        assert difference.max() <= 2, (file, difference.max())
 
     # 5. Curate: reject one image (by API and visibly in the page), rank, export the kept set.
     thumbs, info, counts, *_ = client.predict("", 1, api_name="/curate_page")
@@ -326,7 +337,11 @@ def test_cancel_preview_and_sweep(demo_app):
 
     image, _, seed, status = client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 3, True,
                                             api_name="/preview")  # fmt: skip
-    assert status == "Done (seed 3)." and Path(image).is_file()
+    # The status names the negative image the preview was pushed away from, drawn by the rule here.
+    assert re.fullmatch(r"Done \(seed 3; negative: (one|two) image \d \(drawn by the rule\)\)\.", status), (
+        status
+    )
+    assert Path(image).is_file()
 
     # A sweep streams its progress and stops on the same Cancel.
     controls = ("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 100, 0, True)

@@ -63,3 +63,22 @@ def test_the_engine_never_imports_gradio_and_the_ui_never_imports_torch():
     assert not [
         str(p) for p in ui if imports(p) & {"torch", "diffusers", "transformers", "open_clip", "numpy"}
     ]
+
+
+def test_the_readme_lists_every_endpoint_by_its_name_and_each_input_and_output_is_named(tmp_path):
+    """The README's API list is the app's: every public endpoint is listed and every listed one
+    exists; no parameter or result is anonymous (``param_3``, ``value_85``) and no name was
+    taken twice (``model_status_2``)."""
+    from dipsy_ui.studio import Studio
+    from dipsy_ui.ui.app import build_app
+
+    endpoints = build_app(Studio(None, tmp_path, demo=True)).get_api_info()["named_endpoints"]
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("**Programmatic use**") : text.index("every endpoint with its parameters")]
+    assert {name.lstrip("/") for name in endpoints} == set(re.findall(r"`/(\w+)", section))
+    for name, endpoint in endpoints.items():
+        assert not re.search(r"_\d+$", name), name
+        inputs = [p["parameter_name"] for p in endpoint["parameters"]]
+        outputs = [r["label"] for r in endpoint["returns"]]
+        anonymous = [n for n in inputs + outputs if not n or re.fullmatch(r"(param|value)_\d+", n)]
+        assert not anonymous, (name, anonymous)

@@ -37,7 +37,7 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
                         "dataset. Everything works offline; the method and the controls are those used with the "
                         "real models.", elem_classes=["dipsy-demo"])  # fmt: skip
         with gr.Row():
-            model_status = gr.Markdown(core.model_status())
+            model_status = gr.Markdown(core.model_status(), label="Model status")
             load = gr.Button("Load models", scale=0)
         with gr.Tabs() as tabs:
             data_view = data_tab.create(studio.data, studio.settings, state)
@@ -62,11 +62,13 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
             return core.model_status()
 
         load.click(on_load, None, [model_status], api_name="load_models", **JOBS)
-        tabs.select(core.model_status, None, [model_status], api_visibility="private")
-        # Any job may load the models (Similarity, a preview, Generate...): the line follows them.
-        gr.Timer(3).tick(core.model_status, None, [model_status], api_visibility="private",
-                         show_progress="hidden", queue=False)  # fmt: skip
         app.load(core.model_status, None, [model_status], api_name="model_status")
+        # Any job may load the models (Similarity, a preview, Generate...): the line follows them.
+        # (Named apart, so that the public endpoint keeps the name "model_status".)
+        tabs.select(core.model_status, None, [model_status], api_name="model_status_on_tab",
+                    api_visibility="private")  # fmt: skip
+        gr.Timer(3).tick(core.model_status, None, [model_status], api_name="model_status_on_timer",
+                         api_visibility="private", show_progress="hidden", queue=False)  # fmt: skip
 
         def on_open(session_id, request: gr.Request):
             # A signed-in user reopens only their own sessions: another user's id (a shared

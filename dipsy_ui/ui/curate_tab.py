@@ -18,16 +18,16 @@ def create(runs, state):
             run_pick = gr.Dropdown(
                 label="Run (earlier runs of this session)", choices=[], elem_id="curate-run"
             )
-            run_line = gr.Markdown(elem_id="curate-run-line")
+            run_line = gr.Markdown(label="Run line", elem_id="curate-run-line")
         with gr.Row():
             class_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True, value=None)
             page = gr.Number(label="Page", value=1, precision=0, minimum=1)
-            page_info = gr.Markdown()
+            page_info = gr.Markdown(label="Page info")
             show = gr.Button("Show")
         gallery = gr.Gallery(
             elem_id="curate-gallery", label="Generated images", columns=10, height=420, allow_preview=False
         )
-        status = gr.Markdown(elem_id="curate-status")
+        status = gr.Markdown(label="Status", elem_id="curate-status")
         with gr.Row():
             rank = gr.Button("Rank (lowest score first)")
             threshold = gr.Slider(0, 1, value=0.2, step=0.01, label="Reject below")

@@ -37,7 +37,7 @@ def create(data, settings, state):
                 preset = gr.Dropdown(
                     label="Preset", choices=settings.preset_choices(), allow_custom_value=True
                 )
-                preset_info = gr.Markdown()
+                preset_info = gr.Markdown(label="Preset description")
             with gr.Column(scale=2):
                 table = gr.Dataframe(
                     elem_id="data-table", headers=["class", "images"], label="Classes", interactive=False
@@ -51,7 +51,7 @@ def create(data, settings, state):
                     remove_name = gr.Dropdown(label="Class", choices=[], allow_custom_value=True)
                     remove_class = gr.Button("Remove class", variant="stop")
                 with gr.Row(visible=False) as confirm_row:  # removing a class asks first
-                    confirm_text = gr.Markdown()
+                    confirm_text = gr.Markdown(label="Question")
                     confirm = gr.Button("Yes, remove it", variant="stop", elem_id="confirm-remove")
                     keep = gr.Button("Keep it")
                 report = gr.Textbox(

@@ -60,8 +60,8 @@ def create(experiments, state):
         with gr.Row():
             run = gr.Button("Run", variant="primary", elem_id="experiment-run")
             cancel = gr.Button("Cancel", variant="stop", elem_id="experiment-cancel")
-        status = gr.Markdown(elem_id="experiment-status")
-        bar = gr.HTML(elem_id="experiment-progress")
+        status = gr.Markdown(label="Status", elem_id="experiment-status")
+        bar = gr.HTML(label="Progress", elem_id="experiment-progress")
         cells = gr.Dataframe(
             headers=CELL_HEADERS, label="Cells", interactive=False, elem_id="experiment-cells"
         )
@@ -70,8 +70,8 @@ def create(experiments, state):
         )
         with gr.Row():
             plot = gr.Image(label="Accuracy", type="filepath", interactive=False, elem_id="experiment-plot")
-            verdict = gr.Markdown(elem_id="experiment-verdict")
-        summary = gr.JSON(visible=False)  # the results as data, for API clients
+            verdict = gr.Markdown(label="Verdict", elem_id="experiment-verdict")
+        summary = gr.JSON(label="Summary", visible=False)  # the results as data, for API clients
 
     def arm_list(session, message=""):
         names = experiments.arm_names(session)

@@ -21,7 +21,7 @@ def create(runs, state):
     """The tab over the generation service; returns the image picked in its gallery and the
     button that opens it in the Guidance tab (wired by app.py)."""
     with gr.Tab("4. Generate", id="generate") as tab:
-        settings = gr.Markdown()
+        settings = gr.Markdown(label="Settings")
         with gr.Row():
             per_class = number("images_per_class", "Images per class", elem_id="per-class")
             batch_size = number("batch_size", "Batch size", elem_id="batch-size")
@@ -32,7 +32,7 @@ def create(runs, state):
             start = gr.Button("Start", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
             resume = gr.Button("Resume")
-        progress_bar = gr.HTML(elem_id="generate-progress")
+        progress_bar = gr.HTML(label="Progress", elem_id="generate-progress")
         # Offered only when Start is refused because the folder holds a run made with other settings.
         with gr.Row():
             use_recorded = gr.Button(

@@ -72,7 +72,7 @@ def create(guidance, state):
             previous = gr.Image(
                 label="Previous result", type="filepath", interactive=False, height=300, elem_id="previous"
             )
-        status = gr.Markdown(elem_id="guidance-status")
+        status = gr.Markdown(label="Status", elem_id="guidance-status")
         with gr.Accordion("Open a generated image (redraw it here)", open=False), gr.Row():
             opened_file = gr.Textbox(label="Image of the current run, as its manifest names it",
                                      placeholder="one/00003.png", elem_id="open-file")  # fmt: skip
@@ -89,15 +89,10 @@ def create(guidance, state):
             preset_name = gr.Textbox(label="Preset name", placeholder="my-settings")
             save = gr.Button("Save the current settings as a preset")
             replace = gr.Button("Replace it", variant="stop", visible=False, elem_id="replace-preset")
-        saved = gr.Markdown(elem_id="preset-status")
+        saved = gr.Markdown(label="Preset status", elem_id="preset-status")
 
     sliders = [w_text, w_pos, w_neg, scale, steps]
     controls = [class_name, positive, negative_class, negative, *sliders, seed, lock]
-
-    def settings(name, pos, neg_class, neg, wt, wp, wn, s, n, sd, locked):
-        return GuidanceSettings(name or "", int(pos or 0), neg_class or SAMPLE, -1 if neg is None else int(neg),
-                                float(wt), float(wp), float(wn), float(s), int(n),
-                                int(sd or 0) if locked else None)  # fmt: skip
 
     def refresh(session):
         names = guidance.class_names(session)
@@ -139,7 +134,21 @@ def create(guidance, state):
                 yield gr.skip(), gr.skip(), gr.skip(), event.message
 
     @readable_errors
-    def on_preview(session, *values):
+    def on_preview(session, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
+                   seed, lock):  # fmt: skip
+        values = (
+            class_name,
+            positive,
+            negative_class,
+            negative,
+            w_text,
+            w_pos,
+            w_neg,
+            scale,
+            steps,
+            seed,
+            lock,
+        )
         yield from show_preview(session, values, edit=False)
 
     @readable_errors
@@ -147,11 +156,15 @@ def create(guidance, state):
         yield from show_preview(session, values, edit=True)
 
     @readable_errors
-    def on_sweep(session, *values):
-        *rest, xn, xv, yn, yv = values
-        chosen = settings(*rest)
+    def on_sweep(session, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
+                 seed, lock, x_weight, x_values, y_weight, y_values):  # fmt: skip
+        chosen = settings(class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
+                          seed, lock)  # fmt: skip
         guidance.use(session, chosen)
-        for event in follow(guidance.sweep(session, chosen, xn, parse_values(xv), yn, parse_values(yv))):
+        sweep = guidance.sweep(
+            session, chosen, x_weight, parse_values(x_values), y_weight, parse_values(y_values)
+        )
+        for event in follow(sweep):
             if event.kind == DONE:
                 yield event.result.path, event.result.seed, f"Sweep done (seed {event.result.seed})."
             else:  # the grid stays as it was until a sweep finishes
@@ -173,11 +186,39 @@ def create(guidance, state):
         )
 
     @readable_errors
-    def on_save(session, name, *values):
+    def on_save(session, name, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale,
+                steps, seed, lock):  # fmt: skip
+        values = (
+            class_name,
+            positive,
+            negative_class,
+            negative,
+            w_text,
+            w_pos,
+            w_neg,
+            scale,
+            steps,
+            seed,
+            lock,
+        )
         return save_preset(session, name, values, overwrite=False)
 
     @readable_errors
-    def on_replace(session, name, *values):
+    def on_replace(session, name, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale,
+                   steps, seed, lock):  # fmt: skip
+        values = (
+            class_name,
+            positive,
+            negative_class,
+            negative,
+            w_text,
+            w_pos,
+            w_neg,
+            scale,
+            steps,
+            seed,
+            lock,
+        )
         return save_preset(session, name, values, overwrite=True)
 
     @readable_errors
@@ -256,3 +297,12 @@ def done_line(chosen: GuidanceSettings, result) -> str:
         how = "drawn by the rule" if chosen.negative_class == SAMPLE else "chosen"
         negative = f"negative: {result.negative_class} image {result.negative_index + 1} ({how})"
     return f"Done (seed {result.seed}; {negative})."
+
+
+def settings(class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps, seed, lock):
+    """The preview's controls, in the order of ``/preview``'s inputs, as GuidanceSettings (an
+    unlocked seed: a new one for each preview)."""
+    return GuidanceSettings(
+        class_name or "", int(positive or 0), negative_class or SAMPLE, -1 if negative is None else int(negative),
+        float(w_text), float(w_pos), float(w_neg), float(scale), int(steps), int(seed or 0) if lock else None,
+    )  # fmt: skip

@@ -46,7 +46,7 @@ def create(similarity, state):
                         multiselect=True,
                     )
                     apply = gr.Button("Apply override")
-                status = gr.Markdown(elem_id="similarity-status")
+                status = gr.Markdown(label="Status", elem_id="similarity-status")
 
     def view(session, message=""):
         names = similarity.names(session)

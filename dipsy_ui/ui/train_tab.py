@@ -59,7 +59,7 @@ def create(training, state):
         gr.Markdown("Leave a setting blank to use the active preset's value (see the status line after "
                     "training for the settings used).")  # fmt: skip
         with gr.Row():
-            run_line = gr.Markdown(elem_id="train-run")
+            run_line = gr.Markdown(label="Run line", elem_id="train-run")
             classifier_pick = gr.Dropdown(label="Earlier classifier", choices=[], elem_id="classifier-pick")
             comparison_pick = gr.Dropdown(label="Earlier comparison", choices=[], elem_id="comparison-pick")
         with gr.Row():
@@ -78,13 +78,27 @@ def create(training, state):
             start = gr.Button("Train", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
             compare = gr.Button("Compare real-only vs real+synthetic")
-        status = gr.Markdown(elem_id="train-status")
+        status = gr.Markdown(label="Status", elem_id="train-status")
         with gr.Row():
             loss_plot = gr.LinePlot(
-                x="step", y="loss", color="run", title="Training loss", height=260, elem_id="loss-plot"
+                x="step",
+                y="loss",
+                color="run",
+                title="Training loss",
+                height=260,
+                elem_id="loss-plot",
+                label="Training loss",
+                show_label=False,
             )
             accuracy_plot = gr.LinePlot(
-                x="step", y="accuracy", color="set", title="Accuracy", height=260, y_lim=[0, 1]
+                x="step",
+                y="accuracy",
+                color="set",
+                title="Accuracy",
+                height=260,
+                y_lim=[0, 1],
+                label="Accuracy",
+                show_label=False,
             )
         with gr.Row():
             per_class = gr.Dataframe(
@@ -101,7 +115,7 @@ def create(training, state):
             download = gr.File(
                 label="Adapter(s)", interactive=False, file_count="multiple", elem_id="adapter"
             )
-        metrics = gr.JSON(visible=False)  # the run's numbers, for API clients
+        metrics = gr.JSON(label="Metrics", visible=False)  # the run's numbers, for API clients
 
     def config(*typed) -> dict:
         """The settings the user typed; blank fields keep the preset's values."""
