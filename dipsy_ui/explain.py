@@ -97,8 +97,9 @@ def explain(
     :data:`BRANCH_STEPS` steps spread from the first to the last.
 
     ``on_event`` receives a "step" :class:`~dipsy_ui.generate.JobEvent` per denoising step (its
-    preview holds one row per distinct rung), then "done" (or "cancelled"). Setting ``cancel``
-    stops at the next step; then the result is None.
+    preview holds one row per distinct rung; ``steps`` is the sampler's own count), then "done"
+    (or "cancelled"); ``done`` / ``total`` count the rungs. Setting ``cancel`` stops at the next
+    step; then the result is None.
     """
     on_event = on_event or (lambda event: None)
     cancel = cancel or threading.Event()
