@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "training", help="LoRA vs full fine-tuning throughput (dipsy_ui.bench.training)", add_help=False
     )
+    commands.add_parser(
+        "curation", help="the curation report on planted defects (dipsy_ui.bench.curation)", add_help=False
+    )
     world = commands.add_parser("world", help="what a models folder can do, read back by a digit classifier")
     world.add_argument(
         "--models", type=Path, default=WORLD_DIR, help="models folder (default: the digit world)"
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import training
 
         return training.main(rest)
+    if args.command == "curation":
+        from . import curation
+
+        return curation.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "explain":

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..errors import DipsyError
-from . import classifier, experiment, explain, generation, setup
+from . import classifier, curation, experiment, explain, generation, setup
 from .common import add_model_arguments, spec_from_args
 
 __all__ = ["add_model_arguments", "build_parser", "main", "spec_from_args"]
@@ -21,7 +21,7 @@ __all__ = ["add_model_arguments", "build_parser", "main", "spec_from_args"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dipsy_ui", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (setup, generation, explain, classifier, experiment):
+    for module in (setup, generation, explain, classifier, curation, experiment):
         module.register(commands)
     return parser
 
