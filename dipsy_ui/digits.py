@@ -79,6 +79,23 @@ def write_demo_data(
     its held-out digits, at ``size`` pixels (32: the digit world's native size). The same seed
     gives the same bytes. A non-empty ``out_dir`` is only rewritten if an earlier call made it.
     """
+    check_demo_target(out_dir)
+    if not 1 <= test_per_class <= DIGIT_TEST_PER_CLASS:
+        raise UsageError(f"test_per_class must be in 1..{DIGIT_TEST_PER_CLASS}, got {test_per_class}")
+    images, _ = load_digits()
+    train, (_, test) = fewshot_indices(shots, seed), digits_split()  # raises before anything is removed
+    splits = {
+        split: {
+            name: [digit_image(images[i], size) for i in chosen[label]]
+            for label, name in enumerate(DIGIT_NAMES)
+        }
+        for split, chosen in (("train", train), ("test", {k: v[:test_per_class] for k, v in test.items()}))
+    }
+    return write_demo_folders(out_dir, splits, "dipsy_ui.digits.write_demo_data")
+
+
+def check_demo_target(out_dir: str | Path) -> None:
+    """Refuse a folder that is neither empty nor a demo dataset written earlier."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (
         not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / _DEMO_MARKER).is_file())
@@ -86,19 +103,23 @@ def write_demo_data(
         raise UsageError(
             f"{out_dir} exists and is not an empty folder or a DIPSY demo dataset; choose another folder"
         )
-    if not 1 <= test_per_class <= DIGIT_TEST_PER_CLASS:
-        raise UsageError(f"test_per_class must be in 1..{DIGIT_TEST_PER_CLASS}, got {test_per_class}")
-    images, _ = load_digits()
-    train, (_, test) = fewshot_indices(shots, seed), digits_split()  # raises before anything is removed
-    for split in ("train", "test"):
+
+
+def write_demo_folders(
+    out_dir: str | Path, splits: dict[str, dict[str, list[Image.Image]]], writer: str
+) -> Path:
+    """Write ``splits`` (split -> class -> images) as ``out_dir/<split>/<class>/<n>.png``, replacing
+    the splits of an earlier demo dataset there; every world's demo data is written by it."""
+    out_dir = Path(out_dir)
+    check_demo_target(out_dir)
+    for split in splits:
         shutil.rmtree(resolve_inside(out_dir, split), ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / _DEMO_MARKER).write_text("written by dipsy_ui.digits.write_demo_data\n")
-    for label, class_name in enumerate(DIGIT_NAMES):
-        chosen = {"train": train[label], "test": test[label][:test_per_class]}
-        for split, indices in chosen.items():
+    (out_dir / _DEMO_MARKER).write_text(f"written by {writer}\n")
+    for split, classes in splits.items():
+        for class_name, images in classes.items():
             folder = out_dir / split / class_name
             folder.mkdir(parents=True)
-            for n, index in enumerate(indices):
-                digit_image(images[index], size).save(folder / f"{n:03d}.png")
+            for n, image in enumerate(images):
+                image.save(folder / f"{n:03d}.png")
     return out_dir

@@ -8,7 +8,6 @@ import argparse
 import json
 from pathlib import Path
 
-from ..models import WORLD_DIR
 from .generation import VARIANTS, bench_generation, run_variant
 
 
@@ -30,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "curation", help="the curation report on planted defects (dipsy_ui.bench.curation)", add_help=False
     )
-    world = commands.add_parser("world", help="what a models folder can do, read back by a digit classifier")
+    world = commands.add_parser("world", help="what a world's models can do, read back by the world's judge")
+    world.add_argument("--world", default="digits", help="which world: digits or critters (default: digits)")
+    world.add_argument("--models", type=Path, help="models folder (default: the world's shipped folder)")
     world.add_argument(
-        "--models", type=Path, default=WORLD_DIR, help="models folder (default: the digit world)"
+        "--preset", help="preset whose generation settings are measured (default: the world's)"
     )
-    world.add_argument("--preset", default="demo", help="preset whose generation settings are measured")
     world.add_argument("--per-class", type=int, default=20, help="images per class and measure")
     world.add_argument("--shots", type=int, default=4, help="few-shot images per class")
     world.add_argument("--no-classifier", action="store_true", help="skip the zero-shot / real-only training")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..world import report
 
         return report.main(
-            args.models, args.preset, args.per_class, args.shots, not args.no_classifier, args.out
+            args.models, args.preset, args.per_class, args.shots, not args.no_classifier, args.out, args.world
         )
     if args.command == "_variant":
         print(

@@ -23,34 +23,36 @@ def cmd_train_world(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..world.build import WorldConfig, train_world
+    from ..world.build import train_world
+    from ..world.worlds import get_world
 
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    config = WorldConfig.quick() if args.quick else WorldConfig()
+    world = get_world(args.world)
+    config = world.quick_config() if args.quick else world.config
     command = "python -m dipsy_ui " + shlex.join(args.argv)
-    record = train_world(args.out_dir, config, command=command)
+    record = train_world(args.out_dir, config, command=command, world=world)
     print(
-        f"Digit world written to {args.out_dir} in {record['seconds']:.0f} s "
+        f"The {world.name} world written to {args.out_dir} in {record['seconds']:.0f} s "
         f"(record: {args.out_dir}/world.json). Use it with --models {args.out_dir}"
     )
     return 0
 
 
 def cmd_make_demo_data(args: argparse.Namespace) -> int:
-    from ..digits import write_demo_data
+    from ..world.worlds import get_world
 
-    out = write_demo_data(args.out_dir, shots=args.shots, test_per_class=args.test_per_class)
-    print(f"Demo digits data written to {out}/train (few-shot) and {out}/test")
+    world = get_world(args.world)
+    test_per_class = world.test_per_class if args.test_per_class is None else args.test_per_class
+    out = world.write_demo_data(args.out_dir, shots=args.shots, test_per_class=test_per_class)
+    print(f"Demo {world.name} data written to {out}/train (few-shot) and {out}/test")
     return 0
 
 
 def register(commands) -> None:
     """Add this module's commands to the ``python -m dipsy_ui`` subparsers."""
-    from ..digits import DIGIT_TEST_PER_CLASS
-
     tiny = commands.add_parser(
         "make-tiny-models", help="write tiny random models in the real models' layouts"
     )
@@ -59,19 +61,23 @@ def register(commands) -> None:
     tiny.set_defaults(run=cmd_make_tiny_models)
 
     world = commands.add_parser(
-        "train-world", help="train the digit world: small models in the real layouts that draw digits"
+        "train-world", help="train a world: small models in the real layouts that draw digits or critters"
     )
     world.add_argument("out_dir", type=Path)
     world.add_argument(
         "--quick", action="store_true", help="a few steps per stage (checks the command, no quality)"
     )
     world.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    world.add_argument("--world", default="digits", help="which world: digits or critters (default: digits)")
     world.set_defaults(run=cmd_train_world)
 
-    demo = commands.add_parser("make-demo-data", help="write a few-shot digits dataset (no download)")
+    demo = commands.add_parser(
+        "make-demo-data", help="write a few-shot dataset of a world, digits or critters (no download)"
+    )
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--shots", type=int, default=8, help="few-shot images per class")
     demo.add_argument(
-        "--test-per-class", type=int, default=DIGIT_TEST_PER_CLASS, help="held-out test digits per class"
+        "--test-per-class", type=int, help="held-out test images per class (default: all the world has)"
     )
+    demo.add_argument("--world", default="digits", help="which world: digits or critters (default: digits)")
     demo.set_defaults(run=cmd_make_demo_data)

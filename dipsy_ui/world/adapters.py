@@ -1,4 +1,4 @@
-"""The IP-Adapters of the digit world: their weights in the h94 file layout
+"""The IP-Adapters of a world: their weights in the h94 file layout
 (:func:`h94_state_dict`), the start of their attention from the U-Net's own
 (:func:`init_adapter_attention`), and their training with everything else frozen
 (:func:`train_adapter`, Ye et al. 2023)."""
@@ -79,7 +79,7 @@ def init_adapter_attention(folder: Path, unet) -> None:
         save_file(state, path)
 
 
-def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, plus: bool,
+def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, plus: bool, world,
                   config: WorldConfig, generator: torch.Generator) -> Stage:  # fmt: skip
     """Train the loaded adapter (image projection and ``to_k_ip``/``to_v_ip``) with everything
     else frozen, as IP-Adapter does; Plus reads the encoder's penultimate hidden states, plain
@@ -87,7 +87,7 @@ def train_adapter(pipe, latents, labels, images: list[Image.Image], steps: int, 
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
-    captions = CaptionStates(pipe)
+    captions = CaptionStates(pipe, world)
     mean, std = latents
     projection, processors = _adapter_modules(pipe.unet)
     modules = [projection, *(p for _, p in processors)]

@@ -1,7 +1,9 @@
-"""The digit world: a miniature SD1.5 + IP-Adapter + CLIP, trained here on scikit-learn's digits.
+"""A world: a miniature SD1.5 + IP-Adapter + CLIP, trained here on a world's images
+(:mod:`.worlds`: scikit-learn's digits, or the procedurally drawn critters).
 
-``python -m dipsy_ui train-world DIR`` writes, in exactly the ``--models DIR`` layout of the
-real weights (``sd/``, ``ip-adapter/models/``, ``clip/``), models that really draw digits:
+``python -m dipsy_ui train-world DIR [--world NAME]`` writes, in exactly the ``--models DIR``
+layout of the real weights (``sd/``, ``ip-adapter/models/``, ``clip/``), models that really
+draw the world's classes (the digits are the example below):
 
 1. ``sd/vae``: an AutoencoderKL, 32x32 RGB -> 8x8x4 latents (reconstruction loss + SD's small
    KL term); its ``scaling_factor`` makes the latents unit-variance, as SD's 0.18215 does.
@@ -25,7 +27,8 @@ real weights (``sd/``, ``ip-adapter/models/``, ``clip/``), models that really dr
 
 Every model starts as :mod:`dipsy_ui.tiny` writes it (random weights, real layouts) and is
 loaded and trained through :mod:`dipsy_ui.models`, the loader the real weights go through.
-Only the pool of :func:`dipsy_ui.digits.digits_split` is used; its held-out digits never are.
+Only a world's pool is used (for the digits that of :func:`dipsy_ui.digits.digits_split`);
+its held-out images never are.
 The run is deterministic for a seed on a given machine, and ``world.json`` records the
 settings, the split, losses, wall times and the SHA-256 of every written file.
 
@@ -47,7 +50,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..digits import DIGIT_NAMES, digits_split
 from ..errors import UsageError
 from ..files import write_atomic
 from ..models import ModelSpec, load_clip, load_stock_pipeline, resolve_runtime
@@ -56,6 +58,7 @@ from ..tiny import make_tiny_models
 from .adapters import h94_state_dict, init_adapter_attention, train_adapter
 from .config import IMAGE_SIZE, WORLD_SHAPES, Pool, WorldConfig
 from .training import Stage, encode_latents, train_clip, train_generator_clip, train_unet, train_vae
+from .worlds import World, get_world
 
 RECORD_NAME = "world.json"
 PROGRESS_NAME = "stages.json"  # finished stages of an interrupted run, in <out>.partial
@@ -92,7 +95,7 @@ def _file_hashes(root: Path) -> dict[str, str]:
 def _check_target(out_dir: Path) -> None:
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / RECORD_NAME).is_file():
         raise UsageError(
-            f"{out_dir} exists and is not empty or a digit world ({RECORD_NAME} missing); choose another folder"
+            f"{out_dir} exists and is not empty or a world ({RECORD_NAME} missing); choose another folder"
         )
 
 
@@ -100,31 +103,35 @@ def _spec(work: Path, variant: str = "plus") -> ModelSpec:
     return ModelSpec.from_models_dir(work, variant)
 
 
-def _stage_autoencoder(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+def _stage_autoencoder(
+    work: Path, world: World, pool: Pool, config: WorldConfig, generator, runtime
+) -> Stage:
     pipe = load_stock_pipeline(_spec(work), runtime, adapter_copies=0)
     stage = train_vae(pipe.vae, pool.pixels, config, generator)
     _save_fp16(pipe.vae, work / "sd" / "vae")
     return stage
 
 
-def _stage_generator_clip(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+def _stage_generator_clip(
+    work: Path, world: World, pool: Pool, config: WorldConfig, generator, runtime
+) -> Stage:
     pipe = load_stock_pipeline(_spec(work), runtime)  # the adapter load brings the image encoder
-    stage = train_generator_clip(pipe, pool.images, pool.labels, config, generator)
+    stage = train_generator_clip(pipe, pool.images, pool.labels, world, config, generator)
     _save_fp16(pipe.text_encoder, work / "sd" / "text_encoder")
     _save_fp16(pipe.image_encoder, work / "ip-adapter" / "models" / "image_encoder")
     return stage
 
 
-def _stage_unet(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+def _stage_unet(work: Path, world: World, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
     pipe = load_stock_pipeline(_spec(work), runtime, adapter_copies=0)
-    stage = train_unet(pipe, encode_latents(pipe.vae, pool.pixels), pool.labels, config, generator)
+    stage = train_unet(pipe, encode_latents(pipe.vae, pool.pixels), pool.labels, world, config, generator)
     _save_fp16(pipe.unet, work / "sd" / "unet")
     init_adapter_attention(work, pipe.unet)
     return stage
 
 
 def _stage_adapter(variant: str) -> Callable:
-    def run(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+    def run(work: Path, world: World, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
         spec = _spec(work, variant)
         pipe = load_stock_pipeline(spec, runtime)
         pipe.unet.requires_grad_(False)
@@ -132,7 +139,7 @@ def _stage_adapter(variant: str) -> Callable:
         steps = config.adapter_steps if variant == "plus" else config.plain_adapter_steps
         latents = encode_latents(pipe.vae, pool.pixels)
         stage = train_adapter(
-            pipe, latents, pool.labels, pool.images, steps, variant == "plus", config, generator
+            pipe, latents, pool.labels, pool.images, steps, variant == "plus", world, config, generator
         )
         weights = {
             key: value.to(torch.float16).contiguous() for key, value in h94_state_dict(pipe.unet).items()
@@ -143,9 +150,9 @@ def _stage_adapter(variant: str) -> Callable:
     return run
 
 
-def _stage_clip(work: Path, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
+def _stage_clip(work: Path, world: World, pool: Pool, config: WorldConfig, generator, runtime) -> Stage:
     clip = load_clip(_spec(work), runtime)
-    stage = train_clip(clip, pool.images, pool.labels, config, generator)
+    stage = train_clip(clip, pool.images, pool.labels, world, config, generator)
     state = {key: value.to(torch.float16).contiguous() for key, value in clip.model.state_dict().items()}
     save_file(state, work / "clip" / "open_clip_model.safetensors")
     return stage
@@ -172,8 +179,11 @@ def _finished_stages(work: Path, config: WorldConfig) -> dict[str, dict]:
     return progress["stages"] if same else {}
 
 
-def train_world(out_dir: str | Path, config: WorldConfig | None = None, command: str = "") -> dict:
-    """Train every model of the digit world into ``out_dir`` (the ``--models DIR`` layout).
+def train_world(
+    out_dir: str | Path, config: WorldConfig | None = None, command: str = "", world: World | str = "digits"
+) -> dict:
+    """Train every model of ``world`` into ``out_dir`` (the ``--models DIR`` layout); ``config``
+    defaults to the world's own settings.
 
     The models are trained in ``<out_dir>.partial`` and moved into place at the end, so an
     interrupted run never leaves a half-trained world where a working one was; running the
@@ -181,7 +191,8 @@ def train_world(out_dir: str | Path, config: WorldConfig | None = None, command:
     seed, so a resumed run trains what an uninterrupted one would). Returns the record also
     written to ``out_dir/world.json``.
     """
-    config = config or WorldConfig()
+    world = get_world(world) if isinstance(world, str) else world
+    config = config or world.config
     out_dir = Path(out_dir).expanduser().resolve()
     _check_target(out_dir)
     work = out_dir.with_name(out_dir.name + ".partial")
@@ -191,28 +202,30 @@ def train_world(out_dir: str | Path, config: WorldConfig | None = None, command:
         make_tiny_models(work, seed=config.seed, shapes=WORLD_SHAPES)
     started = time.perf_counter()
     runtime = resolve_runtime("cpu", "fp32")
-    pool = Pool.load()
+    pool = Pool.load(world)
     for index, (name, run) in enumerate(STAGES.items()):
         if name in done:
             continue
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed * len(STAGES) + index)  # module init, dropout
             generator = torch.Generator().manual_seed(config.seed * len(STAGES) + index)
-            done[name] = run(work, pool, config, generator, runtime).to_dict()
+            done[name] = run(work, world, pool, config, generator, runtime).to_dict()
         progress = {"config": asdict(config), "stages": done}
         write_atomic(work / PROGRESS_NAME, json.dumps(progress, indent=1))
     (work / PROGRESS_NAME).unlink()
 
-    _, test = digits_split()
     record = {
         "command": command,
+        "name": world.name,
+        "preset": world.preset,
+        **({"families": world.families} if world.families else {}),
         "config": asdict(config),
         "shapes": asdict(WORLD_SHAPES),
         "data": {
-            "source": "sklearn.datasets.load_digits",
+            "source": world.source,
             "image_size": IMAGE_SIZE,
             "pool_images": len(pool.images),
-            "held_out_test": {DIGIT_NAMES[label]: indices.tolist() for label, indices in test.items()},
+            "held_out_test": world.held_out(),
         },
         "stages": done,
         "seconds": round(sum(stage["seconds"] for stage in done.values()), 1),

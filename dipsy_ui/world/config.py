@@ -1,5 +1,6 @@
-"""What the digit world is trained with: the settings (:class:`WorldConfig`), the model shapes
-(:data:`WORLD_SHAPES`), the caption templates, and the pool digits as tensors (:class:`Pool`)."""
+"""What a world is trained with: the settings (:class:`WorldConfig`), the model shapes
+(:data:`WORLD_SHAPES`), the digits' caption templates, and a world's pool images as tensors
+(:class:`Pool`). Which world is which is in :mod:`.worlds`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..digits import digit_image, digits_split, load_digits
 from ..tiny import Shapes
 
 IMAGE_SIZE = 32
@@ -59,7 +59,8 @@ WORLD_SHAPES = Shapes(
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Training settings of the digit world; the defaults made the shipped ``assets/digit-world``."""
+    """Training settings of a world; the defaults made the shipped ``assets/digit-world`` (each
+    world's own are :attr:`.worlds.World.config`)."""
 
     seed: int = 0
     batch_size: int = 128  # images per step (U-Net, adapters, CLIP)
@@ -73,8 +74,9 @@ class WorldConfig:
     lr: float = 1e-3  # AdamW, cosine decay after a 5% warm-up, for every stage
     text_dropout: float = 0.1  # empty prompt share while training the U-Net (text CFG)
     adapter_text_dropout: float = 0.5  # empty prompt share while training the adapters
-    # The CLIP backbone sees only these digits (named in captions); the curvy, mutually similar
-    # 3, 5, 6, 8 and 9 stay unseen, as fine-grained classes are for real CLIP.
+    # The CLIP backbone sees only these classes (captioned as the world captions them). In the
+    # digit world the curvy, mutually similar 3, 5, 6, 8 and 9 stay unseen, as fine-grained
+    # classes are for real CLIP.
     clip_classes: tuple[str, ...] = ("zero", "one", "two", "four", "seven")
 
     @classmethod
@@ -86,19 +88,17 @@ class WorldConfig:
 
 @dataclass(frozen=True)
 class Pool:
-    """The pool digits (never the held-out ones) as the stages consume them."""
+    """A world's pool images (never its held-out ones) as the stages consume them."""
 
     images: list[Image.Image]  # 32x32 RGB, the demo data's rendering
-    labels: torch.Tensor  # (N,) digit of each image
+    labels: torch.Tensor  # (N,) class of each image
     pixels: torch.Tensor  # (N, 3, 32, 32) in [-1, 1]
 
     @classmethod
-    def load(cls) -> Pool:
-        digits, labels = load_digits()
-        pool, _ = digits_split()
-        indices = np.sort(np.concatenate(list(pool.values())))
-        images = [digit_image(digits[i], IMAGE_SIZE) for i in indices]
-        return cls(images, torch.as_tensor(labels[indices]), to_tensor(images))
+    def load(cls, world) -> Pool:
+        """The pool of a :class:`.worlds.World`."""
+        images, labels = world.load_pool()
+        return cls(images, torch.as_tensor(labels), to_tensor(images))
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:

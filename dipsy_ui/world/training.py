@@ -1,4 +1,4 @@
-"""The training of the digit world's models, as pure functions of models and tensors: the
+"""The training of a world's models, as pure functions of models and tensors: the
 shared AdamW loop (:func:`train_steps`, one :class:`Stage` record per run), the autoencoder
 (:func:`train_vae`), the U-Net on the frozen text encoder's caption states (:func:`train_unet`),
 and the two CLIPs with the contrastive loss (:func:`train_generator_clip`, :func:`train_clip`).
@@ -19,8 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..diffusion.augment import augment_adapter_image
-from ..digits import DIGIT_NAMES
-from .config import CAPTION_TEMPLATES, WorldConfig, to_tensor
+from .config import WorldConfig, to_tensor
 
 # -- the training loop -----------------------------------------------------------------------------
 
@@ -138,27 +137,28 @@ def diffusion_loss(unet, noise_schedule, latents, text_states, generator, **unet
 class CaptionStates:
     """The frozen text encoder's states of every caption (and of the empty prompt), computed once."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, world):
+        self.templates = len(world.templates)
         self.texts = [""] + [
-            t.format(c=name, n=d) for d, name in enumerate(DIGIT_NAMES) for t in CAPTION_TEMPLATES
+            world.caption(label, t) for label in range(len(world.classes)) for t in range(self.templates)
         ]
         with torch.no_grad():
             self.states = pipe.text_encoder(token_ids(pipe.tokenizer, self.texts))[0]
 
     def sample(self, labels: torch.Tensor, dropout: float, generator: torch.Generator) -> torch.Tensor:
-        """One random caption of each label's digit, or the empty prompt with probability ``dropout``."""
-        template = torch.randint(len(CAPTION_TEMPLATES), (len(labels),), generator=generator)
-        index = 1 + labels * len(CAPTION_TEMPLATES) + template
+        """One random caption of each label's class, or the empty prompt with probability ``dropout``."""
+        template = torch.randint(self.templates, (len(labels),), generator=generator)
+        index = 1 + labels * self.templates + template
         index[torch.rand(len(labels), generator=generator) < dropout] = 0
         return self.states[index]
 
 
-def train_unet(pipe, latents, labels, config: WorldConfig, generator: torch.Generator) -> Stage:
+def train_unet(pipe, latents, labels, world, config: WorldConfig, generator: torch.Generator) -> Stage:
     """The U-Net on captioned pool latents, the text encoder frozen (as in SD1.5)."""
     from diffusers import DDPMScheduler
 
     noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
-    captions = CaptionStates(pipe)
+    captions = CaptionStates(pipe, world)
     mean, std = latents
     pipe.unet.train().requires_grad_(True)
 
@@ -199,17 +199,20 @@ def contrastive_loss(image_features, text_features, logit_scale, targets) -> tor
     )
 
 
-def _class_captions(step: int, classes: list[int]) -> list[str]:
-    template = CAPTION_TEMPLATES[step % len(CAPTION_TEMPLATES)]
-    return [template.format(c=DIGIT_NAMES[d], n=d) for d in classes]
+def _group_captions(world, step: int, groups: list[dict]) -> list[str]:
+    """One caption per contrastive target, the template cycling with the step."""
+    template = world.templates[step % len(world.templates)]
+    return [template.format(**fields) for fields in groups]
 
 
-def train_generator_clip(pipe, images: list[Image.Image], labels: torch.Tensor, config: WorldConfig,
+def train_generator_clip(pipe, images: list[Image.Image], labels: torch.Tensor, world, config: WorldConfig,
                          generator: torch.Generator) -> Stage:  # fmt: skip
     """The generator's own CLIP, as SD1.5 and IP-Adapter inherit theirs: the text encoder and
-    the adapter's image encoder trained together with the contrastive loss on every digit. The
-    image side sees what it will see when conditioning generation (:func:`adapter_view`)."""
-    classes = list(range(len(DIGIT_NAMES)))
+    the adapter's image encoder trained together with the contrastive loss on every image and
+    the world's captions (classes captioned alike are one target). The image side sees what it
+    will see when conditioning generation (:func:`adapter_view`)."""
+    groups, of_label = world.caption_groups(world.classes)
+    targets = torch.as_tensor(of_label)[labels]
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     modules = [pipe.text_encoder, pipe.image_encoder]
     for module in modules:
@@ -219,12 +222,12 @@ def train_generator_clip(pipe, images: list[Image.Image], labels: torch.Tensor, 
         batch = random_batch(len(images), config.batch_size, generator)
         views = [adapter_view(images[int(i)], generator) for i in batch]
         pixels = pipe.feature_extractor(views, return_tensors="pt").pixel_values
-        ids = token_ids(pipe.tokenizer, _class_captions(step, classes))
+        ids = token_ids(pipe.tokenizer, _group_captions(world, step, groups))
         return contrastive_loss(
             pipe.image_encoder(pixels).image_embeds,
             pipe.text_encoder(ids).pooler_output,
             logit_scale,
-            labels[batch],
+            targets[batch],
         )
 
     parameters = [p for module in modules for p in module.parameters()] + [logit_scale]
@@ -236,16 +239,17 @@ def train_generator_clip(pipe, images: list[Image.Image], labels: torch.Tensor, 
     return stage
 
 
-def train_clip(clip, images: list[Image.Image], labels: torch.Tensor, config: WorldConfig,
+def train_clip(clip, images: list[Image.Image], labels: torch.Tensor, world, config: WorldConfig,
                generator: torch.Generator) -> Stage:  # fmt: skip
     """The classifier backbone: open_clip's two towers with the contrastive loss, on the seen
-    digits only (``config.clip_classes``)."""
+    classes only (``config.clip_classes``), captioned as the world captions them."""
     import torchvision.transforms.v2 as T
 
-    seen = [DIGIT_NAMES.index(name) for name in config.clip_classes]
-    keep = torch.isin(labels, torch.tensor(seen))
+    groups, of_label = world.caption_groups(config.clip_classes)
+    group = torch.as_tensor(of_label)[labels]
+    keep = group >= 0
     pixels = to_tensor([image for image, kept in zip(images, keep, strict=True) if kept]) * 0.5 + 0.5
-    targets = torch.tensor([seen.index(int(label)) for label in labels[keep]])
+    targets = group[keep]
     mean, std = torch.tensor(clip.mean).view(3, 1, 1), torch.tensor(clip.std).view(3, 1, 1)
     augment = T.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.85, 1.1), fill=1.0)
     model = clip.model.train().requires_grad_(True)
@@ -254,7 +258,7 @@ def train_clip(clip, images: list[Image.Image], labels: torch.Tensor, config: Wo
         batch = random_batch(len(pixels), config.batch_size, generator)
         torch.manual_seed(int(torch.randint(2**31, (), generator=generator)))  # torchvision's draws
         views = torch.stack([(augment(pixels[i]) - mean) / std for i in batch])
-        text = clip.tokenizer(_class_captions(step, seen))
+        text = clip.tokenizer(_group_captions(world, step, groups))
         return contrastive_loss(
             model.encode_image(views), model.encode_text(text), model.logit_scale, targets[batch]
         )
