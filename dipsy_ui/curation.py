@@ -14,7 +14,9 @@ by cosine similarity. The manifest says where each image came from, so the flags
 
 "Too close" is at least the configured cosine *and* closer than any two real images of the class
 are to each other, since how close two different images of one class come depends on the model
-and the data (a small digit CLIP puts two different handwritten ones at 0.999).
+and the data (a small digit CLIP puts two different handwritten ones at 0.999). Likewise an image
+is ``off_class`` only if it leans to the other class further than any real image of its own class
+does (:func:`real_margin`): where the encoder cannot tell two classes apart, leaning means nothing.
 
 Per class, over its kept images: fidelity (mean closeness to the class's real images), density
 and coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for Generative Models",

@@ -312,6 +312,34 @@ def test_curate_report_writes_the_report_and_prints_the_classes(
     assert json.loads((run / REPORT_FILE).read_text())["thresholds"]["near_copy"] == 0.99
 
 
+def test_with_a_trained_classifier_its_features_are_used_and_cached_apart(
+    tiny_run, tiny_models, real_folder, tmp_path, capsys
+):
+    run, models = copy_run(tiny_run, tmp_path), ["--models", str(tiny_models)]
+    train = [
+        "train",
+        "--real",
+        str(real_folder),
+        "--preset",
+        "demo",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "clf"),
+    ]
+    assert main([*train, *models]) == 0
+    assert main(["curate-report", str(run), "--data", str(real_folder), *models]) == 0
+    clip_report = json.loads((run / REPORT_FILE).read_text())
+    assert (
+        main(["curate-report", str(run), "--data", str(real_folder), "--adapter", str(tmp_path / "clf")]) == 0
+    )
+    report = json.loads((run / REPORT_FILE).read_text())
+    assert clip_report["features"] == "clip" and report["features"] == "classifier"
+    assert len(list((run / CACHE_DIR).glob("clip-embeddings-*"))) == 2  # one folder per encoder
+    fidelity = [[e["scores"]["fidelity"] for e in r["images"]] for r in (clip_report, report)]
+    assert fidelity[0] != fidelity[1]
+
+
 def test_curate_report_errors_are_one_line(tiny_run, tiny_models, real_folder, tmp_path, capsys):
     models = ["--models", str(tiny_models)]
     assert main(["curate-report", str(tmp_path / "nowhere"), "--data", str(real_folder), *models]) == 2
