@@ -85,9 +85,12 @@ def test_sign_in_refuses_strangers_and_admits_users(tmp_path):
             connect(url, auth=("mallory", "wonderland"))
         # Signed in (a plain password, a hashed one): the page and the API work.
         assert (
-            connect(url, auth=("alice", "wonderland")).predict(api_name="/cancel_preview") == "Nothing to cancel."
+            connect(url, auth=("alice", "wonderland")).predict(api_name="/cancel_preview")
+            == "Nothing to cancel."
         )
-        assert connect(url, auth=("bob", "builder")).predict(api_name="/cancel_preview") == "Nothing to cancel."
+        assert (
+            connect(url, auth=("bob", "builder")).predict(api_name="/cancel_preview") == "Nothing to cancel."
+        )
         with httpx.Client() as browser:
             assert (
                 browser.post(url + "login", data={"username": "bob", "password": "builder"}).status_code
@@ -181,7 +184,7 @@ def test_a_second_client_cannot_read_the_first_clients_files(shared, tmp_path):
     stolen = given["preview"][0]
 
     def join(client: Client, name: str) -> httpx.Response:
-        body = {"data": [name, [stolen]], "fn_index": add_class, "session_hash": "s" + name,
+        body = {"data": [None, name, [stolen]], "fn_index": add_class, "session_hash": "s" + name,
                 "event_data": None, "trigger_id": None}  # fmt: skip
         return httpx.post(url + "gradio_api/queue/join", json=body, cookies=client.cookies)
 
