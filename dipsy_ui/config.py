@@ -224,6 +224,14 @@ class TrainConfig(Settings):
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_budget_of(self, synthetic_images: int) -> TrainConfig:
+        """These settings with the epoch length of training on ``synthetic_images`` images (unless
+        one is set): a real-only run then takes as many steps as a run with that synthetic set,
+        so the two differ in their data, not in their training budget."""
+        if self.steps_per_epoch is not None:
+            return self
+        return replace(self, steps_per_epoch=max(1, -(-synthetic_images // self.batch_size)))
+
     def with_rank(self, rank: int) -> TrainConfig:
         """These settings with LoRA rank ``rank`` and the recipe's alpha for it: alpha = 2 x rank,
         so the LoRA scaling alpha / r stays 2 (REFERENCE section 4: rank 16, alpha 32)."""

@@ -22,7 +22,7 @@ estimates at a few steps, decoded through the VAE.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,7 @@ from PIL import Image, ImageChops
 
 from .config import GenerationConfig
 from .errors import UsageError
-from .generate import JobEvent
+from .events import CANCELLED, DONE, STEP, Event, OnEvent, protocol
 
 RUNGS = ("text-only", "with-positive", "dipsy")
 # difference image -> (rung before, rung after): what the term added between the two rungs
@@ -86,7 +86,7 @@ def explain(
     config: GenerationConfig,
     seed: int,
     branch_steps: Sequence[int] | None = None,
-    on_event: Callable[[JobEvent], None] | None = None,
+    on_event: OnEvent | None = None,
     cancel: threading.Event | None = None,
 ) -> Explanation | None:
     """Eq. 9's ladder of one image (module docstring) with the loaded ``DipsyPipeline``.
@@ -96,13 +96,11 @@ def explain(
     used). ``branch_steps``: the steps (from 1) at which the branches are decoded; default
     :data:`BRANCH_STEPS` steps spread from the first to the last.
 
-    ``on_event`` receives a "step" :class:`~dipsy_ui.generate.JobEvent` per denoising step (its
-    preview holds one row per distinct rung; ``steps`` is the sampler's own count), then "done"
-    (or "cancelled"); ``done`` / ``total`` count the rungs. Setting ``cancel`` stops at the next
-    step; then the result is None.
+    ``on_event`` receives a "step" :class:`~dipsy_ui.events.Event` per denoising step (``step``
+    of ``total``, the sampler's own count; payload ``preview``: one row per distinct rung), then
+    "done" (or "cancelled"). Setting ``cancel`` stops at the next step; then the result is None.
     """
-    on_event = on_event or (lambda event: None)
-    cancel = cancel or threading.Event()
+    on_event, cancel = protocol(on_event, cancel)
     branch_steps = spread_steps(config.steps) if branch_steps is None else tuple(sorted(set(branch_steps)))
     if not branch_steps or not all(
         isinstance(step, int) and 1 <= step <= config.steps for step in branch_steps
@@ -115,13 +113,13 @@ def explain(
     rows = list(dict.fromkeys(tuple(w.values()) for w in weights.values()))  # distinct, in ladder order
     row_of = {rung: rows.index(tuple(w.values())) for rung, w in weights.items()}
     if cancel.is_set():
-        on_event(JobEvent("cancelled", 0, len(RUNGS)))
+        on_event(Event(CANCELLED, 0, config.steps, "Cancelled before it started."))
         return None
 
     def on_step(p, step, timestep, kwargs):
         # The sampler's own count: SD1.5's PNDM takes one step more than asked.
         steps = len(p.scheduler.timesteps)
-        on_event(JobEvent("step", 0, len(RUNGS), step=step + 1, steps=steps, preview=kwargs["preview"]))
+        on_event(Event(STEP, step + 1, steps, f"step {step + 1}/{steps}", {"preview": kwargs["preview"]}))
         if cancel.is_set():  # after the event, so that a cancel made while handling it counts now
             p.request_interrupt()
         return {}
@@ -145,7 +143,7 @@ def explain(
         trace_every=1,
     )
     if output.images is None:
-        on_event(JobEvent("cancelled", 0, len(RUNGS)))
+        on_event(Event(CANCELLED, message="Cancelled."))
         return None
     rungs = {rung: output.images[row] for rung, row in row_of.items()}
 
@@ -173,5 +171,6 @@ def explain(
         branches=branches,
         terms=terms,
     )
-    on_event(JobEvent("done", len(RUNGS), len(RUNGS)))
+    steps = len(pipe.scheduler.timesteps)
+    on_event(Event(DONE, steps, steps, "Done."))
     return result

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from PIL import Image
 from .config import SEED_MAX, GenerationConfig
 from .data import FewShotDataset, ImageRecord, resolve_inside
 from .errors import JobConflictError, UsageError
+from .events import CANCELLED, DONE, PROGRESS, STEP, Event, OnEvent, protocol
 from .files import leftover_target, write_atomic
 from .images import save_png
 from .manifest import append_lines, environment_differences, read_manifest
@@ -135,21 +136,6 @@ class JobItem:
     index: int
     file: str  # relative to the output folder: "<class-slug>/<index>.png"
     seed: int
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """Progress of a job. ``kind``: "step" (a denoising step of the current batch, with a
-    preview), "batch" (images written), "done" or "cancelled"."""
-
-    kind: str
-    done: int  # images of this shard that exist, including earlier runs
-    total: int  # images of this shard
-    eta_seconds: float | None = None
-    step: int = 0
-    steps: int = 0
-    preview: np.ndarray | None = None  # (B, h/8, w/8, 3) uint8, on "step"
-    files: tuple[str, ...] = field(default_factory=tuple)  # written, on "batch"
 
 
 @dataclass(frozen=True)
@@ -440,16 +426,18 @@ class GenerationJob:
 
     # -- run ------------------------------------------------------------------------------------
 
-    def run(
-        self, on_event: Callable[[JobEvent], None] | None = None, cancel: threading.Event | None = None
-    ) -> JobEvent:
-        """Generate every image of this shard that the manifest does not list yet.
+    def run(self, on_event: OnEvent | None = None, cancel: threading.Event | None = None) -> Event:
+        """Generate every image of this shard that the manifest does not list yet; returns the
+        last event ("done", or "cancelled" with what exists).
 
-        ``on_event`` receives progress; setting ``cancel`` stops at the next denoising step
-        (the unfinished batch is dropped, everything written stays valid). Returns the last event.
+        ``on_event`` receives :class:`~dipsy_ui.events.Event` s counting this shard's images
+        (``step`` of ``total``, including those of earlier runs): a "step" per denoising step of
+        the current batch (payload: ``preview``, the batch's (B, h/8, w/8, 3) latent previews,
+        ``denoising_step``, ``denoising_steps`` and ``eta_s``), a "progress" per batch written
+        (payload: ``files`` and ``eta_s``), then "done" or "cancelled". Setting ``cancel`` stops
+        at the next denoising step (the unfinished batch is dropped, everything written stays valid).
         """
-        on_event = on_event or (lambda event: None)
-        cancel = cancel or threading.Event()
+        on_event, cancel = protocol(on_event, cancel)
         self.claim()
         self._remove_leftovers()
         batches = self.batches()
@@ -465,8 +453,12 @@ class GenerationJob:
         def on_step(pipe, step, timestep, kwargs):
             if cancel.is_set():
                 pipe.request_interrupt()
+            payload = {"preview": kwargs["preview"], "denoising_step": step + 1,
+                       "denoising_steps": self.config.steps, "eta_s": eta()}  # fmt: skip
             on_event(
-                JobEvent("step", done, total, eta(), step + 1, self.config.steps, preview=kwargs["preview"])
+                Event(
+                    STEP, done, total, f"{done}/{total} images (step {step + 1}/{self.config.steps})", payload
+                )
             )
             return {}
 
@@ -487,10 +479,9 @@ class GenerationJob:
                     save_png(image, path, {"dipsy": json.dumps(record | common, sort_keys=True)})
             append_lines(self.out_dir, (record | common for record in records if record["file"] in new))
             done, generated = done + len(new), generated + len(new)
-            on_event(JobEvent("batch", done, total, eta(), files=tuple(sorted(new))))
-        final = JobEvent(
-            "done" if done == total else "cancelled", done, total, 0.0 if done == total else None
-        )
+            payload = {"files": tuple(sorted(new)), "eta_s": eta()}
+            on_event(Event(PROGRESS, done, total, f"{done}/{total} images", payload))
+        final = Event(DONE if done == total else CANCELLED, done, total, f"{done}/{total} images")
         on_event(final)
         return final
 

@@ -348,7 +348,7 @@ def test_an_interrupted_experiment_resumes_to_the_same_results(uninterrupted, tm
     generating = ("DIPSY (similarity negatives)", 1, 0)
 
     def kill_after_the_first_batch(event):
-        if event.generation is not None and event.generation.kind == "batch":
+        if stage(event, "generation") is not None and stage(event, "generation").kind == "progress":
             raise KeyboardInterrupt  # as Ctrl-C would, in the middle of the second cell's generation
 
     with pytest.raises(KeyboardInterrupt):
@@ -358,9 +358,10 @@ def test_an_interrupted_experiment_resumes_to_the_same_results(uninterrupted, tm
     cancel, batches = threading.Event(), []
 
     def cancel_during_training(event):
-        if event.generation is not None and event.generation.kind == "batch":
-            batches.append(event.generation.files)
-        if event.training is not None and event.training.step == 1:
+        generation, training = stage(event, "generation"), stage(event, "training")
+        if generation is not None and generation.kind == "progress":
+            batches.append(generation.payload["files"])
+        if training is not None and training.step == 1:
             cancel.set()
 
     assert Experiment(spec, out, runtime=runtime).run(cancel_during_training, cancel).kind == "cancelled"
@@ -369,8 +370,14 @@ def test_an_interrupted_experiment_resumes_to_the_same_results(uninterrupted, tm
 
     events = []
     assert Experiment(spec, out, runtime=runtime).run(events.append).kind == "done"
-    assert {event.cell for event in events if event.kind == "cell"} == {generating}  # real only is not redone
-    assert not [
-        event for event in events if event.generation is not None and event.generation.kind == "batch"
-    ]
+    started = {event.payload["cell"] for event in events if event.payload and event.payload["stage"] == "cell"}
+    assert started == {generating}  # real only is not redone
+    written = [stage(event, "generation") for event in events if stage(event, "generation") is not None]
+    assert written and not [event for event in written if event.kind == "progress"]  # no batch again
     assert comparable(out) == comparable(uninterrupted)
+
+
+def stage(event, name: str):
+    """The event of a cell's ``name`` stage ("generation", "training") an experiment relays, or None."""
+    payload = event.payload or {}
+    return payload.get("event") if payload.get("stage") == name else None

@@ -143,8 +143,8 @@ def test_progress_is_reported_and_cancel_stops_it(tiny_pipe, images):
     assert result is None
     assert [event.kind for event in events] == ["step", "step", "cancelled"]
     assert [event.step for event in events[:2]] == [1, 2]
-    assert events[0].steps == STEPS + 1  # the tiny models' PNDM, as SD1.5's, takes one step more
-    assert events[0].preview.shape == (3, 8, 8, 3)
+    assert events[0].total == STEPS + 1  # the tiny models' PNDM, as SD1.5's, takes one step more
+    assert events[0].payload["preview"].shape == (3, 8, 8, 3)
     # Already cancelled: nothing runs.
     calls = []
     hook = tiny_pipe.unet.register_forward_hook(lambda *args: calls.append(1))
@@ -155,7 +155,7 @@ def test_progress_is_reported_and_cancel_stops_it(tiny_pipe, images):
     assert calls == []
     done = []
     assert explain(tiny_pipe, PROMPT, images["pos"], None, settings(), 0, on_event=done.append) is not None
-    assert done[-1].kind == "done" and done[-1].done == done[-1].total == len(RUNGS)
+    assert done[-1].kind == "done" and done[-1].step == done[-1].total == STEPS + 1
 
 
 # -- the command -----------------------------------------------------------------------------------

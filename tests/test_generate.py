@@ -74,16 +74,16 @@ def test_cancel_then_resume_ends_with_the_full_set(tiny_pipe, tiny_spec, dataset
 
     def on_event(event):
         events.append(event)
-        if event.kind == "batch":
+        if event.kind == "progress":
             cancel.set()  # cancel mid-run: the next batch is interrupted at its first step
 
     first = job.run(on_event, cancel)
-    assert first.kind == "cancelled" and first.done == 2
+    assert first.kind == "cancelled" and first.step == 2
     assert listed(out) == on_disk(out) and len(listed(out)) == 2
-    assert any(event.kind == "step" and event.preview.shape == (2, 8, 8, 3) for event in events)
+    assert any(event.kind == "step" and event.payload["preview"].shape == (2, 8, 8, 3) for event in events)
 
     final = GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run()
-    assert final.kind == "done" and final.done == final.total == 9
+    assert final.kind == "done" and final.step == final.total == 9
     lines = (out / MANIFEST_NAME).read_text().splitlines()
     assert len(lines) == 9 and listed(out) == on_disk(out)
     assert not [p for p in out.rglob(".*partial")]
@@ -122,7 +122,7 @@ def test_resume_removes_the_leftovers_of_its_own_crashed_writes_and_nothing_else
     out = tmp_path / "run"
     cancel = threading.Event()
     GenerationJob(tiny_pipe, dataset, CONFIG, out, tiny_spec).run(
-        lambda event: event.kind == "batch" and cancel.set(), cancel
+        lambda event: event.kind == "progress" and cancel.set(), cancel
     )
     fox = out / dataset.slug("red fox")
     assert listed(out) == {f"{fox.name}/00000.png", f"{fox.name}/00001.png"}
@@ -332,7 +332,7 @@ def test_different_settings_are_refused_and_nothing_is_touched(tiny_pipe, tiny_s
     assert all(np.array_equal(pixels(out / file), image) for file, image in before.items())
     # More images per class is not a different run: it extends this one.
     bigger = dataclasses.replace(CONFIG, images_per_class=4)
-    assert GenerationJob(tiny_pipe, dataset, bigger, out, tiny_spec).run().done == 12
+    assert GenerationJob(tiny_pipe, dataset, bigger, out, tiny_spec).run().step == 12
 
 
 def test_torn_manifest_line_is_skipped_and_resume_continues(tiny_pipe, tiny_spec, dataset, tmp_path):

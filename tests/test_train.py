@@ -23,7 +23,7 @@ from dipsy_ui.classifier.data import labelled_images
 from dipsy_ui.classifier.evaluate import evaluate, predict
 from dipsy_ui.classifier.model import ClipClassifier, load_classifier, split_attention
 from dipsy_ui.classifier.report import comparison_table, comparison_verdict
-from dipsy_ui.classifier.train import compare, iter_train, train
+from dipsy_ui.classifier.train import compare, train
 from dipsy_ui.config import TrainConfig
 from dipsy_ui.data import load_dataset
 from dipsy_ui.digits import write_demo_data
@@ -240,16 +240,14 @@ def test_same_seed_same_run_and_the_caller_rng_is_left_alone(tiny_spec, digits, 
     def losses(name: str, caller_seed: int, **settings) -> list[float]:
         torch.manual_seed(caller_seed)
         config = TrainConfig(**{**QUICK, **settings})
-        # the consumer draws random numbers between steps: the run must neither notice nor disturb it
-        events = [
-            e
-            for e in iter_train(digits / "train", tmp_path / name, tiny_spec, config=config)
-            if torch.rand(1) is not None
-        ]
+        # the consumer draws random numbers at each event: the run must neither notice nor disturb it
+        events = []
+        train(digits / "train", tmp_path / name, tiny_spec, config=config,
+              on_event=lambda e: events.append(e) or torch.rand(1))  # fmt: skip
         after = torch.rand(1)
         torch.manual_seed(caller_seed)
         assert torch.equal(after, torch.rand(len(events) + 1)[-1:])
-        return [e.loss for e in events if e.phase == "step"]
+        return [e.payload["loss"] for e in events if e.payload and e.payload["phase"] == "step"]
 
     first = losses("a", caller_seed=1)
     assert first == losses("b", caller_seed=2) and len(first) == 3
@@ -278,7 +276,7 @@ def test_training_learns_digits_and_shuffled_labels_do_not(tiny_spec, digits, tm
     config = TrainConfig(epochs=4, steps_per_epoch=30, **LEARN)
     events = []
     result = train(digits / "train", tmp_path / "real", tiny_spec, test=digits / "test", config=config,
-                   callback=events.append)  # fmt: skip
+                   on_event=events.append)  # fmt: skip
     losses = [e["train_loss"] for e in result.metrics["epochs"]]
     assert result.test_top1 >= 0.30, result.metrics["epochs"]
     assert losses[-1] < 0.7 * losses[0]
@@ -288,12 +286,14 @@ def test_training_learns_digits_and_shuffled_labels_do_not(tiny_spec, digits, tm
     control = train(shuffled, tmp_path / "shuffled", tiny_spec, test=digits / "test", config=config)
     assert control.test_top1 < 0.2, control.metrics["epochs"]
 
-    steps = [e for e in events if e.phase == "step"]
-    assert [e.step for e in steps] == list(range(1, 121)) and steps[0].lr < steps[10].lr  # warm-up
-    assert steps[-1].eta_s == 0 and all(e.elapsed_s >= 0 for e in steps)
-    assert [e.test_top1 for e in events if e.phase == "epoch"] == [
+    steps = [e for e in events if e.payload and e.payload["phase"] == "step"]
+    assert [e.step for e in steps] == list(range(1, 121)) and all(e.total == 120 for e in steps)
+    assert steps[0].payload["lr"] < steps[10].payload["lr"]  # warm-up
+    assert steps[-1].payload["eta_s"] == 0 and all(e.payload["elapsed_s"] >= 0 for e in steps)
+    assert [e.payload["test_top1"] for e in events if e.payload and e.payload["phase"] == "epoch"] == [
         e["test"]["top1"] for e in result.metrics["epochs"]
     ]
+    assert events[-1].kind == "done" and sum(e.last for e in events) == 1
 
 
 # Loss weighting and the synthetic set ---------------------------------------------------------
@@ -458,12 +458,12 @@ def test_cancel_between_steps_leaves_a_loadable_checkpoint(tiny_spec, digits, tm
 
     def on_event(event):
         events.append(event)
-        if event.phase == "step" and event.step == 2:
+        if event.payload and event.payload["phase"] == "step" and event.step == 2:
             stop.set()
 
     config = TrainConfig(**{**QUICK, "steps_per_epoch": 10})
-    result = train(digits / "train", tmp_path, tiny_spec, config=config, callback=on_event, should_stop=stop)
-    assert result.cancelled and events[-1].phase == "cancelled" and events[-1].step == 2
+    result = train(digits / "train", tmp_path, tiny_spec, config=config, on_event=on_event, cancel=stop)
+    assert result.cancelled and events[-1].kind == "cancelled" and events[-1].step == 2
     assert json.loads((tmp_path / "metrics.json").read_text())["cancelled"] is True
     loaded = load_classifier(tmp_path)
     images = torch.randn(2, 3, 64, 64)

@@ -7,9 +7,10 @@ encoders, the zero-shot head ``logit_scale * cos(image, text)``, loss
 schedule after a linear warm-up. An epoch is one pass over the synthetic set; the real set is
 cycled alongside so each step sees a real batch and a synthetic batch of the same size.
 
-:func:`iter_train` is a generator of :class:`TrainProgress` events (the UI plots them live);
-:func:`train` drives it with a callback (the CLI's progress bar). Both stop between steps when
-``should_stop`` says so, leaving the adapter of the last completed step on disk.
+:func:`train` is long work of the engine's one protocol (:mod:`dipsy_ui.events`): it reports
+each optimisation step and each epoch's evaluation to ``on_event`` (the app plots them live, the
+CLI draws a progress bar) and stops between steps once ``cancel`` is set, leaving the adapter of
+the last completed step on disk. :func:`compare` runs it twice.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
+from ..events import CANCELLED, DONE, PROGRESS, Event, OnEvent, protocol
 from ..files import write_atomic
 from ..models import ClipBundle, ModelSpec, Runtime, load_clip, resolve_runtime
 from .data import LabelledSource, as_labelled, describe, prepare_data, train_stream, train_transform
@@ -39,23 +42,6 @@ from .model import (
     split_attention,
 )
 from .report import comparison_table, comparison_verdict, save_plots
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """One event of a run; ``phase`` is "step", "epoch" (after its evaluation) or "cancelled"."""
-
-    phase: str
-    step: int  # optimisation steps done
-    total_steps: int
-    epoch: int  # 1-based epoch the step belongs to
-    epochs: int
-    loss: float  # this step's loss ("epoch": the epoch's mean)
-    lr: float  # learning rate used for this step
-    accuracy: float  # running training accuracy over the epoch so far (augmented images)
-    elapsed_s: float
-    eta_s: float  # estimated seconds left
-    test_top1: float | None = None  # "epoch" events with a test set
 
 
 @dataclass
@@ -153,7 +139,7 @@ def train_step(
 
 
 class _PrivateRng:
-    """The run's torch RNG state, kept apart from the caller's across the generator's yields."""
+    """The run's torch RNG state, kept apart from the caller's (whose code runs in on_event)."""
 
     def __init__(self, seed: int, cuda: bool):
         self.cuda = cuda
@@ -183,7 +169,7 @@ class _PrivateRng:
 # 2. The run --------------------------------------------------------------------------------
 
 
-def iter_train(
+def train(
     real: LabelledSource,
     out_dir: str | Path,
     spec: ModelSpec,
@@ -192,30 +178,37 @@ def iter_train(
     test: LabelledSource | None = None,
     config: TrainConfig | None = None,
     runtime: Runtime | None = None,
-    should_stop: Callable[[], bool] | None = None,
     clip: ClipBundle | None = None,
-) -> Iterator[TrainProgress]:
-    """Train a LoRA classifier; yields progress events and returns a :class:`TrainResult`.
+    on_event: OnEvent | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Train a LoRA classifier; returns a :class:`TrainResult`.
 
     ``real``, ``synthetic`` and ``test`` are folders or labelled lists (:func:`~.data.as_labelled`):
     the class names are the display names, whatever characters they hold.
 
     ``out_dir`` receives ``adapter/`` (peft, safetensors) and ``train_config.json`` (written at
-    each epoch end and on cancel), ``metrics.json`` and the plots. ``should_stop`` (a callable or
-    a ``threading.Event``) is checked between steps. ``clip`` is an already loaded, unmodified
-    bundle for ``spec`` (LoRA is injected into it in place); by default it is loaded here.
+    each epoch end and on cancel), ``metrics.json`` and the plots. ``clip`` is an already loaded,
+    unmodified bundle for ``spec`` (LoRA is injected into it in place); by default it is loaded here.
+
+    ``on_event`` receives a "progress" :class:`~dipsy_ui.events.Event` per optimisation step
+    (``step``/``total``: optimisation steps) whose payload holds ``phase`` ("step", or "epoch"
+    after an epoch's evaluation), ``epoch``, ``epochs``, ``loss`` (the step's, or the epoch's
+    mean), ``lr``, ``accuracy`` (running training accuracy over the epoch), ``elapsed_s``,
+    ``eta_s`` and ``test_top1`` (epochs with a test set), then "done" or "cancelled". ``cancel``
+    is checked between steps.
     """
     # 1. Check inputs
     config = config or TrainConfig()
     runtime = runtime or resolve_runtime()
-    stop = getattr(should_stop, "is_set", should_stop) or (lambda: False)
+    on_event, cancel = protocol(on_event, cancel)
     data = prepare_data(real, synthetic, test)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cuda = runtime.device.type == "cuda"
     rng = _PrivateRng(config.seed, cuda)
 
-    # 1. Model: the base CLIP from the loader, LoRA initialised from the run's seed
+    # 2. Model: the base CLIP from the loader, LoRA initialised from the run's seed
     with rng.active():
         clip = clip or load_clip(spec, runtime)
         classifier = add_lora(clip, data.class_names, config)
@@ -268,76 +261,57 @@ def iter_train(
         write_atomic(out_dir / CONFIG_NAME, json.dumps(saved_config, indent=2))
         write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
 
-    # 6. Training loop; a consumer that closes the generator early still gets a checkpoint
     start = time.monotonic()
-    epoch_loss = epoch_correct = epoch_seen = 0.0
-    step = 0
-    try:
-        for step in range(total_steps):
-            epoch = step // steps_per_epoch + 1
-            if stop():
-                metrics["cancelled"] = True
-                checkpoint()
-                save_plots(out_dir, metrics)
-                yield _progress("cancelled", step, total_steps, epoch, config, 0.0, 0.0, 0.0, start)
-                return TrainResult(out_dir, data.class_names, metrics, True, classifier)
-            lr = optimizer.param_groups[0]["lr"]
-            with rng.active():
-                real_x, real_y = next(real_batches)
-                images, labels = real_x, real_y
-                if synthetic_batches is not None:
-                    syn_x, syn_y = next(synthetic_batches)
-                    images, labels = torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y])
-                loss, logits = train_step(
-                    classifier, optimizer, scaler, images, labels, len(real_y), config.lambda_real, amp
-                )
-                schedule.step()
-            metrics["step_loss"].append(loss)
-            epoch_loss += loss
-            epoch_correct += (logits.argmax(dim=-1).cpu() == labels).sum().item()
-            epoch_seen += len(labels)
-            running = epoch_correct / epoch_seen
-            yield _progress("step", step + 1, total_steps, epoch, config, loss, lr, running, start)
 
-            if (step + 1) % steps_per_epoch == 0 or step + 1 == total_steps:
-                mean_loss = epoch_loss / (step + 1 - (epoch - 1) * steps_per_epoch)
-                test = _evaluate(classifier, data.test, config)
-                metrics["epochs"].append(
-                    {"epoch": epoch, "step": step + 1, "train_loss": mean_loss, "train_accuracy": running,
-                     "lr": lr, "test": test}
-                )  # fmt: skip
-                checkpoint()
-                top1 = test["top1"] if test else None
-                yield _progress(
-                    "epoch", step + 1, total_steps, epoch, config, mean_loss, lr, running, start, top1
-                )
-                epoch_loss = epoch_correct = epoch_seen = 0.0
-    except GeneratorExit:
-        metrics["cancelled"] = True
-        checkpoint()
-        raise
+    def report(phase: str, step: int, epoch: int, loss: float, lr: float, accuracy: float, top1=None) -> None:
+        elapsed = time.monotonic() - start
+        payload = {"phase": phase, "epoch": epoch, "epochs": config.epochs, "loss": loss, "lr": lr,
+                   "accuracy": accuracy, "elapsed_s": elapsed,
+                   "eta_s": elapsed / step * (total_steps - step) if step else 0.0, "test_top1": top1}  # fmt: skip
+        on_event(Event(PROGRESS, step, total_steps, f"step {step}/{total_steps}, loss {loss:.3f}", payload))
+
+    # 6. Training loop, stopped between steps by a cancel (the last step's adapter is kept)
+    epoch_loss = epoch_correct = epoch_seen = 0.0
+    for step in range(total_steps):
+        epoch = step // steps_per_epoch + 1
+        if cancel.is_set():
+            metrics["cancelled"] = True
+            checkpoint()
+            save_plots(out_dir, metrics)
+            on_event(Event(CANCELLED, step, total_steps, f"Cancelled at step {step}/{total_steps}."))
+            return TrainResult(out_dir, data.class_names, metrics, True, classifier)
+        lr = optimizer.param_groups[0]["lr"]
+        with rng.active():
+            real_x, real_y = next(real_batches)
+            images, labels = real_x, real_y
+            if synthetic_batches is not None:
+                syn_x, syn_y = next(synthetic_batches)
+                images, labels = torch.cat([real_x, syn_x]), torch.cat([real_y, syn_y])
+            loss, logits = train_step(
+                classifier, optimizer, scaler, images, labels, len(real_y), config.lambda_real, amp
+            )
+            schedule.step()
+        metrics["step_loss"].append(loss)
+        epoch_loss += loss
+        epoch_correct += (logits.argmax(dim=-1).cpu() == labels).sum().item()
+        epoch_seen += len(labels)
+        running = epoch_correct / epoch_seen
+        report("step", step + 1, epoch, loss, lr, running)
+
+        if (step + 1) % steps_per_epoch == 0 or step + 1 == total_steps:
+            mean_loss = epoch_loss / (step + 1 - (epoch - 1) * steps_per_epoch)
+            test = _evaluate(classifier, data.test, config)
+            metrics["epochs"].append(
+                {"epoch": epoch, "step": step + 1, "train_loss": mean_loss, "train_accuracy": running,
+                 "lr": lr, "test": test}
+            )  # fmt: skip
+            checkpoint()
+            report("epoch", step + 1, epoch, mean_loss, lr, running, test["top1"] if test else None)
+            epoch_loss = epoch_correct = epoch_seen = 0.0
 
     save_plots(out_dir, metrics)
+    on_event(Event(DONE, total_steps, total_steps, "Done."))
     return TrainResult(out_dir, data.class_names, metrics, False, classifier)
-
-
-def train(
-    real: LabelledSource,
-    out_dir: str | Path,
-    spec: ModelSpec,
-    *,
-    callback: Callable[[TrainProgress], None] | None = None,
-    **options,
-) -> TrainResult:
-    """:func:`iter_train` (same arguments) driven to the end, each event passed to ``callback``."""
-    run = iter_train(real, out_dir, spec, **options)
-    while True:
-        try:
-            event = next(run)
-        except StopIteration as done:
-            return done.value
-        if callback is not None:
-            callback(event)
 
 
 def _evaluate(classifier: ClipClassifier, items, config: TrainConfig, zero_shot: bool = False) -> dict | None:
@@ -353,14 +327,6 @@ def _evaluate(classifier: ClipClassifier, items, config: TrainConfig, zero_shot:
     return result.to_dict()
 
 
-def _progress(phase, step, total, epoch, config, loss, lr, accuracy, start, test_top1=None) -> TrainProgress:
-    elapsed = time.monotonic() - start
-    eta = elapsed / step * (total - step) if step else 0.0
-    return TrainProgress(
-        phase, step, total, epoch, config.epochs, loss, lr, accuracy, elapsed, eta, test_top1
-    )
-
-
 # 3. Comparison -----------------------------------------------------------------------------
 
 
@@ -373,8 +339,8 @@ def compare(
     *,
     config: TrainConfig | None = None,
     runtime: Runtime | None = None,
-    callback: Callable[[str, TrainProgress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    on_event: OnEvent | None = None,
+    cancel: threading.Event | None = None,
 ) -> dict:
     """Real-only vs real+synthetic with the same seed and the same number of optimisation steps.
 
@@ -386,19 +352,28 @@ def compare(
     (each run's output folder, None for a run that never started), ``"verdict"``
     (:func:`~.report.comparison_verdict`), ``"table"`` (:func:`~.report.comparison_table`) and
     ``"text"`` (the verdict, a blank line and the table: what ``comparison.txt`` holds).
+
+    ``on_event`` receives both runs' events as :func:`train` reports them, each payload naming
+    its ``run`` ("real_only", then "real_synthetic") and the step in it (``run_step`` of
+    ``run_total``; ``step``/``total`` count both runs' steps), then one "done" or "cancelled".
     """
     config = config or TrainConfig()
+    on_event, cancel = protocol(on_event, cancel)
     if config.steps_per_epoch is None:
         synthetic = as_labelled(synthetic, "synthetic")
-        config = replace(config, steps_per_epoch=math.ceil(len(synthetic) / config.batch_size))
+        config = config.with_budget_of(len(synthetic))
     folders = {"real_only": Path(out_dir) / "real-only", "real_synthetic": Path(out_dir) / "real+synthetic"}
     results = {}
-    for name, arm in (("real_only", None), ("real_synthetic", synthetic)):
-        results[name] = train(
-            real, folders[name], spec, synthetic=arm, test=test, config=config, runtime=runtime,
-            callback=(lambda event, name=name: callback(name, event)) if callback else None,
-            should_stop=should_stop,
-        )  # fmt: skip
+    for offset, (name, arm) in enumerate((("real_only", None), ("real_synthetic", synthetic))):
+
+        def relay(event: Event, name=name, offset=offset) -> None:
+            if not event.last:  # the comparison ends once, after both runs
+                done, total = offset * event.total + event.step, 2 * event.total
+                own = {"run": name, "run_step": event.step, "run_total": event.total}
+                on_event(Event(event.kind, done, total, event.message, (event.payload or {}) | own))
+
+        results[name] = train(real, folders[name], spec, synthetic=arm, test=test, config=config,
+                              runtime=runtime, on_event=relay, cancel=cancel)  # fmt: skip
         if results[name].cancelled:
             break
     first = results["real_only"].metrics
@@ -421,4 +396,5 @@ def compare(
     report["text"] = f"{report['verdict']}\n\n{report['table']}"
     write_atomic(Path(out_dir) / "comparison.json", json.dumps(report, indent=2))
     write_atomic(Path(out_dir) / "comparison.txt", report["text"] + "\n")
+    on_event(Event(CANCELLED if report["cancelled"] else DONE, message=report["verdict"]))
     return report

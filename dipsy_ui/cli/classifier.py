@@ -32,12 +32,15 @@ def _train_bar():
 
     bar = tqdm(unit="step", desc="training")
 
-    def on_progress(event, run: str = "") -> None:
-        bar.total = event.total_steps
-        bar.set_description(f"training {run}".strip())
-        bar.n = event.step
-        postfix = f"epoch {event.epoch}/{event.epochs} loss {event.loss:.3f} acc {event.accuracy:.2f}"
-        bar.set_postfix_str(postfix + (f" test {event.test_top1:.3f}" if event.test_top1 is not None else ""))
+    def on_progress(event) -> None:
+        info = event.payload or {}
+        if not info:  # the run's end: its result says how it went
+            return
+        bar.total, bar.n = info.get("run_total", event.total), info.get("run_step", event.step)
+        bar.set_description(f"training {info.get('run', '')}".strip())
+        postfix = f"epoch {info['epoch']}/{info['epochs']} loss {info['loss']:.3f} acc {info['accuracy']:.2f}"
+        top1 = info.get("test_top1")
+        bar.set_postfix_str(postfix + (f" test {top1:.3f}" if top1 is not None else ""))
 
     return bar, on_progress
 
@@ -58,8 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             test=args.test,
             config=config,
             runtime=runtime_of(args),
-            should_stop=stop,
-            callback=on_progress,
+            on_event=on_progress,
+            cancel=stop,
         )
     except KeyboardInterrupt:
         stop.set()
@@ -88,7 +91,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             spec_from_args(args),
             config=_train_config(args),
             runtime=runtime_of(args),
-            callback=lambda run, event: on_progress(event, run),
+            on_event=on_progress,
         )
     finally:
         bar.close()

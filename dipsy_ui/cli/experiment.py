@@ -14,7 +14,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..experiment.runner import Experiment
+    from ..experiment.runner import Experiment, cell_state
     from ..experiment.spec import ExperimentSpec
 
     spec = ExperimentSpec.load(args.spec)
@@ -25,17 +25,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cancel = threading.Event()
 
     def on_event(event) -> None:
-        bar.n = event.done
+        bar.n = event.step
         if event.kind == "note":
             bar.write(f"warning: {event.message}")
-        elif event.cell is not None:
-            arm, shots, seed = event.cell
-            detail = ""
-            if event.generation is not None:
-                detail = f", generating {event.generation.done}/{event.generation.total}"
-            elif event.training is not None:
-                detail = f", training step {event.training.step}/{event.training.total_steps}"
-            bar.set_postfix_str(f"{arm}, {shots} shots, seed {seed}{detail}")
+        elif event.payload:
+            arm, shots, seed = event.payload["cell"]
+            bar.set_postfix_str(f"{arm}, {shots} shots, seed {seed}: {cell_state(event)}")
         bar.refresh()
 
     final = run_interruptible(
@@ -43,10 +38,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     if final is None:
         return 130
-    if final.done:
+    if final.step:
         summary = json.loads((args.out / "summary.json").read_text(encoding="utf-8"))
         print(f"{summary['table']}\n\n{summary['verdict']}\n")
-    print(f"{final.done}/{final.total} cells in {args.out} (results.jsonl, summary.md, plots)")
+    print(f"{final.step}/{final.total} cells in {args.out} (results.jsonl, summary.md, plots)")
     return 0 if final.kind == "done" else 1
 
 

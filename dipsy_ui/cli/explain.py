@@ -43,7 +43,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     def on_event(event) -> None:
         if event.kind == "step":
-            bar.total, bar.n = event.steps, event.step
+            bar.total, bar.n = event.total, event.step
             bar.refresh()
 
     run = functools.partial(

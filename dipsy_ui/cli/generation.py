@@ -111,13 +111,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     bar = tqdm(total=sum(len(batch) for batch in job.batches()), unit="img", desc="generating")
 
     def on_event(event):
-        bar.n = event.done
-        bar.set_postfix_str(f"step {event.step}/{event.steps}" if event.kind == "step" else event.kind)
+        bar.n = event.step
+        info = event.payload or {}
+        steps = f"step {info['denoising_step']}/{info['denoising_steps']}" if "denoising_step" in info else ""
+        bar.set_postfix_str(steps or event.kind)
 
     final = run_interruptible(job.run, on_event, cancel, bar, "everything written so far is kept", "resume")
     if final is None:
         return 130
-    print(f"{final.done}/{final.total} images in {args.out} (manifest: {args.out / 'manifest.jsonl'})")
+    print(f"{final.step}/{final.total} images in {args.out} (manifest: {args.out / 'manifest.jsonl'})")
     return 0 if final.kind == "done" else 1
 
 

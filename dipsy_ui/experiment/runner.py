@@ -1,7 +1,7 @@
 """The experiment run: every (arm, shots, seed) cell, resumable, with progress events and cancel.
 
 A cell is a normal generation run (:class:`~dipsy_ui.generate.GenerationJob`) plus a normal
-training run (:func:`~dipsy_ui.classifier.train.iter_train`) on the seed's few-shot subset, so
+training run (:func:`~dipsy_ui.classifier.train.train`) on the seed's few-shot subset, so
 any cell can be opened in the Studio, curated or regenerated. The output folder::
 
     OUT/experiment.json                  the resolved spec, models and data (a rerun must match)
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import threading
 import time
@@ -32,13 +31,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..classifier.data import check_classes, labelled_images
-from ..classifier.train import TrainProgress, iter_train
+from ..classifier.train import train
 from ..config import GenerationConfig, TrainConfig
 from ..data import class_slugs, load_dataset
 from ..digits import write_demo_data
 from ..errors import JobConflictError
+from ..events import CANCELLED, DONE, NOTE, PROGRESS, Event, OnEvent, protocol
 from ..files import write_atomic
-from ..generate import GenerationJob, JobEvent, needs_similarity
+from ..generate import GenerationJob, needs_similarity
 from ..models import ModelSpec, Runtime, dtype_name, load_clip, load_pipeline, resolve_runtime
 from ..similarity import compute_similarity
 from .report import write_report
@@ -65,20 +65,16 @@ class Cell:
         return (self.arm.name, self.shots, self.seed)
 
 
-@dataclass(frozen=True)
-class ExperimentEvent:
-    """Progress of an experiment. ``kind``: "note" (a warning, in ``message``), "cell" (a cell
-    starts), "generation" (its generation job's event), "training" (its training event),
-    "result" (a cell finished, its ``record``), "done" or "cancelled"."""
-
-    kind: str
-    done: int  # finished cells, including earlier runs
-    total: int  # cells in the plan
-    cell: tuple[str, int, int] | None = None  # (arm, shots, seed)
-    message: str = ""
-    generation: JobEvent | None = None
-    training: TrainProgress | None = None
-    record: dict | None = None
+def cell_state(event: Event) -> str:
+    """A running cell's state in words, from an experiment's "progress" event: "starting",
+    "generating 12/40 images", "training step 3/30"."""
+    payload = event.payload or {}
+    stage, inner = payload.get("stage"), payload.get("event")
+    if stage == "generation" and inner is not None:
+        return f"generating {inner.step}/{inner.total} images"
+    if stage == "training" and inner is not None:
+        return f"training step {inner.step}/{inner.total}"
+    return "starting" if stage == "cell" else event.message
 
 
 def plan(spec: ExperimentSpec) -> list[Cell]:
@@ -202,16 +198,14 @@ class Experiment:
         if self._pipe is None:
             self._pipe = load_pipeline(self.models, self.runtime)
         job = GenerationJob(self._pipe, dataset, config, folder, self.models, similarity)
-        final = job.run(lambda event: emit("generation", generation=event), cancel)
-        return folder if final.kind == "done" else None
+        final = job.run(lambda event: emit("generation", event), cancel)
+        return folder if final.kind == DONE else None
 
     def _train_config(self, cell: Cell, classes: int) -> TrainConfig:
         config = replace(cell.arm.train, seed=cell.seed)
-        if cell.arm.generation is None and config.steps_per_epoch is None:
-            # As `compare` does: real only takes as many steps as training with the experiment's
-            # synthetic set would, so arms differ in their data, not in their training budget.
-            images = self.spec.generation.images_per_class * classes
-            config = replace(config, steps_per_epoch=math.ceil(images / config.batch_size))
+        if cell.arm.generation is None:
+            # As `compare` does: real only trains for the budget of the experiment's synthetic set.
+            config = config.with_budget_of(self.spec.generation.images_per_class * classes)
         return config
 
     def _run_cell(
@@ -231,16 +225,11 @@ class Experiment:
             self.out_dir / "cells" / self._slugs[cell.arm.name] / f"shots-{cell.shots}" / f"seed-{cell.seed}"
         )
         shutil.rmtree(out, ignore_errors=True)  # what an interrupted attempt left: train again from scratch
-        run = iter_train(
+        result = train(
             subset_dir, out, self.models, synthetic=synthetic, test=test,
-            config=self._train_config(cell, len(subset)), runtime=self.runtime, should_stop=cancel,
+            config=self._train_config(cell, len(subset)), runtime=self.runtime,
+            on_event=lambda event: emit("training", event), cancel=cancel,
         )  # fmt: skip
-        while True:
-            try:
-                emit("training", training=next(run))
-            except StopIteration as finished:
-                result = finished.value
-                break
         if result.cancelled:
             return None
         return {
@@ -269,33 +258,35 @@ class Experiment:
 
     # -- the run ---------------------------------------------------------------------------------
 
-    def run(
-        self,
-        on_event: Callable[[ExperimentEvent], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> ExperimentEvent:
-        """Run every cell that ``results.jsonl`` does not list yet, then write the report.
+    def run(self, on_event: OnEvent | None = None, cancel: threading.Event | None = None) -> Event:
+        """Run every cell that ``results.jsonl`` does not list yet, then write the report; returns
+        the last event ("done", or "cancelled" with the finished cells).
 
-        ``on_event`` receives progress; setting ``cancel`` stops the running generation at its
-        next denoising step or the running training at its next step (that cell is not recorded;
-        a rerun continues). The report (rewritten after each finished cell) covers the finished cells. Returns the last event.
+        ``on_event`` receives :class:`~dipsy_ui.events.Event` s counting cells (``step`` finished of
+        ``total``, including earlier runs): a "note" per warning, "progress" events whose payload
+        names the ``cell`` (arm, shots, seed) and its ``stage``: "cell" (it starts),
+        "generation" or "training" (with that work's own ``event``) or "result" (it finished, its
+        ``record``), then "done" or "cancelled". Setting ``cancel`` stops the running generation
+        at its next denoising step or the running training at its next step (that cell is not
+        recorded; a rerun continues). The report (rewritten after each finished cell) covers the
+        finished cells.
         """
-        on_event = on_event or (lambda event: None)
-        cancel = cancel or threading.Event()
+        on_event, cancel = protocol(on_event, cancel)
         pool, test = self._prepare()
         records = read_results(self.out_dir)
         finished = {(r["arm"], r["shots"], r["seed"]) for r in records}
         total = len(self.cells)
         for warning in self.warnings:
-            on_event(ExperimentEvent("note", len(records), total, message=warning))
+            on_event(Event(NOTE, len(records), total, warning))
         for cell in self.cells:
             if cell.key in finished:
                 continue
             if cancel.is_set():
                 break
 
-            def emit(kind: str, cell=cell, **details) -> None:
-                on_event(ExperimentEvent(kind, len(records), total, cell.key, **details))
+            def emit(stage: str, event: Event | None = None, cell=cell, **details) -> None:
+                payload = {"cell": cell.key, "stage": stage, "event": event} | details
+                on_event(Event(PROGRESS, len(records), total, stage, payload))
 
             emit("cell")
             record = self._run_cell(cell, pool, test, emit, cancel)
@@ -309,6 +300,6 @@ class Experiment:
             emit("result", record=record)
         if records:
             write_report(self.out_dir, self.spec, records, self.warnings)
-        final = ExperimentEvent("done" if len(records) == total else "cancelled", len(records), total)
+        final = Event(DONE if len(records) == total else CANCELLED, len(records), total)
         on_event(final)
         return final

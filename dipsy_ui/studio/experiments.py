@@ -15,7 +15,7 @@ from pathlib import Path
 from ..data import load_dataset, safe_slug
 from ..errors import JobConflictError, UsageError
 from ..experiment.report import PLOTS
-from ..experiment.runner import EXPERIMENT_FILE, Experiment, ExperimentEvent, plan, read_results
+from ..experiment.runner import EXPERIMENT_FILE, Experiment, cell_state, plan, read_results
 from ..experiment.spec import DIGIT_WORLD, REAL_ONLY, TEXT_ONLY, ExperimentSpec
 from ..experiment.stats import CONFIDENCE, summarize, verdict
 from ..experiment.subsets import write_image_folder
@@ -265,23 +265,23 @@ class ExperimentService:
             job.progress(len(read_results(folder)), len(cells), "Starting...", update())
             pipe, clip = self.core.models(job)
 
-            def on_event(event: ExperimentEvent) -> None:
+            def on_event(event) -> None:
                 nonlocal results
-                if event.kind in ("done", "cancelled") or (
-                    event.generation is not None and event.generation.kind == "step"
-                ):
+                payload = event.payload or {}
+                inner = payload.get("event")
+                if event.last or (inner is not None and inner.kind == "step"):
                     return  # the job's own end says it; the view follows images written, not steps
                 if event.kind == "note":
                     message = f"Note: {event.message}"
-                elif event.kind == "result":
-                    cells[event.cell] = f"done: top-1 {_percent(event.record)}"
+                elif payload["stage"] == "result":
+                    cells[payload["cell"]] = f"done: top-1 {_percent(payload['record'])}"
                     results = self.results(spec, folder)
-                    message = f"{_cell(event.cell)}: {cells[event.cell]}"
+                    message = f"{_cell(payload['cell'])}: {cells[payload['cell']]}"
                 else:
-                    cells[event.cell] = _state(event)
-                    message = f"{_cell(event.cell)}: {cells[event.cell]}"
+                    cells[payload["cell"]] = cell_state(event)
+                    message = f"{_cell(payload['cell'])}: {cells[payload['cell']]}"
                 job.progress(
-                    event.done, event.total, f"{event.done}/{event.total} cells finished. {message}", update()
+                    event.step, event.total, f"{event.step}/{event.total} cells finished. {message}", update()
                 )
 
             experiment = Experiment(spec, folder, self.core.spec, self.core.runtime, pipeline=pipe, clip=clip)
@@ -296,7 +296,7 @@ class ExperimentService:
                     cells[key] = "not run (cancelled)" if final.kind == "cancelled" else state
             results = self.results(spec, folder)
             if final.kind == "cancelled":
-                raise Cancelled(update(), f"Cancelled: {final.done}/{final.total} cells finished; "
+                raise Cancelled(update(), f"Cancelled: {final.step}/{final.total} cells finished; "
                                           "Run continues where it stopped (finished cells are kept).")  # fmt: skip
             return update()
 
@@ -363,14 +363,3 @@ def _percent(record: dict) -> str:
 def _cell(key: tuple[str, int, int]) -> str:
     arm, shots, seed = key
     return f"{arm}, {shots} shot{'s' if shots != 1 else ''}, seed {seed}"
-
-
-def _state(event: ExperimentEvent) -> str:
-    """A running cell's state in words."""
-    if event.generation is not None:
-        return f"generating {event.generation.done}/{event.generation.total} images"
-    if event.training is not None:
-        return f"training step {event.training.step}/{event.training.total_steps}"
-    if event.kind == "cell":
-        return "starting"
-    return event.message or event.kind

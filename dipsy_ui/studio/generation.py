@@ -16,7 +16,7 @@ from ..manifest import read_manifest
 from .core import Core
 from .curation import CurationService
 from .data import DataService
-from .jobs import Cancelled, Job, Progress, enlarge, eta_text
+from .jobs import Cancelled, Job, Progress, eta_text
 from .session import Session, check_name
 from .settings import SettingsService
 from .similarity import SimilarityService
@@ -105,24 +105,14 @@ class GenerationService:
             self.curation.select(session, out_dir)
             if run.note:
                 job.progress(0, 0, f"Note: {run.note}.")
-            last = run.run(lambda event: self._report(job, event), job.cancel)
-            summary = RunSummary(out_dir.name, last.done, last.total)
+            last = run.run(lambda event: job.relay(event, progress_line(event)), job.cancel)
+            summary = RunSummary(out_dir.name, last.step, last.total)
             if last.kind == "cancelled":
-                raise Cancelled(summary, f"Cancelled: {last.done} / {last.total} images in {out_dir.name} "
+                raise Cancelled(summary, f"Cancelled: {last.step} / {last.total} images in {out_dir.name} "
                                          "(Resume continues where it stopped).")  # fmt: skip
             return summary
 
         return self.core.run_job(session, "generate", work)
-
-    @staticmethod
-    def _report(job: Job, event) -> None:
-        """A GenerationJob event as the job's progress."""
-        label = f"{event.done} / {event.total} images - ETA {eta_text(event.eta_seconds)}"
-        if event.kind == "step":
-            strip = enlarge(event.preview.transpose(1, 0, 2, 3).reshape(event.preview.shape[1], -1, 3))
-            job.step(event.done, event.total, f"{label} (step {event.step}/{event.steps})", strip)
-        elif event.kind == "batch":
-            job.progress(event.done, event.total, label, detail=event.files)
 
     def cancel(self, session: Session) -> bool:
         return self.core.cancel(session, ("generate",))
@@ -194,3 +184,10 @@ class GenerationService:
             "negative_index": -1 if pick.negative_index is None else pick.negative_index,
             "seed": record["seed"],
         }
+
+
+def progress_line(event) -> str:
+    """A generation event as the Generate tab's progress line: images, ETA, denoising step."""
+    info = event.payload or {}
+    line = f"{event.step} / {event.total} images - ETA {eta_text(info.get('eta_s'))}"
+    return line + (f" (step {info['denoising_step']}/{info['denoising_steps']})" if "denoising_step" in info else "")

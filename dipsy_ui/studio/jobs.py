@@ -30,7 +30,7 @@ class Progress:
     message: str = ""  # what to show the user, written for them
     preview: object | None = None  # "step": uint8 RGB array (H, W, 3), enlarged for display
     result: object | None = None  # "done": the action's result; "cancelled": what it kept
-    detail: object | None = None  # "progress": the engine's own event, for views that plot it
+    detail: object | None = None  # "progress": the engine's Event (dipsy_ui.events), for views that plot it
     error: BaseException | None = None  # "failed": the exception, for the view to report
     superseded: bool = False  # "cancelled" because a newer or identical request answers it
 
@@ -83,6 +83,22 @@ class Job:
         """Report work done (every such event reaches the reader)."""
         self.done, self.total = done, total
         self._emit(Progress(PROGRESS, done, total, message, detail=detail))
+
+    def relay(self, event, message: str | None = None) -> None:
+        """Report an engine :class:`~dipsy_ui.events.Event` as this job's progress, the event
+        itself as the detail (a view reads its payload); a denoising step's previews are shown side
+        by side, enlarged. Its last event is not relayed: the job's own end says how it ended."""
+        from ..events import NOTE
+
+        if event.last:
+            return
+        message = message or event.message
+        if event.kind == STEP:
+            preview = event.payload["preview"]  # (B, h, w, 3)
+            strip = preview.transpose(1, 0, 2, 3).reshape(preview.shape[1], -1, 3)
+            self.step(event.step, event.total, message, enlarge(strip))
+        else:
+            self.progress(event.step, event.total, f"Note: {message}" if event.kind == NOTE else message, event)
 
     def stopped_message(self) -> str:
         return f"Cancelled at step {self.done}/{self.total}." if self.total else "Cancelled."

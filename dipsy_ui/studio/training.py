@@ -25,19 +25,6 @@ RUNS = ("real_only", "real_synthetic")  # a comparison's two runs, in the order 
 LABELS = {"train": "train", "real_only": "real only", "real_synthetic": "real+synthetic"}
 
 
-@dataclass(frozen=True)
-class TrainingStep:
-    """A "progress" event's detail: which run (``"train"`` or one of :data:`RUNS`) and the
-    engine's :class:`~dipsy_ui.classifier.train.TrainProgress`."""
-
-    run: str
-    event: object
-
-    @property
-    def label(self) -> str:
-        return LABELS[self.run]
-
-
 class TrainingService:
     """Classifiers under ``<session>/classifiers/``, comparisons under ``<session>/comparisons/``."""
 
@@ -55,9 +42,9 @@ class TrainingService:
     def train(self, session: Session, settings: dict, test_upload: str | None = None,
               use_demo_test: bool = False) -> Iterator[Progress]:  # fmt: skip
         """Train a LoRA classifier on the real and the current run's kept images, as a job:
-        "progress" events carry a :class:`TrainingStep`, the end the
+        "progress" events carry the engine's training events, the end the
         :class:`~dipsy_ui.classifier.train.TrainResult` (a cancelled run keeps its last step)."""
-        from ..classifier.train import iter_train
+        from ..classifier.train import train
         from ..models import load_clip
 
         session = self.core.session(session)
@@ -70,15 +57,9 @@ class TrainingService:
         def work(job: Job):
             job.progress(0, 0, "Loading CLIP for training...")
             clip = load_clip(self.core.spec, self.core.runtime)  # a fresh copy: LoRA is injected in place
-            run = iter_train(real, out_dir, self.core.spec, synthetic=synthetic, test=test, config=config,
-                             runtime=self.core.runtime, should_stop=job.cancel, clip=clip)  # fmt: skip
-            while True:
-                try:
-                    event = next(run)
-                except StopIteration as finished:
-                    result = finished.value
-                    break
-                job.progress(event.step, event.total_steps, status(event), TrainingStep("train", event))
+            result = train(real, out_dir, self.core.spec, synthetic=synthetic, test=test, config=config,
+                           runtime=self.core.runtime, clip=clip, on_event=lambda e: job.relay(e, status(e)),
+                           cancel=job.cancel)  # fmt: skip
             session.classifier_dir = out_dir
             self.core.save_choices(session)
             if result.cancelled:
@@ -90,7 +71,7 @@ class TrainingService:
     def compare(self, session: Session, settings: dict, test_upload: str | None = None,
                 use_demo_test: bool = False) -> Iterator[Progress]:  # fmt: skip
         """Real-only vs real+synthetic on the current run's kept images, as a job: "progress"
-        events carry a :class:`TrainingStep` of either run, the end
+        events carry the engine's training events of either run, the end
         :func:`dipsy_ui.classifier.train.compare`'s report (``report["cancelled"]`` after a cancel)."""
         from ..classifier.train import compare
 
@@ -103,15 +84,9 @@ class TrainingService:
         real = self.data.labelled_images(session)
 
         def work(job: Job) -> dict:
-            def on_event(name, event):
-                done = event.step + RUNS.index(name) * event.total_steps
-                job.progress(
-                    done, 2 * event.total_steps, f"{LABELS[name]}: {status(event)}", TrainingStep(name, event)
-                )
-
             report = compare(real, synthetic, test, session.root / "comparisons" / synthetic.name, self.core.spec,
-                             config=config, runtime=self.core.runtime, should_stop=job.cancel,
-                             callback=on_event)  # fmt: skip
+                             config=config, runtime=self.core.runtime, on_event=lambda e: job.relay(e, status(e)),
+                             cancel=job.cancel)  # fmt: skip
             if report["cancelled"]:
                 raise Cancelled(report)
             return report
@@ -230,6 +205,10 @@ def zip_folder(folder: Path, top: str) -> str:
 
 
 def status(event) -> str:
-    """A training event as a status line."""
-    return (f"Epoch {event.epoch}/{event.epochs}, step {event.step}/{event.total_steps}, "
-            f"loss {event.loss:.3f}, ETA {eta_text(event.eta_s)}")  # fmt: skip
+    """A training event (:func:`~dipsy_ui.classifier.train.train`'s payload) as a status line;
+    a comparison's names its run."""
+    info = event.payload or {}
+    run = f"{LABELS[info['run']]}: " if "run" in info else ""
+    return (f"{run}Epoch {info.get('epoch')}/{info.get('epochs')}, step {info.get('run_step', event.step)}/"
+            f"{info.get('run_total', event.total)}, loss {info.get('loss', 0.0):.3f}, "
+            f"ETA {eta_text(info.get('eta_s'))}")  # fmt: skip

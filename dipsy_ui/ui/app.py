@@ -50,10 +50,10 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
 
         # "Open in Guidance" from the Generate tab: the picked image into the Guidance tab's box,
         # its settings into the controls, then the Guidance tab shown.
-        opening, inputs, outputs = guidance_view["open"]
         generate_view["open"].click(lambda file: file, [generate_view["picked"]], [guidance_view["open_file"]],
                                     api_visibility="private").then(
-            opening, inputs, outputs, api_visibility="private").success(
+            *guidance_view["open"], api_visibility="private").success(
+            *guidance_view["choices"], api_visibility="private").success(
             lambda: gr.Tabs(selected="guidance"), None, [tabs], api_visibility="private")  # fmt: skip
 
         @readable_errors

@@ -75,7 +75,7 @@ def create(runs, state):
                 elif event.kind == PROGRESS:
                     yield (
                         bar,
-                        runs.run_files(session) if event.detail else gr.skip(),
+                        runs.run_files(session) if written(event) else gr.skip(),
                         gr.skip(),
                         gr.skip(),
                         gr.skip(),
@@ -126,3 +126,8 @@ def create(runs, state):
     tab.select(describe, [state], [settings], api_visibility="private")
     tab.select(lambda s: runs.run_files(s), [state], [gallery], api_visibility="private")
     return {"picked": picked, "open": open_picked}
+
+
+def written(event) -> bool:
+    """Whether a job's progress event reports images written (the gallery then refreshes)."""
+    return event.detail is not None and "files" in (event.detail.payload or {})

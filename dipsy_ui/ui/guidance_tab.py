@@ -233,20 +233,22 @@ def create(guidance, state):
 
     @readable_errors
     def on_open(session, file):
-        """A generated image's class, images, seed and settings as the preview's controls."""
+        """A generated image's class, images, seed and settings as the preview's controls (plain
+        values: an API client passes them on to /preview as they are)."""
         chosen, config = guidance.open_image(session, file)
-        names = guidance.class_names(session)
-        negative_paths = (
-            guidance.image_paths(session, chosen.negative_class) if chosen.negative_class != SAMPLE else []
-        )
-        return (gr.update(choices=names, value=chosen.class_name),
-                gr.update(choices=image_choices(session, chosen.class_name), value=chosen.positive_index),
-                guidance.image_paths(session, chosen.class_name), config.negatives,
-                gr.update(choices=[SAMPLE, *names], value=chosen.negative_class),
-                gr.update(choices=[(SAMPLE, -1)] + [(f"image {i + 1}", i) for i in range(len(negative_paths))],
-                          value=chosen.negative_index),
+        return (chosen.class_name, chosen.positive_index, chosen.negative_class, chosen.negative_index,
                 chosen.w_text, chosen.w_pos, chosen.w_neg, chosen.ip_adapter_scale, chosen.steps, chosen.seed, True,
-                f"Opened {file} (seed {chosen.seed}): Preview redraws it.")  # fmt: skip
+                config.negatives, f"Opened {file} (seed {chosen.seed}): Preview redraws it.")  # fmt: skip
+
+    def opened_choices(session, name, negative_name, positive_index, negative_index):
+        """The dropdowns' choices for an opened image's classes, keeping the values it set."""
+        names = guidance.class_names(session)
+        negative_paths = guidance.image_paths(session, negative_name) if negative_name != SAMPLE else []
+        return (gr.update(choices=names, value=name),
+                gr.update(choices=image_choices(session, name), value=positive_index),
+                guidance.image_paths(session, name), gr.update(choices=[SAMPLE, *names], value=negative_name),
+                gr.update(choices=[(SAMPLE, -1)] + [(f"image {i + 1}", i) for i in range(len(negative_paths))],
+                          value=negative_index))  # fmt: skip
 
     def on_example(evt: gr.SelectData):
         return gr.update(value=evt.index)  # clicking a thumbnail makes it the positive image
@@ -269,23 +271,20 @@ def create(guidance, state):
     negatives = [state, class_name, negative_rule, negative_class]
     negative_rule.input(on_negative, negatives, [status], api_name="set_negative_rule")
     negative_class.input(on_negative_class, negatives, [negative, status], api_name="set_negative_class")
-    opened = [
-        class_name,
-        positive,
-        examples,
-        negative_rule,
-        negative_class,
-        negative,
-        *sliders,
-        seed,
-        lock,
-        status,
-    ]
-    open_button.click(on_open, [state, opened_file], opened, api_name="open_in_guidance")
+    opened = [*controls, negative_rule, status]  # /preview's inputs first
+    choices = ([state, class_name, negative_class, positive, negative],
+               [class_name, positive, examples, negative_class, negative])  # fmt: skip
+    open_button.click(on_open, [state, opened_file], opened, api_name="open_in_guidance").then(
+        opened_choices, *choices, api_visibility="private"
+    )
     tab.select(refresh, [state], [class_name, positive, examples, negative_rule, negative_class, *sliders],
                api_visibility="private")  # fmt: skip
     # Another tab opens an image here: it fills the box, then runs this event (see app.py).
-    return {"open_file": opened_file, "open": (on_open, [state, opened_file], opened)}
+    return {
+        "open_file": opened_file,
+        "open": (on_open, [state, opened_file], opened),
+        "choices": (opened_choices, *choices),
+    }
 
 
 def done_line(chosen: GuidanceSettings, result) -> str:

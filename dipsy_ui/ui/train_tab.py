@@ -5,7 +5,7 @@ import pandas as pd
 
 from ..config import TrainConfig
 from ..errors import DipsyError, UsageError
-from ..studio import CANCELLED, DONE, PROGRESS
+from ..studio import CANCELLED, DONE, LABELS, PROGRESS
 from .common import FREE, JOBS, cancel_reply, follow, readable_errors, refusal
 
 # The settings a user may type (TrainConfig's field: label, type); blank keeps the preset's.
@@ -23,14 +23,16 @@ class Curves:
     def __init__(self):
         self.losses, self.accuracy = [], []
 
-    def add(self, step) -> None:
-        """Add a :class:`~dipsy_ui.studio.training.TrainingStep` (a job's progress detail)."""
-        event, run = step.event, step.label
-        if event.phase == "step":
-            self.losses.append({"step": event.step, "loss": event.loss, "run": run})
-            self.accuracy.append({"step": event.step, "accuracy": event.accuracy, "set": f"{run} (running)"})
-        elif event.phase == "epoch" and event.test_top1 is not None:
-            self.accuracy.append({"step": event.step, "accuracy": event.test_top1, "set": f"{run} test"})
+    def add(self, event) -> None:
+        """Add a training event (a job's progress detail: the engine's Event, whose payload
+        :func:`~dipsy_ui.classifier.train.train` documents; a comparison's names its run)."""
+        info = event.payload or {}
+        run, step = LABELS[info.get("run", "train")], info.get("run_step", event.step)
+        if info.get("phase") == "step":
+            self.losses.append({"step": step, "loss": info["loss"], "run": run})
+            self.accuracy.append({"step": step, "accuracy": info["accuracy"], "set": f"{run} (running)"})
+        elif info.get("phase") == "epoch" and info.get("test_top1") is not None:
+            self.accuracy.append({"step": step, "accuracy": info["test_top1"], "set": f"{run} test"})
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         # Typed columns even when empty: an untyped (object) empty frame makes the plot treat
