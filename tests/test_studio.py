@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -81,6 +82,8 @@ def test_a_session_reopens_from_its_folder_with_data_run_classifier_and_preset(s
     (run / "manifest.jsonl").write_text("")
     (session.root / "runs" / "run-1").mkdir()
     (session.root / "runs" / "run-1" / "manifest.jsonl").write_text("")
+    # The picker lists runs oldest first: run-1 is made the older one, whatever the clock's grain.
+    os.utime(session.root / "runs" / "run-1", (1_000_000_000, 1_000_000_000))
     studio.curation.open_run(session, "run-2")
     studio.settings.set_preset(session, "pets")
     result = _train(studio, session, {"epochs": 1})
