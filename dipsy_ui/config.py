@@ -252,12 +252,14 @@ class CurationConfig(Settings):
 
     section: ClassVar[str] = "curation"
 
-    # near_copy: at least this close to its own positive image, and closer to it than any two
-    # real images of its class are to each other (the floor where a class has one real image)
+    # near_copy: at least this close to its own positive image (and within copy_gap_share)
     near_copy: Annotated[float, Between(0, 1)] = 0.95
-    # duplicate: at least this close to an earlier kept image of the run, and closer than any two
-    # real images of its class are to each other
+    # duplicate: at least this close to an earlier kept image of the run (and within copy_gap_share)
     duplicate: Annotated[float, Between(0, 1)] = 0.95
+    # near_copy and duplicate also need a distance below this share of the usual gap between a
+    # real image of the class and its nearest real neighbour: how close different images of a
+    # class come depends on the encoder and the data, so a cosine alone cannot say "a copy"
+    copy_gap_share: Annotated[float, Between(0, 1)] = 0.25
     # off_class: another class's real images are closer than the image's own by more than this
     off_class_margin: Annotated[float, Between(0, 2)] = 0.0
     # neighbours: an image's closeness to a class is its mean cosine to that class's k closest

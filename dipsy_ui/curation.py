@@ -12,9 +12,10 @@ by cosine similarity. The manifest says where each image came from, so the flags
 - ``off_class``: another class's real images are closer to it than its own class's, and the
   report says which class and whether that is the negative class the image was made to avoid.
 
-"Too close" is at least the configured cosine *and* closer than any two real images of the class
-are to each other, since how close two different images of one class come depends on the model
-and the data (a small digit CLIP puts two different handwritten ones at 0.999). Likewise an image
+"Too close" is at least the configured cosine *and* a small share of the usual gap between a real
+image of the class and its nearest real neighbour (:func:`copy_floor`), since how close different
+images of one class come depends on the encoder and the data (a small digit CLIP puts two
+different handwritten ones at 0.999). Likewise an image
 is ``off_class`` only if it leans to the other class further than any real image of its own class
 does (:func:`real_margin`): where the encoder cannot tell two classes apart, leaning means nothing.
 
@@ -60,12 +61,20 @@ def closeness(images: torch.Tensor, real: torch.Tensor, k: int) -> torch.Tensor:
     return (images @ real.T).topk(min(k, len(real)), dim=1).values.mean(dim=1)
 
 
-def closest_pair(real: torch.Tensor) -> float | None:
-    """The highest cosine between two different real images; None for a single image."""
+def copy_floor(real: torch.Tensor, share: float) -> float | None:
+    """The cosine above which an image counts as a copy in this class: its distance to the other
+    image is at most ``share`` of the usual gap (the median distance from a real image of the
+    class to its nearest real neighbour). None for a single real image.
+
+    Distances are Euclidean between unit vectors, ``sqrt(2 - 2 cos)``; the usual gap says how
+    close different images of the class come in this embedding, which depends on the encoder and
+    the data: a small digit CLIP puts different handwritten ones 0.15 apart, eights 0.5 apart.
+    """
     if len(real) < 2:
         return None
-    similarity = real @ real.T
-    return float(similarity.fill_diagonal_(-2.0).max())
+    gaps = torch.cdist(real, real).fill_diagonal_(torch.inf).min(dim=1).values
+    distance = share * float(gaps.median())
+    return 1.0 - distance * distance / 2
 
 
 def mean_distance(embeddings: torch.Tensor) -> float | None:
@@ -164,21 +173,19 @@ def build_report(
     affinity = torch.stack([closeness(synthetic, real[name], config.nearest_k) for name in names], dim=1)
     own_affinity = affinity.gather(1, own[:, None])[:, 0]
     other, other_class = affinity.scatter(1, own[:, None], -torch.inf).max(dim=1)
-    real_closest = {name: closest_pair(rows) for name, rows in real.items()}
+    floors = {name: copy_floor(rows, config.copy_gap_share) for name, rows in real.items()}
     leaning = {name: real_margin(real, name, config.nearest_k) for name in real}
     duplicate, duplicate_of = earlier_duplicates(synthetic, kept)
 
     images = []
     for index, record in enumerate(records):
         name = record["class_name"]
-        floor = real_closest[name] if real_closest[name] is not None else -1.0
+        floor = floors[name] if floors[name] is not None else -1.0
         position = positives[index]
         positive = None if position is None else float(synthetic[index] @ real[name][position])
         nearest = names[int(other_class[index])] if len(names) > 1 else None
-        flags, entry = (
-            [],
-            {"file": record["file"], "class_name": name, "status": record.get("status", "kept")},
-        )
+        entry = {"file": record["file"], "class_name": name, "status": record.get("status", "kept")}
+        flags = []
         if positive is not None and positive >= max(config.near_copy, floor):
             flags.append("near_copy")
         if duplicate_of[index] >= 0 and float(duplicate[index]) >= max(config.duplicate, floor):

@@ -24,6 +24,7 @@ from dipsy_ui.curation import (
     REPORT_FILE,
     CurationJob,
     build_report,
+    copy_floor,
     density_coverage,
     earlier_duplicates,
     locate_positive,
@@ -127,7 +128,15 @@ def test_each_flag_marks_its_defect_and_nothing_else():
     assert report["classes"]["dog"]["flagged"] == 0.0
 
 
-def test_a_class_whose_real_images_are_this_alike_needs_a_closer_copy():
+def test_a_copy_lies_within_a_share_of_the_usual_gap_between_real_images():
+    real = unit(torch.randn(9, 6, generator=torch.Generator().manual_seed(3)))
+    gaps = [min(float((a - b).norm()) for j, b in enumerate(real) if j != i) for i, a in enumerate(real)]
+    floor = copy_floor(real, 0.25)
+    assert 1 - floor == pytest.approx((0.25 * np.median(gaps)) ** 2 / 2, rel=1e-5)
+    assert copy_floor(real[:1], 0.25) is None
+
+
+def test_in_a_class_whose_real_images_lie_this_close_a_copy_must_be_closer():
     # Two real cats at cosine 0.9998: an image at 0.999 to its positive is not a near copy here.
     real = {"cat": unit([[1, 0.02, 0], [1, 0.0, 0]]), "dog": unit([[0, 0, 1], [0, 0.1, 1]])}
     close = unit([[1, 0.02, 0]]) + unit([[0, 0, 1]]) * 0.05

@@ -40,6 +40,7 @@ def cmd_curate_report(args: argparse.Namespace) -> int:
     overrides = {
         "near_copy": args.near_copy,
         "duplicate": args.duplicate,
+        "copy_gap_share": args.copy_gap_share,
         "off_class_margin": args.off_class_margin,
         "nearest_k": args.nearest_k,
     }
@@ -103,6 +104,12 @@ def register(commands) -> None:
         "--duplicate",
         type=float,
         help=f"cosine to an earlier image that flags a duplicate (default {defaults.duplicate})",
+    )
+    report.add_argument(
+        "--copy-gap-share",
+        type=float,
+        help="near copies and duplicates also lie within this share of the usual gap between a "
+        f"class's real images and their nearest real neighbours (default {defaults.copy_gap_share})",
     )
     report.add_argument(
         "--off-class-margin",
