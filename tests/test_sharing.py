@@ -3,6 +3,7 @@ client served only the files the app gave it (never by a server path), bounded u
 quota and queue, and publishing without sign-in refused."""
 
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -292,3 +293,71 @@ def test_credentials_from_flags_files_and_the_environment(tmp_path):
     with pytest.raises(UsageError, match="cannot read the auth file"):
         load_credentials([], [tmp_path / "missing.txt"], {})
     assert "hunter2" not in str(refused_line.value)
+
+
+def test_in_the_browser_each_user_signs_in_and_reopens_only_their_own_session(tmp_path, chromium_page):
+    from playwright.sync_api import expect
+
+    workspace = tmp_path / "workspace"
+    url, blocks, studio = start(workspace, "--auth", "alice:wonderland", "--auth", "bob:builder")
+    page = chromium_page
+
+    def owners() -> list[str]:
+        return sorted(path.read_text() for path in workspace.glob("sessions/*/owner"))
+
+    def sign_in(user: str, password: str, sessions: list[str] | None = None) -> None:
+        """Sign in; with ``sessions``, wait until the page has opened its session (the owners
+        of all sessions are then ``sessions``), so that no click races the page's load."""
+        page.goto(url)
+        page.locator("input[type=text]").fill(user)
+        page.locator("input[type=password]").fill(password)
+        page.get_by_role("button", name="Login").click()
+        if sessions is not None:
+            expect(page.get_by_text("Demo mode")).to_be_visible()
+            deadline = time.monotonic() + 60
+            while owners() != sessions and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+            assert owners() == sessions
+            page.wait_for_timeout(1000)  # the session reaches the page just after its folder
+
+    try:
+        sign_in("alice", "not her password")
+        expect(page.get_by_text("Incorrect credentials", exact=False)).to_be_visible()
+        expect(page.get_by_text("Demo mode")).to_have_count(0)
+        sign_in("alice", "wonderland", ["alice"])
+        page.get_by_role("button", name="Load the demo digits").click()
+        expect(page.locator("#data-table")).to_contain_text("seven")
+        # The page's images come through the gate, to this browser: the thumbnails are drawn.
+        thumbnails = page.locator("img[src*='gradio_api/file=']")
+        expect(thumbnails.first).to_be_visible()
+        assert thumbnails.first.evaluate("img => img.complete && img.naturalWidth > 0")
+        assert all(str(workspace) not in src for src in thumbnails.evaluate_all("els => els.map(e => e.src)"))
+
+        # Over the session quota, an upload from the page is refused, saying so; nothing is lost.
+        made = files_in(workspace / "sessions")
+        quota, studio.core.quota_bytes = studio.core.quota_bytes, 1000
+        try:
+            archive = tmp_path / "more.zip"
+            with zipfile.ZipFile(archive, "w") as zipped:
+                zipped.write(next((workspace / "demo-data" / "train" / "zero").iterdir()), "more/zero/a.png")
+            page.locator("#dataset-zip input[type=file]").set_input_files(str(archive))
+            expect(page.get_by_text("so nothing new is made", exact=False).first).to_be_visible()
+        finally:
+            studio.core.quota_bytes = quota
+        assert made <= files_in(workspace / "sessions")
+
+        # Bob, in the same browser: Alice's session is not his; his page's load makes his own.
+        page.goto(url + "logout")
+        sign_in("bob", "builder", ["alice", "bob"])
+        expect(page.locator("#data-table")).not_to_contain_text("seven")
+        page.reload()
+        expect(page.get_by_text("Demo mode")).to_be_visible()
+        page.wait_for_timeout(2000)  # the load's refresh has landed
+        expect(page.locator("#data-table")).not_to_contain_text("seven")
+        assert owners() == ["alice", "bob"]
+        # Alice again: her own session reopens, with her digits.
+        page.goto(url + "logout")
+        sign_in("alice", "wonderland", ["alice", "bob"])
+        expect(page.locator("#data-table")).to_contain_text("seven")
+    finally:
+        blocks.close()

@@ -26,9 +26,10 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
         # One copy per browser session (see Session.__deepcopy__). No time_to_live: long jobs
         # mutate the session in place, which would not renew it.
         state = gr.State(Session(), delete_callback=core.end_session)
-        # The browser keeps its session's id (never a path) across refreshes and restarts; the
-        # page reopens that session's folder when it loads.
-        browser = gr.BrowserState("", storage_key="dipsy-session")
+        # The browser keeps its session's id (never a path) across refreshes and restarts, one per
+        # signed-in user ({user: id}, "" without sign-in); the page reopens that session's folder
+        # when it loads.
+        browser = gr.BrowserState({}, storage_key="dipsy-session")
         gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
                     "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
         if core.demo:
@@ -70,15 +71,18 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
         gr.Timer(3).tick(core.model_status, None, [model_status], api_name="model_status_on_timer",
                          api_visibility="private", show_progress="hidden", queue=False)  # fmt: skip
 
-        def on_open(session_id, request: gr.Request):
-            # A signed-in user reopens only their own sessions: another user's id (a shared
-            # computer's browser) opens a new session instead.
+        def on_open(kept, request: gr.Request):
+            # An id kept before sign-in existed is a plain string: the session without sign-in.
+            ids = dict(kept) if isinstance(kept, dict) else {"": kept}
             user = request.username
-            session = studio.open_session(session_id if core.admits(session_id, user) else "")
+            # A signed-in user reopens only their own sessions: an id another user left in this
+            # browser (or forged) opens a new session instead.
+            wanted = ids.get(user or "", "")
+            session = studio.open_session(wanted if core.admits(wanted, user) else "")
             core.claim(session, user)
             if access is not None:
                 access.bind(request.cookies.get(file_access.COOKIE), session.id)
-            return session, session.id
+            return session, {**ids, user or "": session.id}
 
         app.load(on_open, [browser], [state, browser], api_visibility="private").then(
             *data_view["refresh"], api_visibility="private"
