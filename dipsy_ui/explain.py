@@ -40,6 +40,8 @@ DIFFERENCES = {
     "negative-changed": ("with-positive", "dipsy"),
 }
 BRANCH_STEPS = 4  # steps at which the branches are shown unless the caller picks them
+DECODE_BATCH = 8  # branch estimates decoded per VAE call: SD1.5's VAE at 512 px needs ~1 GB per image
+FULL_MARK = 64  # a change of this many 8-bit levels or more is marked in full red by overlay()
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,17 @@ def spread_steps(steps: int, count: int = BRANCH_STEPS) -> tuple[int, ...]:
 def difference(before: Image.Image, after: Image.Image) -> Image.Image:
     """``|after - before|`` per pixel and channel: black where the images agree."""
     return ImageChops.difference(after.convert("RGB"), before.convert("RGB"))
+
+
+def overlay(image: Image.Image, change: Image.Image) -> Image.Image:
+    """A :func:`difference` marked on ``image``: the image in dimmed grey, red where it changed, in
+    proportion to the largest channel's change (full red at :data:`FULL_MARK` levels or more), so
+    an unchanged image shows no red at all and equal changes show equally in any two overlays."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)[..., None] * 0.6 + 40
+    amount = np.asarray(change.convert("RGB"), dtype=np.float32).max(axis=2, keepdims=True)
+    alpha = np.clip(amount / FULL_MARK, 0.0, 1.0)
+    red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
+    return Image.fromarray(np.round(grey * (1 - alpha) + red * alpha).astype(np.uint8), "RGB")
 
 
 def explain(
@@ -148,7 +161,8 @@ def explain(
     rungs = {rung: output.images[row] for rung, row in row_of.items()}
 
     # 2. The dipsy rung's part of the trace: every term's strength at every step, and the
-    # branches' clean estimates at the chosen steps, decoded in one VAE call.
+    # branches' clean estimates at the chosen steps, decoded a few at a time (many steps' worth at
+    # 512 px in one VAE call would not fit a GPU's memory).
     row = row_of["dipsy"]
     terms = [
         {"step": record.step + 1} | {name: float(value[row]) for name, value in record.strengths().items()}
@@ -159,7 +173,12 @@ def explain(
         for step in branch_steps
         for branch, x0 in output.trace[step - 1].x0.items()
     ]
-    decoded = pipe.latents_to_images(torch.cat([x0 for _, _, x0 in chosen]))
+    latents = torch.cat([x0 for _, _, x0 in chosen])
+    decoded = [
+        image
+        for start in range(0, len(latents), DECODE_BATCH)
+        for image in pipe.latents_to_images(latents[start : start + DECODE_BATCH])
+    ]
     branches: dict[int, dict[str, Image.Image]] = {}
     for (step, branch, _), image in zip(chosen, decoded, strict=True):
         branches.setdefault(step, {})[branch] = image

@@ -98,7 +98,7 @@ def test_full_flow(demo_app, tmp_path):
     assert previous is not None  # the earlier result is shown beside the new one
     grid, _, sweep_status = client.predict(*controls, "w_pos", "0, 6", "w_neg", "0, 6", api_name="/sweep")
     assert sweep_status.startswith("Sweep done")
-    assert Image.open(grid).size == (90 + 2 * 128, 40 + 2 * 128)
+    assert min(Image.open(grid).size) > 2 * 128  # two by two cells of 128 pixels, and their labels
     saved = client.predict("My tuned settings", *controls, api_name="/save_preset")
     preset = json.loads((root / "presets" / "My tuned settings.json").read_text())
     assert preset["generation"]["steps"] == 2 and saved.startswith("Saved as preset **My tuned settings**")
@@ -380,3 +380,44 @@ def test_end_session(demo_app, tmp_path):
     assert (kept.root / "runs" / "run-1").is_dir() and (kept.root / "data").is_dir()
     assert not (kept.root / "previews").exists()
     core.end_session(type(kept)())  # a session never used has no folder: nothing to do
+
+
+def test_explain_is_the_ladder_of_the_preview(demo_app):
+    """/explain takes /preview's inputs and draws Eq. 9's ladder of the very preview: its DIPSY
+    rung is /preview's image and its "+ the positive image" rung /preview's at w_neg = 0 (a batch
+    of three against one: the last bits may differ, a level or two at most). It names the images
+    used (the negative drawn by the rule too), streams its steps, and the Guidance Cancel stops it."""
+    url, _, _ = demo_app
+    client = connect(url)
+    load_three_classes(client)
+    controls = ["one", 1, "sample", -1, 7.5, 6.0, 6.0, 0.6, 4, 5, True]
+    text_only, with_positive, dipsy, used, added, removed, plot, *branches, seed, status = (
+        client.predict(*controls, api_name="/explain")
+    )
+    preview, _, _, preview_status = client.predict(*controls, api_name="/preview")
+    without, *_ = client.predict(*controls[:6], 0.0, *controls[7:], api_name="/preview")
+
+    def levels(a, b) -> int:
+        return int(np.abs(np.asarray(Image.open(a).convert("RGB"), dtype=int)
+                          - np.asarray(Image.open(b).convert("RGB"), dtype=int)).max())  # fmt: skip
+
+    assert levels(dipsy, preview) <= 2 and levels(with_positive, without) <= 2
+    assert levels(preview, without) > 2  # the negative term shows, so the rungs are told apart
+    assert seed == 5 and status.startswith("Explained (seed 5;"), status
+    # The images used: the positive chosen, the negative the preview's status names.
+    negative = re.search(r"negative: (\w+) image (\d+)", preview_status).groups()
+    assert [item["caption"] for item in used] == [
+        "positive: one, image 2",
+        f"negative: {negative[0]}, image {negative[1]} (drawn by the rule)",
+    ]
+    # The marked changes, the four branches at one step, one strength per step and term.
+    assert all(Image.open(path).size == (32, 32) for path in (added, removed, text_only, *branches))
+    assert len(plot["data"]) == 3 * 4  # the three terms at each of the 4 steps
+
+    job = client.submit(*controls[:8], 200, 5, True, api_name="/explain")
+    streamed_step(job)
+    client.predict(api_name="/cancel_preview")
+    *_, status = job.result(timeout=120)
+    assert re.fullmatch(r"Explain: cancelled at step \d+/\d+\. The previous explanation is kept\.", status), (
+        status
+    )

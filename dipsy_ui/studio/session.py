@@ -56,10 +56,11 @@ class SimilarityState:
 
 @dataclass
 class GuidanceState:
-    """The guidance service's part: the last two finished previews (image paths)."""
+    """The guidance service's part: the last two finished previews (``guidance.Rendered``: the
+    image, its seed, weights and the images it used)."""
 
-    latest: str | None = None
-    previous: str | None = None
+    latest: object | None = None
+    previous: object | None = None
 
 
 @dataclass

@@ -10,7 +10,8 @@ from .common import JOBS, progress_callback, readable_errors
 # Previews fill their box (a 32x32 demo image would otherwise show as a speck), pixels kept sharp.
 CSS = (
     ".dipsy-demo {background:#fff3cd;border:1px solid #e0c36a;padding:8px 12px;border-radius:6px}\n"
-    "#preview img, #previous img {width:100%;height:100%;object-fit:contain;image-rendering:pixelated}\n"
+    "#preview img, #previous img, .dipsy-pixels img {width:100%;height:100%;object-fit:contain;"
+    "image-rendering:pixelated}\n"
     # Gradio's gallery grid gives every column at least 100 px, so a gallery narrower than its
     # columns overflows and clips the last one: thumbnails wrap into as many columns as fit instead.
     ".grid-container {grid-template-columns:repeat(auto-fill, minmax(80px, 1fr)) !important}"

@@ -1,10 +1,13 @@
-"""Tab 3, Guidance: live previews of one image, weight sweeps, saving the settings as a preset."""
+"""Tab 3, Guidance: live previews of one image, the Explain view, weight sweeps, saving the settings
+as a preset."""
 
 import gradio as gr
 
 from ..config import NEGATIVE_MODES, GenerationConfig
 from ..errors import DipsyError
 from ..studio import CANCELLED, DONE, SAMPLE, STEP, WEIGHTS, GuidanceSettings, parse_values
+from ..studio.guidance import MAX_SEEDS, WORDS, used_caption, weights_caption
+from . import explain_view
 from .common import FREE, JOBS, cancel_reply, follow, readable_errors, refusal
 
 HELP = """
@@ -68,21 +71,30 @@ def create(guidance, state):
         with gr.Row():
             # PNG, not the default WebP: the enlarged step previews keep their sharp pixels.
             live = gr.Image(label="Preview (live)", type="filepath", interactive=False, height=300,
-                            elem_id="preview", format="png")  # fmt: skip
-            previous = gr.Image(
-                label="Previous result", type="filepath", interactive=False, height=300, elem_id="previous"
-            )
+                            elem_id="preview", format="png", scale=2)  # fmt: skip
+            previous = gr.Image(label="Previous result", type="filepath", interactive=False, height=300,
+                                elem_id="previous", scale=2)  # fmt: skip
+            used = gr.Gallery(label="Images the preview used", columns=1, height=300, allow_preview=False,
+                              elem_id="preview-used", elem_classes=["dipsy-pixels"], scale=1)  # fmt: skip
         status = gr.Markdown(label="Status", elem_id="guidance-status")
+        sliders = [w_text, w_pos, w_neg, scale, steps]
+        controls = [class_name, positive, negative_class, negative, *sliders, seed, lock]
+        explain_view.create(guidance, state, controls, seed, settings)
         with gr.Accordion("Open a generated image (redraw it here)", open=False), gr.Row():
             opened_file = gr.Textbox(label="Image of the current run, as its manifest names it",
                                      placeholder="one/00003.png", elem_id="open-file")  # fmt: skip
             open_button = gr.Button("Open in Guidance", elem_id="open-in-guidance")
-        with gr.Accordion("Sweep: a grid over two weights (same seed)", open=False):
+        with gr.Accordion("Sweep: a grid over two weights", open=False):
             with gr.Row():
-                x_name = gr.Dropdown(label="Columns", choices=list(WEIGHTS), value="w_pos")
+                x_name = gr.Dropdown(label="Columns", choices=weight_choices(), value="w_pos")
                 x_values = gr.Textbox(label="Column values", value="2, 4, 6")
-                y_name = gr.Dropdown(label="Rows", choices=list(WEIGHTS), value="w_neg")
+                y_name = gr.Dropdown(label="Rows", choices=weight_choices(), value="w_neg")
                 y_values = gr.Textbox(label="Row values", value="0, 3, 6")
+            with gr.Row():
+                seeds = gr.Number(label="Seeds per cell (the seed and the next ones)", value=1, precision=0,
+                                  minimum=1, maximum=MAX_SEEDS, elem_id="sweep-seeds")  # fmt: skip
+                difference = gr.Checkbox(label="Mark in red what the negative image changed (each image against "
+                                         "the same weights at negative image weight 0)", value=False)  # fmt: skip
             sweep = gr.Button("Render sweep")
             grid = gr.Image(label="Sweep", type="filepath", interactive=False)
         with gr.Row():
@@ -90,9 +102,6 @@ def create(guidance, state):
             save = gr.Button("Save the current settings as a preset")
             replace = gr.Button("Replace it", variant="stop", visible=False, elem_id="replace-preset")
         saved = gr.Markdown(label="Preset status", elem_id="preset-status")
-
-    sliders = [w_text, w_pos, w_neg, scale, steps]
-    controls = [class_name, positive, negative_class, negative, *sliders, seed, lock]
 
     def refresh(session):
         names = guidance.class_names(session)
@@ -115,9 +124,10 @@ def create(guidance, state):
         )
 
     def show_preview(session, values, edit):
-        """(live, previous, seed, status) as the preview job goes; a cancelled preview puts back
-        what was shown before it, and a superseded one shows nothing (a newer one is coming).
-        The weights tried become the session's, which Generate uses."""
+        """(live, previous, seed, status) as the preview job goes, each image labelled with the
+        weights that made it; a cancelled preview puts back what was shown before it, and a
+        superseded one shows nothing (a newer one is coming). The weights tried become the
+        session's, which Generate uses."""
         latest, before = guidance.shown(session)
         chosen = settings(*values)
         guidance.use(session, chosen)
@@ -125,13 +135,20 @@ def create(guidance, state):
             if event.superseded:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
             elif event.kind == STEP:
-                yield event.preview, latest, gr.skip(), event.message
+                yield event.preview, path(latest), gr.skip(), event.message
             elif event.kind == DONE:
-                yield event.result.path, latest, event.result.seed, done_line(chosen, event.result)
+                yield event.result.path, path(latest), event.result.seed, done_line(chosen, event.result)
             elif event.kind == CANCELLED:
-                yield latest, before, gr.skip(), f"{event.message} The previous result is kept."
+                yield path(latest), path(before), gr.skip(), f"{event.message} The previous result is kept."
             else:  # waiting for the model, loading it, cancelling
                 yield gr.skip(), gr.skip(), gr.skip(), event.message
+
+    def show_made(session):
+        """What made the shown previews, after a preview ends: the images the latest used, named
+        (also a negative the rule drew), and each pane labelled with its weights and seed."""
+        latest, before = guidance.shown(session)
+        used_images = [(u.path, used_caption(u)) for u in latest.used] if latest is not None else []
+        return used_images, made_label("Preview", latest), made_label("Previous result", before)
 
     @readable_errors
     def on_preview(session, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
@@ -157,16 +174,18 @@ def create(guidance, state):
 
     @readable_errors
     def on_sweep(session, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
-                 seed, lock, x_weight, x_values, y_weight, y_values):  # fmt: skip
+                 seed, lock, x_weight, x_values, y_weight, y_values, seeds, difference):  # fmt: skip
         chosen = settings(class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
                           seed, lock)  # fmt: skip
         guidance.use(session, chosen)
-        sweep = guidance.sweep(
-            session, chosen, x_weight, parse_values(x_values), y_weight, parse_values(y_values)
-        )
+        per_cell = 1 if seeds is None else int(seeds)
+        sweep = guidance.sweep(session, chosen, x_weight, parse_values(x_values), y_weight, parse_values(y_values),
+                               per_cell, bool(difference))  # fmt: skip
         for event in follow(sweep):
             if event.kind == DONE:
-                yield event.result.path, event.result.seed, f"Sweep done (seed {event.result.seed})."
+                fixed = {n: v for n, v in event.result.weights.items() if n not in (x_weight, y_weight)}
+                label = f"Sweep of {WORDS[x_weight]} and {WORDS[y_weight]}: {weights_caption(fixed)}"
+                yield event.result.path, event.result.seed, f"Sweep done (seed {event.result.seed}). {label}."
             else:  # the grid stays as it was until a sweep finishes
                 yield gr.skip(), gr.skip(), f"Sweep: {event.message[:1].lower()}{event.message[1:]}"
 
@@ -254,13 +273,18 @@ def create(guidance, state):
         return gr.update(value=evt.index)  # clicking a thumbnail makes it the positive image
 
     outputs = [live, previous, seed, status]
-    run.click(on_preview, [state, *controls], outputs, api_name="preview", **JOBS)
+    # A finished preview's panes are labelled afterwards, so /preview returns plain values.
+    made = (show_made, [state], [used, live, previous])
+    run.click(on_preview, [state, *controls], outputs, api_name="preview", **JOBS).then(
+        *made, api_visibility="private"
+    )
     # Every edit reaches the Studio at once ("multiple"), where the newest wins; a slider's number
     # box fires "release" when it loses focus, so an edit that changed nothing is dropped there.
     gr.on([slider.release for slider in sliders], on_edit, [state, *controls], outputs,
-          api_visibility="private", trigger_mode="multiple", **JOBS)  # fmt: skip
-    sweep.click(on_sweep, [state, *controls, x_name, x_values, y_name, y_values], [grid, seed, status],
-                api_name="sweep", **JOBS)  # fmt: skip
+          api_visibility="private", trigger_mode="multiple", **JOBS).then(
+        *made, api_visibility="private")  # fmt: skip
+    sweep.click(on_sweep, [state, *controls, x_name, x_values, y_name, y_values, seeds, difference],
+                [grid, seed, status], api_name="sweep", **JOBS)  # fmt: skip
     stop.click(
         lambda s: cancel_reply(guidance.cancel(s)), [state], [status], api_name="cancel_preview", **FREE
     )
@@ -293,9 +317,27 @@ def done_line(chosen: GuidanceSettings, result) -> str:
     if result.negative_class is None:
         negative = "no negative image"
     else:
-        how = "drawn by the rule" if chosen.negative_class == SAMPLE else "chosen"
+        how = (
+            "drawn by the rule" if chosen.negative_class == SAMPLE or chosen.negative_index < 0 else "chosen"
+        )
         negative = f"negative: {result.negative_class} image {result.negative_index + 1} ({how})"
     return f"Done (seed {result.seed}; {negative})."
+
+
+def path(result) -> str | None:
+    return result.path if result is not None else None
+
+
+def made_label(label: str, result):
+    """An image pane's label naming the weights and seed that made its result (if any)."""
+    if result is None:
+        return gr.update(label=label)
+    return gr.update(label=f"{label}: {weights_caption(result.weights)}, seed {result.seed}")
+
+
+def weight_choices() -> list[tuple[str, str]]:
+    """The weights a sweep may vary, named in words."""
+    return [(WORDS[name].capitalize(), name) for name in WEIGHTS]
 
 
 def settings(class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps, seed, lock):
