@@ -32,8 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from .config import CurationConfig
 from .data import FewShotDataset, ImageRecord, resolve_inside
 from .errors import UsageError
+from .events import CANCELLED, DONE, PROGRESS, Event, OnEvent, protocol
 from .files import write_atomic
 from .images import open_image
 from .manifest import MANIFEST_NAME, read_manifest
@@ -300,18 +300,6 @@ def run_records(run_dir: str | Path, dataset: FewShotDataset) -> list[dict]:
     return records
 
 
-@dataclass(frozen=True)
-class CurationEvent:
-    """Progress of a report. ``kind``: "embed" (images embedded so far), "done" (with the
-    ``report``) or "cancelled" (nothing written)."""
-
-    kind: str
-    done: int  # synthetic images embedded
-    total: int  # synthetic images in the run
-    message: str = ""
-    report: dict | None = None  # on "done"
-
-
 class CurationJob:
     """The curation report of the run in ``run_dir`` against the real images of ``dataset``."""
 
@@ -330,18 +318,15 @@ class CurationJob:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.records = run_records(self.run_dir, dataset)
 
-    def run(
-        self,
-        on_event: Callable[[CurationEvent], None] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> CurationEvent:
+    def run(self, on_event: OnEvent | None = None, cancel: threading.Event | None = None) -> dict | None:
         """Embed every image (cached), build the report and write ``RUN/curation-report.json``.
 
-        ``on_event`` receives progress after each batch; setting ``cancel`` stops before the next
-        batch and writes nothing (embeddings cached so far are kept). Returns the last event.
+        The run protocol of :mod:`dipsy_ui.events`: a "progress" event after each batch of images
+        (``step``: images embedded so far), then "done" and the report is returned; setting
+        ``cancel`` stops before the next batch with "cancelled", writes no report (embeddings
+        cached so far are kept) and returns None.
         """
-        on_event = on_event or (lambda event: None)
-        cancel = cancel or threading.Event()
+        on_event, cancel = protocol(on_event, cancel)
         cache = self.run_dir / CACHE_DIR
         total = len(self.records)
         # Every class of the data, not only the run's: an image may belong to any of them. One
@@ -354,15 +339,14 @@ class CurationJob:
         rows = []
         for start in range(0, total, self.batch_size):
             if cancel.is_set():
-                final = CurationEvent("cancelled", start, total, "cancelled; nothing was written")
-                on_event(final)
-                return final
+                on_event(Event(CANCELLED, start, total, "Cancelled; nothing was written."))
+                return None
             # One batch of images in memory at a time: a run of 2000 512-px images would take 1.5 GB.
             batch = self.records[start : start + self.batch_size]
             images = [open_image(resolve_inside(self.run_dir, *r["file"].split("/"))) for r in batch]
             rows.append(embed_images(self.encoder, images, self.batch_size, cache_dir=cache))
             done = start + len(batch)
-            on_event(CurationEvent("embed", done, total, f"embedded {done}/{total} images"))
+            on_event(Event(PROGRESS, done, total, f"Embedded {done}/{total} images."))
         positives = [
             locate_positive(r.get("positive") or "", self.dataset.images(r["class_name"]))
             for r in self.records
@@ -370,9 +354,8 @@ class CurationJob:
         report = build_report(self.records, torch.cat(rows), real, positives, self.config)
         report = {"features": self.features, **report}
         write_atomic(self.run_dir / REPORT_FILE, json.dumps(report, indent=1, ensure_ascii=False))
-        final = CurationEvent("done", total, total, f"wrote {REPORT_FILE}", report)
-        on_event(final)
-        return final
+        on_event(Event(DONE, total, total, f"Wrote {REPORT_FILE}."))
+        return report
 
 
 def load_report(run_dir: str | Path) -> dict:

@@ -227,15 +227,20 @@ def test_the_report_changes_no_file_of_the_run(tiny_run, tiny_clip, real_folder,
     set_status(run, [next(iter(read_manifest(run)))], "rejected")
     before, statuses = hashes(run), {f: r["status"] for f, r in read_manifest(run).items()}
     events = []
-    final = CurationJob(run, load_dataset(real_folder), tiny_clip, batch_size=5).run(events.append)
+    report = CurationJob(run, load_dataset(real_folder), tiny_clip, batch_size=5).run(events.append)
     after = hashes(run)
-    assert final.kind == "done" and (run / REPORT_FILE).is_file()
+    assert report is not None and (run / REPORT_FILE).is_file()
     assert {name: after[name] for name in before} == before
     assert all(
         name == REPORT_FILE or name.startswith(f"{CACHE_DIR}/") for name in after.keys() - before.keys()
     )
     assert {f: r["status"] for f, r in read_manifest(run).items()} == statuses
-    assert [event.done for event in events] == [5, 10, 12, 12] and events[-1].report == final.report
+    assert [(event.kind, event.step, event.total) for event in events] == [
+        ("progress", 5, 12),
+        ("progress", 10, 12),
+        ("progress", 12, 12),
+        ("done", 12, 12),
+    ]
     # The report lists every image by its manifest name, with its status, and every class.
     saved = json.loads((run / REPORT_FILE).read_text())
     assert [entry["file"] for entry in saved["images"]] == list(statuses)
@@ -251,7 +256,7 @@ def test_planted_copies_of_positives_and_of_other_images_are_flagged(
 ):
     run, dataset = copy_run(tiny_run, tmp_path), load_dataset(real_folder)
     planted = plant_defects(run, dataset, per_kind=2, seed=1)
-    report = CurationJob(run, dataset, tiny_clip).run().report
+    report = CurationJob(run, dataset, tiny_clip).run()
     scores = flag_scores(report, planted)
     assert scores["near_copy"]["planted"] == 2 and scores["duplicate"]["planted"] == 2
     assert scores["near_copy"]["recall"] == 1.0 and scores["duplicate"]["recall"] == 1.0
@@ -262,10 +267,10 @@ def test_a_second_report_reads_every_embedding_from_the_run_s_cache(
     tiny_run, tiny_clip, real_folder, tmp_path
 ):
     run, dataset = copy_run(tiny_run, tmp_path), load_dataset(real_folder)
-    first = CurationJob(run, dataset, tiny_clip).run().report
+    first = CurationJob(run, dataset, tiny_clip).run()
     calls = []
     model = dataclasses.replace(tiny_clip, model=CountingModel(tiny_clip.model, calls))
-    assert CurationJob(run, dataset, model).run().report == first and calls == []
+    assert CurationJob(run, dataset, model).run() == first and calls == []
 
 
 class CountingModel(torch.nn.Module):
@@ -282,10 +287,11 @@ class CountingModel(torch.nn.Module):
 
 def test_cancel_writes_nothing(tiny_run, tiny_clip, real_folder, tmp_path):
     run, cancel = copy_run(tiny_run, tmp_path), threading.Event()
-    final = CurationJob(run, load_dataset(real_folder), tiny_clip, batch_size=4).run(
-        lambda e: cancel.set(), cancel
-    )
-    assert final.kind == "cancelled" and final.done == 4 and not (run / REPORT_FILE).exists()
+    events = []
+    job = CurationJob(run, load_dataset(real_folder), tiny_clip, batch_size=4)
+    assert job.run(lambda event: events.append(event) or cancel.set(), cancel) is None
+    assert [(event.kind, event.step) for event in events] == [("progress", 4), ("cancelled", 4)]
+    assert not (run / REPORT_FILE).exists()
 
 
 def test_a_run_with_a_class_the_data_lacks_is_refused(tiny_run, tiny_clip, real_folder, tmp_path):
@@ -376,7 +382,7 @@ def test_on_the_digit_world_the_report_flags_planted_defects_and_few_others(tmp_
     run = tmp_path / "run"
     GenerationJob(load_pipeline(spec), dataset, config, run, spec, similarity).run()
     planted = plant_defects(run, dataset, per_kind=3, seed=0)
-    scores = flag_scores(CurationJob(run, dataset, clip).run().report, planted)
+    scores = flag_scores(CurationJob(run, dataset, clip).run(), planted)
     assert scores["near_copy"]["recall"] == 1.0 and scores["duplicate"]["recall"] == 1.0
     assert scores["off_class"]["recall"] >= 0.5
     assert scores["near_copy"]["precision"] == 1.0

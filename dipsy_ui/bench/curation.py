@@ -126,8 +126,29 @@ def judge_off_class(report: dict, run_dir: Path) -> dict:
     }
 
 
-def bench_curation(per_class: int, shots: int, per_kind: int, seed: int = 0) -> dict:
-    """Everything the module docstring lists, printed and returned."""
+def _timed_report(run: Path, dataset: FewShotDataset, encoder) -> tuple[dict, dict]:
+    """The report, and its seconds with the run's embedding cache empty and then full."""
+    seconds = {}
+    for key in ("cold", "cached"):
+        started = time.perf_counter()
+        report = CurationJob(run, dataset, encoder).run()
+        seconds[key] = round(time.perf_counter() - started, 2)
+    return report, seconds
+
+
+def bench_curation(
+    per_class: int,
+    shots: int,
+    per_kind: int,
+    seed: int = 0,
+    timing_clip: str | None = None,
+    classifier: bool = True,
+) -> dict:
+    """Everything the module docstring lists, printed and returned. With ``timing_clip`` (an
+    open_clip architecture such as ``ViT-B-16``, random weights: no download), the report on the
+    same run is timed with that encoder too; its flags mean nothing, its cost is the real one's.
+    With ``classifier``, ``off_class`` is also judged on the features of a classifier trained on
+    the real images (the demo preset's recipe), as ``curate-report --adapter`` uses them."""
     import torch
 
     from ..config import CurationConfig
@@ -142,25 +163,37 @@ def bench_curation(per_class: int, shots: int, per_kind: int, seed: int = 0) -> 
     result: dict = {"per_class": per_class, "shots": shots, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        dataset = load_dataset(write_demo_data(scratch / "data", shots=shots, seed=seed) / "train")
+        real = write_demo_data(scratch / "data", shots=shots, seed=seed) / "train"
+        dataset = load_dataset(real)
         clip = load_clip(spec, runtime)
         similarity = compute_similarity(clip, dataset.image_lists(), temperature=config.temperature)
         run = scratch / "run"
         started = time.perf_counter()
         GenerationJob(load_pipeline(spec, runtime), dataset, config, run, spec, similarity).run()
         result["generation_seconds"] = round(time.perf_counter() - started, 1)
-        for key in ("report_seconds_cold", "report_seconds_cached"):
-            started = time.perf_counter()
-            report = CurationJob(run, dataset, clip).run().report
-            result[key] = round(time.perf_counter() - started, 2)
+        report, result["report_seconds"] = _timed_report(run, dataset, clip)
+        if timing_clip:
+            encoder = load_clip(ModelSpec(clip=timing_clip, clip_pretrained=None), runtime)
+            result["report_seconds_" + timing_clip] = _timed_report(run, dataset, encoder)[1]
         result["clean"] = {
             flag: sum(flag in e["flags"] for e in report["images"]) for flag in PLANTED_FLAG.values()
         }
         result["off_class_vs_judge"] = judge_off_class(report, run)
+        if classifier:
+            # The real-only classifier of the demo recipe: what --adapter gives a user who trained one.
+            from ..classifier.train import train
+            from ..curation import classifier_encoder
+
+            folder = scratch / "classifier"
+            train(real, folder, spec, config=load_preset("demo").train, runtime=runtime)
+            features = CurationJob(
+                run, dataset, classifier_encoder(folder, runtime), features="classifier"
+            ).run()
+            result["off_class_vs_judge_classifier"] = judge_off_class(features, run)
         planted_run = scratch / "planted"
         shutil.copytree(run, planted_run, ignore=shutil.ignore_patterns(CACHE_DIR))
         planted = plant_defects(planted_run, dataset, per_kind, seed)
-        result["planted"] = flag_scores(CurationJob(planted_run, dataset, clip).run().report, planted)
+        result["planted"] = flag_scores(CurationJob(planted_run, dataset, clip).run(), planted)
     result["thresholds"] = CurationConfig().to_dict()
     print(format_result(result))
     return result
@@ -171,15 +204,28 @@ def format_result(result: dict) -> str:
         return "n/a" if value is None else f"{value:.0%}"
 
     images = result["per_class"] * 10
-    judge = result["off_class_vs_judge"]
     lines = [
         f"curation report on the digit world: {images} images ({result['per_class']} per class), "
         f"{result['shots']} real images per class, {result['threads']} thread(s)",
-        f"  generation {result['generation_seconds']} s; report {result['report_seconds_cold']} s "
-        f"(empty cache), {result['report_seconds_cached']} s (cached)",
+        f"  generation {result['generation_seconds']} s; report {result['report_seconds']['cold']} s "
+        f"(empty cache), {result['report_seconds']['cached']} s (cached)",
+        *(
+            f"  report with {key.removeprefix('report_seconds_')} (random weights): {value['cold']} s "
+            f"(empty cache), {value['cached']} s (cached)"
+            for key, value in result.items()
+            if key.startswith("report_seconds_")
+        ),
         "  flags on the run as generated: " + ", ".join(f"{k} {v}" for k, v in result["clean"].items()),
-        f"  off_class vs the reference judge: {judge['judged_wrong']} images read as another digit, "
-        f"{judge['flagged']} flagged; precision {share(judge['precision'])}, recall {share(judge['recall'])}",
+        *(
+            f"  off_class vs the reference judge ({features}): {judge['judged_wrong']} images read as "
+            f"another digit, {judge['flagged']} flagged; precision {share(judge['precision'])}, "
+            f"recall {share(judge['recall'])}"
+            for features, key in (
+                ("CLIP", "off_class_vs_judge"),
+                ("classifier", "off_class_vs_judge_classifier"),
+            )
+            if (judge := result.get(key))
+        ),
     ]
     others = result["planted"].pop("others")
     for flag, score in result["planted"].items():
@@ -204,6 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         "--planted", type=int, default=10, help="defects planted per kind (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-classifier", action="store_true", help="skip off_class on a trained classifier's features"
+    )
+    parser.add_argument(
+        "--timing-clip",
+        metavar="ARCH",
+        help="also time the report with this open_clip architecture (e.g. ViT-B-16)",
+    )
     args = parser.parse_args(argv)
-    bench_curation(args.per_class, args.shots, args.planted, args.seed)
+    bench_curation(
+        args.per_class, args.shots, args.planted, args.seed, args.timing_clip, not args.no_classifier
+    )
     return 0

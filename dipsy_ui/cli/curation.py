@@ -52,13 +52,14 @@ def cmd_curate_report(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(job.records), unit="img", desc="embedding")
 
     def on_event(event):
-        bar.n = event.done
+        bar.n = event.step
         bar.refresh()
 
-    final = run_interruptible(job.run, on_event, threading.Event(), bar, "nothing was written", "start again")
-    if final is None or final.kind != "done":
-        return 130 if final is None else 1
-    report = final.report
+    report = run_interruptible(
+        job.run, on_event, threading.Event(), bar, "nothing was written", "start again"
+    )
+    if report is None:
+        return 130
     print(f"{'class':<24} {'images':>6} {'fidelity':>8} {'coverage':>8} {'diversity':>9} {'flagged':>7}")
     for name, row in report["classes"].items():
         cells = [row[key] for key in ("fidelity", "coverage", "diversity", "flagged")]
