@@ -63,6 +63,18 @@ def three_class_test_zip(workspace: Path, tmp_path: Path) -> Path:
     return test_zip
 
 
+def two_step_session(demo_app) -> tuple[Client, Path]:
+    """A new client with three demo classes, previewed once at 2 steps (the steps its runs use),
+    and its session folder."""
+    url, workspace, _ = demo_app
+    before = sessions(workspace)
+    client = connect(url)
+    load_three_classes(client)
+    root = session_dir(workspace, before)
+    client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 0, True, api_name="/preview")
+    return client, root
+
+
 def table_names(table) -> list:
     return [row[0] for row in table["data"]]
 
@@ -233,12 +245,8 @@ def test_bad_input(demo_app, tmp_path):
 
 
 def test_cancel_then_resume(demo_app):
-    url, workspace, _ = demo_app
-    before = sessions(workspace)
-    client = connect(url)
-    load_three_classes(client)
-    root = session_dir(workspace, before)
-    client.predict("zero", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 0, True, api_name="/preview")  # 2 steps
+    _, workspace, _ = demo_app
+    client, root = two_step_session(demo_app)
     run = root / "runs" / "run-c"
 
     assert client.predict(api_name="/cancel_generation") == "Nothing to cancel."
@@ -380,6 +388,24 @@ def test_end_session(demo_app, tmp_path):
     assert (kept.root / "runs" / "run-1").is_dir() and (kept.root / "data").is_dir()
     assert not (kept.root / "previews").exists()
     core.end_session(type(kept)())  # a session never used has no folder: nothing to do
+
+
+def test_the_negative_rule_picked_in_guidance_is_the_one_generate_uses(demo_app):
+    """Each negative rule is reachable on the page and runs (the dissimilar rule used to end in an
+    internal error); Generate's settings line names it, and the manifest shows it at work."""
+    client, root = two_step_session(demo_app)
+    for rule in ("dissimilar", "uniform", "none"):
+        status = client.predict("zero", rule, "sample", api_name="/set_negative_rule")
+        assert status.startswith(f"Negatives: {rule}, "), status
+        bar, _, _ = client.predict(1, 1, f"rule-{rule}", api_name="/generate")
+        assert "Done: 3 / 3" in bar, bar
+        negatives = {r["negative_class"] for r in read_manifest(root / "runs" / f"rule-{rule}").values()}
+        assert (negatives == {None}) if rule == "none" else (None not in negatives and len(negatives) >= 2)
+    # A class pinned in Guidance is the only negative of that class's images.
+    client.predict("zero", "uniform", "two", api_name="/set_negative_class")
+    client.predict(2, 1, "pinned", api_name="/generate")
+    pinned = read_manifest(root / "runs" / "pinned").values()
+    assert {r["negative_class"] for r in pinned if r["class_name"] == "zero"} == {"two"}
 
 
 def test_explain_is_the_ladder_of_the_preview(demo_app):

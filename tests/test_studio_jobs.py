@@ -5,6 +5,7 @@ decoded once per data change."""
 from __future__ import annotations
 
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -46,6 +47,79 @@ def counting(steps: int, release: threading.Event | None = None):
         return steps
 
     return work
+
+
+def batches(count: int, log: list, name: str, started: threading.Event | None = None,
+            go: threading.Event | None = None):  # fmt: skip
+    """Long work of ``count`` units that logs each unit and reports it as progress (where it
+    offers the models to waiting jobs); after its first unit it sets ``started`` and waits for
+    ``go``."""
+
+    def work(job):
+        for unit in range(1, count + 1):
+            log.append((name, unit))
+            job.progress(unit, count, f"{name}: unit {unit}/{count}")
+            if unit == 1 and started is not None:
+                started.set()
+                go.wait(10)
+        return count
+
+    return work
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_preview_waits_for_one_unit_of_a_long_job_not_for_all_of_it(core):
+    """Fair use of the models: a long job offers them between its units of work, interactive
+    jobs go first, and long jobs of two users take turns instead of one waiting for the other."""
+    log, results = [], {}
+    started, go = threading.Event(), threading.Event()
+    lock = core.model_lock
+
+    def run(name, session, kind, work):
+        thread = threading.Thread(
+            target=lambda: results.update({name: terminal(list(core.run_job(session, kind, work)))})
+        )
+        thread.start()
+        return thread
+
+    threads = [run("a", core.session(None), "generate", batches(6, log, "a", started, go))]
+    assert started.wait(10)
+    # A second user's long job, then a third user's preview, arrive while the first job runs.
+    threads.append(run("b", core.session(None), "train", batches(3, log, "b")))
+    wait_for(lambda: len(lock._waiting) == 1)
+    threads.append(run("preview", core.session(None), "preview", lambda job: log.append(("preview", 1)) or 1))
+    wait_for(lambda: len(lock._waiting) == 2)
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    assert {name: end.kind for name, end in results.items()} == {"a": DONE, "b": DONE, "preview": DONE}
+    order = [name for name, _ in log]
+    last_of_a = max(i for i, name in enumerate(order) if name == "a")
+    # The preview ran after one more unit of the first job, before the job waiting longer than it;
+    # the two long jobs took turns.
+    assert order[:3] == ["a", "a", "preview"] and order.index("b") < last_of_a
+    assert not lock.held
+
+
+def test_an_interactive_job_goes_before_long_jobs_that_waited_longer(core):
+    lock, order = core.model_lock, []
+    assert lock.acquire(give_up=lambda: False)
+    threads = [threading.Thread(target=lambda name=name, interactive=interactive: (
+        lock.acquire(give_up=lambda: False, interactive=interactive), order.append(name), lock.release()))
+        for name, interactive in (("long", False), ("preview", True))]  # fmt: skip
+    for queued, thread in enumerate(threads, start=1):
+        thread.start()
+        wait_for(lambda queued=queued: len(lock._waiting) == queued)  # the long job queues first
+    lock.release()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["preview", "long"]
 
 
 def test_a_finished_job_ends_done_with_its_result_and_frees_the_lock(core):

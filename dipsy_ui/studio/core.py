@@ -3,9 +3,11 @@ the model lock, the users' sessions, and :meth:`Core.run_job`, the one way long 
 
 Every long action (preview, sweep, generation, ranking, training, comparison, similarity) is a
 ``work(job)`` function handed to :meth:`Core.run_job`, which registers it with the session (so
-Cancel reaches it while it waits or runs), waits for the model lock in arrival order, runs it in
-a worker thread and yields its :class:`~.jobs.Progress` events, ending in exactly one of done,
-cancelled or failed. Nothing else takes the model lock.
+Cancel reaches it while it waits or runs), waits for the model lock (interactive jobs first, then
+in arrival order), runs it in a worker thread and yields its :class:`~.jobs.Progress` events,
+ending in exactly one of done, cancelled or failed. A long job offers the models to waiting jobs
+each time it reports progress, between its units of work (:meth:`~.jobs.ModelLock.share`), so a
+preview waits for one batch, not for a whole run. Nothing else takes the model lock.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..errors import DipsyError, UsageError
 from ..files import write_atomic
 from ..models import WORLD_DIR, ModelSpec, Runtime
 from ..presets import load_preset
-from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
+from .jobs import CANCELLED, DONE, FAILED, INTERACTIVE, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
 from .session import Session, run_name
 from .settings import apply_preset
 
@@ -242,7 +244,10 @@ class Core:
         jobs = session.jobs
         ticket = jobs.open(kind, key, changed_only)
         events: queue.Queue[Progress] = queue.Queue()
-        job = Job(ticket.cancel, events.put)
+        interactive, holding = kind in INTERACTIVE, threading.Event()
+        # A long job holding the models offers them to waiting ones between its units of work.
+        job = Job(ticket.cancel, events.put,
+                  between=lambda: holding.is_set() and not interactive and self.model_lock.share())  # fmt: skip
 
         def target():
             try:
@@ -250,12 +255,14 @@ class Core:
                     raise Cancelled(message="Cancelled before it started.")
                 if self.model_lock.busy:
                     job.progress(0, 0, "Waiting for the model: another job is running...")
-                if not self.model_lock.acquire(give_up=ticket.cancel.is_set):
+                if not self.model_lock.acquire(give_up=ticket.cancel.is_set, interactive=interactive):
                     raise Cancelled(message="Cancelled before it started.")
+                holding.set()
                 jobs.start(ticket)
                 try:
                     result = work(job)
                 finally:
+                    holding.clear()
                     self.model_lock.release()  # before the terminal event: its reader may run next
                 events.put(Progress(DONE, job.done, job.total, "Done.", result=result))
             except Cancelled as stop:

@@ -65,10 +65,12 @@ class Cancelled(Exception):
 class Job:
     """What a running action sees: its cancel flag, and calls that report its progress."""
 
-    def __init__(self, cancel: threading.Event, emit: Callable[[Progress], None]):
+    def __init__(self, cancel: threading.Event, emit: Callable[[Progress], None],
+                 between: Callable[[], object] = lambda: None):  # fmt: skip
         self.cancel = cancel
         self.done = self.total = 0  # the counters of the last event, for how a stop is reported
         self._emit = emit
+        self._between = between  # called between units of work (the model lock's share)
 
     @property
     def cancelled(self) -> bool:
@@ -80,9 +82,12 @@ class Job:
         self._emit(Progress(STEP, done, total, message, preview=preview))
 
     def progress(self, done: int, total: int, message: str, detail=None) -> None:
-        """Report work done (every such event reaches the reader)."""
+        """Report work done (every such event reaches the reader). Work reports progress between
+        its units (never inside a pipeline call), so the models are idle here: a long job offers
+        them to waiting jobs now (:meth:`ModelLock.share`)."""
         self.done, self.total = done, total
         self._emit(Progress(PROGRESS, done, total, message, detail=detail))
+        self._between()
 
     def relay(self, event, message: str | None = None) -> None:
         """Report an engine :class:`~dipsy_ui.events.Event` as this job's progress, the event
@@ -104,12 +109,18 @@ class Job:
         return f"Cancelled at step {self.done}/{self.total}." if self.total else "Cancelled."
 
 
+INTERACTIVE = ("preview", "sweep", "explain")  # job kinds a person waits for, looking at the page
+
+
 class ModelLock:
-    """One model-running job at a time, in the order they asked; a waiter may give up."""
+    """The models, one job at a time. Interactive jobs (a preview, a sweep) go before waiting
+    long jobs; otherwise jobs are served in the order they asked. A long job holding the lock
+    offers it (:meth:`share`) between its units of work, so an interactive job waits at most one
+    unit (a batch of images, a training step) and long jobs of several users take turns."""
 
     def __init__(self, poll: float = 0.1):
         self._changed = threading.Condition()
-        self._waiting: deque = deque()
+        self._waiting: deque = deque()  # (interactive, turn) in arrival order
         self._held = False
         self._poll = poll  # how often a waiter checks whether to give up
 
@@ -123,27 +134,46 @@ class ModelLock:
         with self._changed:
             return self._held or bool(self._waiting)
 
-    def acquire(self, give_up: Callable[[], bool]) -> bool:
+    def _next(self):
+        """The waiter served next: the first interactive one, else the first."""
+        return next((turn for interactive, turn in self._waiting if interactive), None) or (
+            self._waiting[0][1] if self._waiting else None
+        )
+
+    def acquire(self, give_up: Callable[[], bool], interactive: bool = False) -> bool:
         """Wait for the lock; False (without it) once ``give_up()`` says so."""
         turn = object()
+        entry = (interactive, turn)
         with self._changed:
-            self._waiting.append(turn)
+            self._waiting.append(entry)
             try:
                 while True:
                     if give_up():
                         return False
-                    if not self._held and self._waiting[0] is turn:
+                    if not self._held and self._next() is turn:
                         self._held = True
                         return True
                     self._changed.wait(self._poll)
             finally:
-                self._waiting.remove(turn)
+                self._waiting.remove(entry)
                 self._changed.notify_all()
 
     def release(self) -> None:
         with self._changed:
             self._held = False
             self._changed.notify_all()
+
+    def share(self) -> bool:
+        """Called by the holder between two units of its work: when another job waits, let it
+        run (interactive ones first) and take the lock back after it, behind the long jobs that
+        were already waiting. Whether the lock was handed over."""
+        with self._changed:
+            if not self._waiting:
+                return False
+            self._held = False
+            self._changed.notify_all()
+        self.acquire(give_up=lambda: False)  # the holder's work is half done: it always comes back
+        return True
 
 
 @dataclass(eq=False)

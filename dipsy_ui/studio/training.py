@@ -8,7 +8,6 @@ import shutil
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import load_dataset, resolve_inside, safe_slug
