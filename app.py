@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    access = parser.add_argument_group("sign-in and limits (see the README's Security section)")
+    access = parser.add_argument_group("sign-in and limits (see the README's 'Sharing the app')")
     access.add_argument("--auth", action="append", metavar="USER:PASSWORD", default=[],
                         help="a user who may sign in (repeatable); the password may be a hash from --hash-password")  # fmt: skip
     access.add_argument("--auth-file", action="append", metavar="FILE", default=[],

@@ -19,7 +19,11 @@ from dipsy_ui.errors import UsageError
 from dipsy_ui.ui.access import ALIAS, BUSY, MB
 from dipsy_ui.ui.signin import hash_password, load_credentials
 
-PREVIEW = ["one", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 5, True]  # 2 steps: quick on the CPU
+
+def preview(name: str) -> list:
+    """/preview's inputs for class ``name``: its first image, a sampled negative, 2 steps (quick
+    on the CPU), seed 5."""
+    return [name, 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, 2, 5, True]
 
 
 def start(workspace: Path, *flags: str):
@@ -121,26 +125,28 @@ def test_signed_in_users_reopen_only_their_own_sessions(shared):
 
 
 def test_a_second_client_cannot_read_the_first_clients_files(shared, tmp_path):
-    url, workspace, _, _ = shared
+    url, workspace, _, studio = shared
     owner, stranger = connect(url), connect(url)
     assert owner.cookies != stranger.cookies
     sessions_before = set((workspace / "sessions").glob("*"))
-    owner.predict(api_name="/load_demo")
-    for name in ["two", "three", "four", "five", "six", "seven", "eight", "nine"]:
+    # The demo world's data, cut to two classes: generation and training stay short.
+    table, *_ = owner.predict(api_name="/load_demo")
+    names = sorted(row[0] for row in table["data"])
+    for name in names[2:]:
         owner.predict(name, api_name="/remove_class")
     (root,) = set((workspace / "sessions").glob("*")) - sessions_before
     similarity = owner.predict(0.4, api_name="/compute_similarity")
-    preview = owner.predict(*PREVIEW, api_name="/preview")
+    previewed = owner.predict(*preview(names[0]), api_name="/preview")
     generated = owner.predict(1, 1, "run-1", api_name="/generate")  # one image per class
     test_zip = tmp_path / "test.zip"
     with zipfile.ZipFile(test_zip, "w") as archive:
-        for name in ("zero", "one"):
-            for file in sorted((workspace / "demo-data" / "test" / name).iterdir())[:2]:
+        for name in names[:2]:
+            for file in sorted((studio.data.demo_data_dir() / "test" / name).iterdir())[:2]:
                 archive.write(file, f"test/{name}/{file.name}")
     trained = owner.predict(1, None, None, None, handle_file(str(test_zip)), False, api_name="/train")
     assert trained[0].startswith("Done"), trained[0]
     adapter = owner.predict(api_name="/download_adapter")
-    given = {what: file_data(answer) for what, answer in [("similarity", similarity), ("preview", preview),
+    given = {what: file_data(answer) for what, answer in [("similarity", similarity), ("preview", previewed),
              ("generated", generated), ("adapter", adapter)]}  # fmt: skip
     assert all(given.values()), given
     assert len(file_data(generated)) >= 2 and file_data(adapter)[0]["path"].endswith(".zip")
@@ -229,19 +235,20 @@ def test_a_full_session_makes_nothing_new_and_keeps_what_it_made(shared):
     url, workspace, _, studio = shared
     client = connect(url)
     sessions_before = set((workspace / "sessions").glob("*"))
-    client.predict(api_name="/load_demo")
+    table, *_ = client.predict(api_name="/load_demo")
     (root,) = set((workspace / "sessions").glob("*")) - sessions_before
-    client.predict(*PREVIEW, api_name="/preview")
+    controls = preview(table["data"][0][0])
+    client.predict(*controls, api_name="/preview")
     made = {path: path.read_bytes() for path in files_in(root)}
     quota = studio.core.quota_bytes
     studio.core.quota_bytes = 1000  # bytes: the session's demo data alone is over it
     try:
         with pytest.raises(AppError, match="its limit is 0 MB, so nothing new is made"):
-            client.predict(*PREVIEW, api_name="/preview")
+            client.predict(*controls, api_name="/preview")
     finally:
         studio.core.quota_bytes = quota
     assert {path: path.read_bytes() for path in files_in(root)} == made
-    client.predict(*PREVIEW, api_name="/preview")  # under the quota again: it works
+    client.predict(*controls, api_name="/preview")  # under the quota again: it works
 
 
 def test_a_full_queue_answers_busy(shared):
@@ -302,6 +309,9 @@ def test_in_the_browser_each_user_signs_in_and_reopens_only_their_own_session(tm
     url, blocks, studio = start(workspace, "--auth", "alice:wonderland", "--auth", "bob:builder")
     page = chromium_page
 
+    demo = studio.data.demo_data_dir()
+    first = sorted(path.name for path in (demo / "train").iterdir())[0]  # a class of the demo data
+
     def owners() -> list[str]:
         return sorted(path.read_text() for path in workspace.glob("sessions/*/owner"))
 
@@ -326,7 +336,7 @@ def test_in_the_browser_each_user_signs_in_and_reopens_only_their_own_session(tm
         expect(page.get_by_text("Demo mode")).to_have_count(0)
         sign_in("alice", "wonderland", ["alice"])
         page.get_by_role("button", name="Load the demo digits").click()
-        expect(page.locator("#data-table")).to_contain_text("seven")
+        expect(page.locator("#data-table")).to_contain_text(first)
         # The page's images come through the gate, to this browser: the thumbnails are drawn.
         thumbnails = page.locator("img[src*='gradio_api/file=']")
         expect(thumbnails.first).to_be_visible()
@@ -339,7 +349,7 @@ def test_in_the_browser_each_user_signs_in_and_reopens_only_their_own_session(tm
         try:
             archive = tmp_path / "more.zip"
             with zipfile.ZipFile(archive, "w") as zipped:
-                zipped.write(next((workspace / "demo-data" / "train" / "zero").iterdir()), "more/zero/a.png")
+                zipped.write(next((demo / "train" / first).iterdir()), f"more/{first}/a.png")
             page.locator("#dataset-zip input[type=file]").set_input_files(str(archive))
             expect(page.get_by_text("so nothing new is made", exact=False).first).to_be_visible()
         finally:
@@ -349,15 +359,15 @@ def test_in_the_browser_each_user_signs_in_and_reopens_only_their_own_session(tm
         # Bob, in the same browser: Alice's session is not his; his page's load makes his own.
         page.goto(url + "logout")
         sign_in("bob", "builder", ["alice", "bob"])
-        expect(page.locator("#data-table")).not_to_contain_text("seven")
+        expect(page.locator("#data-table")).not_to_contain_text(first)
         page.reload()
         expect(page.get_by_text("Demo mode")).to_be_visible()
         page.wait_for_timeout(2000)  # the load's refresh has landed
-        expect(page.locator("#data-table")).not_to_contain_text("seven")
+        expect(page.locator("#data-table")).not_to_contain_text(first)
         assert owners() == ["alice", "bob"]
         # Alice again: her own session reopens, with her digits.
         page.goto(url + "logout")
         sign_in("alice", "wonderland", ["alice", "bob"])
-        expect(page.locator("#data-table")).to_contain_text("seven")
+        expect(page.locator("#data-table")).to_contain_text(first)
     finally:
         blocks.close()

@@ -61,10 +61,11 @@ def bench_load(clients: int, steps: int, port: int) -> dict:
             url = f"http://127.0.0.1:{port}/"
             sessions = [Client(url, verbose=False, httpx_kwargs={"timeout": 600}) for _ in range(clients)]
             for client in sessions:
-                client.predict(api_name="/load_demo")
+                table, *_ = client.predict(api_name="/load_demo")
+            name = table["data"][0][0]  # a class of the demo world's data
 
             def preview(client, seed: int) -> str:
-                *_, status = client.predict("one", 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, steps, seed, True,
+                *_, status = client.predict(name, 0, "sample", -1, 7.5, 6.0, 6.0, 0.6, steps, seed, True,
                                             api_name="/preview")  # fmt: skip
                 return status
 
