@@ -297,12 +297,25 @@ def test_compare(demo_app, tmp_path):
         verdict and not blank and all(run in header for run in ("zero-shot", "real only", "real+synthetic"))
     )
     assert per_class["headers"] == ["class", "zero-shot", "real only", "real+synthetic"]
-    assert sorted(row[0] for row in per_class["data"]) == sorted(CLASSES) and confusion is None
+    assert sorted(row[0] for row in per_class["data"]) == sorted(CLASSES)
+    assert Image.open(confusion).size[0] > 100  # the comparison's own confusion matrix (real+synthetic)
     tops = sorted(zipfile.ZipFile(a).namelist()[0].split("/")[0] for a in adapters)
     assert tops == ["real_only", "real_synthetic"]
     assert not metrics["cancelled"] and metrics["steps"] >= 1
     for run in ("zero_shot", "real_only", "real_synthetic"):
         assert 0.0 <= metrics[run]["top1"] <= 1.0 and sorted(metrics[run]["per_class"]) == sorted(CLASSES)
+    # Reopened, the comparison shows what it showed: both runs' curves and its confusion matrix.
+    status, per_class, confusion, _, text, loss, accuracy = client.predict(
+        "run-compare", api_name="/open_comparison"
+    )
+    assert status == "Comparison of run-compare." and Image.open(confusion).size[0] > 100
+    by_run = {}
+    for step, _, run in plot_rows(loss):
+        by_run.setdefault(run, []).append(step)
+    every_step = list(range(1, metrics["steps"] + 1))
+    assert by_run == {"real only": every_step, "real+synthetic": every_step}, loss
+    assert {row[2] for row in plot_rows(accuracy)} == {f"{run} {curve}" for run in ("real only", "real+synthetic")
+                                                  for curve in ("(training batches)", "test")}  # fmt: skip
 
     # Cancel stops a longer comparison while it streams its curves.
     job = client.submit(50, 0.8, 2, 1e-3, test_zip, False, api_name="/compare")
@@ -315,6 +328,12 @@ def test_compare(demo_app, tmp_path):
     assert not any(output[0] == "Comparison done." for output in job.outputs())
     report = session_dir(workspace, before) / "comparisons" / "run-compare" / "comparison.json"
     assert json.loads(report.read_text())["cancelled"]  # written before the job ended
+
+
+def plot_rows(output: dict) -> list:
+    """The rows a line plot output draws (it comes as an update: its data with its series' colours)."""
+    assert sorted(output["color_map"]) == sorted({row[2] for row in output["value"]["data"]}), output
+    return output["value"]["data"]
 
 
 def streamed_step(job) -> None:

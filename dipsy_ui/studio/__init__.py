@@ -20,7 +20,7 @@ from .jobs import CANCELLED, DONE, FAILED, PROGRESS, STEP, Progress
 from .session import Session
 from .settings import SettingsService
 from .similarity import SimilarityService
-from .training import LABELS, TrainingService
+from .training import LABELS, RUNS, TrainingService
 
 
 class Studio:
@@ -55,5 +55,5 @@ class Studio:
         return session
 
 
-__all__ = ["CANCELLED", "DONE", "FAILED", "LABELS", "PROGRESS", "SAMPLE", "STEP", "WEIGHTS", "GuidanceSettings",
+__all__ = ["CANCELLED", "DONE", "FAILED", "LABELS", "PROGRESS", "RUNS", "SAMPLE", "STEP", "WEIGHTS", "GuidanceSettings",
            "Progress", "Session", "Studio", "parse_values"]  # fmt: skip

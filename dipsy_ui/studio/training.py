@@ -184,13 +184,25 @@ class TrainingService:
 
     def comparison_zips(self, session: Session, report: dict) -> list[str]:
         """Both runs' classifiers of a comparison as zips (a run a cancel stopped has none)."""
-        root = self.core.session(session).root / "comparisons"
-        zips = []
-        for run in RUNS:
-            folder = (report.get("folders") or {}).get(run)
-            if folder and Path(folder).is_dir() and Path(folder).resolve().is_relative_to(root.resolve()):
-                zips.append(zip_folder(Path(folder), run))
-        return zips
+        return [zip_folder(folder, run) for run, folder in self._run_folders(session, report).items()]
+
+    def comparison_files(self, session: Session, report: dict, name: str) -> dict[str, str]:
+        """A file each run of a comparison wrote (``confusion.png``), by run."""
+        folders = self._run_folders(session, report)
+        return {run: str(folder / name) for run, folder in folders.items() if (folder / name).is_file()}
+
+    def comparison_metrics(self, session: Session, report: dict) -> dict[str, dict]:
+        """Each run's ``metrics.json`` of a comparison (what a reopened comparison plots), by run."""
+        files = self.comparison_files(session, report, "metrics.json")
+        return {run: json.loads(Path(file).read_text(encoding="utf-8")) for run, file in files.items()}
+
+    def _run_folders(self, session: Session, report: dict) -> dict[str, Path]:
+        """The folders of a comparison's runs that exist inside the session's comparisons (a
+        report names them; one naming anything else is not followed)."""
+        root = (self.core.session(session).root / "comparisons").resolve()
+        folders = {run: (report.get("folders") or {}).get(run) for run in RUNS}
+        return {run: Path(folder) for run, folder in folders.items()
+                if folder and Path(folder).is_dir() and Path(folder).resolve().is_relative_to(root)}  # fmt: skip
 
 
 def zip_folder(folder: Path, top: str) -> str:

@@ -5,7 +5,7 @@ import pandas as pd
 
 from ..config import TrainConfig
 from ..errors import DipsyError, UsageError
-from ..studio import CANCELLED, DONE, LABELS, PROGRESS
+from ..studio import CANCELLED, DONE, LABELS, PROGRESS, RUNS
 from .common import FREE, JOBS, cancel_reply, follow, readable_errors, refusal
 
 # The settings a user may type (TrainConfig's field: label, type); blank keeps the preset's.
@@ -17,10 +17,20 @@ FIELDS = {
 }
 
 
-class Curves:
-    """The live loss and accuracy curves of one or more training runs (one colour per run)."""
+# One colour per run, the curves' series fixed up front: a plot that learns its series from its
+# first data draws only the first run of a comparison.
+COLOURS = dict(
+    zip(LABELS, ("#1f77b4", "#1f77b4", "#ff7f0e"), strict=True)
+)  # train, real only, real+synthetic
+ACCURACY_CURVES = {"(training batches)": 0.55, "test": 1.0}  # curve -> opacity of the run's colour
 
-    def __init__(self):
+
+class Curves:
+    """The loss and accuracy curves of one or more training runs (one colour per run), live
+    from training events or read back from a finished run's metrics."""
+
+    def __init__(self, runs: tuple[str, ...] = ("train",)):
+        self.runs = runs  # the runs drawn, in the order they train (LABELS' keys)
         self.losses, self.accuracy = [], []
 
     def add(self, event) -> None:
@@ -30,18 +40,45 @@ class Curves:
         run, step = LABELS[info.get("run", "train")], info.get("run_step", event.step)
         if info.get("phase") == "step":
             self.losses.append({"step": step, "loss": info["loss"], "run": run})
-            self.accuracy.append({"step": step, "accuracy": info["accuracy"], "set": f"{run} (running)"})
+            self.accuracy.append(
+                {"step": step, "accuracy": info["accuracy"], "set": f"{run} (training batches)"}
+            )
         elif info.get("phase") == "epoch" and info.get("test_top1") is not None:
             self.accuracy.append({"step": step, "accuracy": info["test_top1"], "set": f"{run} test"})
 
-    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def add_metrics(self, run: str, metrics: dict) -> None:
+        """Add a finished run's curves from its ``metrics.json`` (each step's loss, each epoch's
+        training and test accuracy): a reopened comparison draws what the live one drew."""
+        label = LABELS[run]
+        self.losses += [
+            {"step": i + 1, "loss": loss, "run": label} for i, loss in enumerate(metrics["step_loss"])
+        ]
+        for epoch in metrics["epochs"]:
+            self.accuracy.append({"step": epoch["step"], "accuracy": epoch["train_accuracy"],
+                                  "set": f"{label} (training batches)"})  # fmt: skip
+            if epoch.get("test"):
+                self.accuracy.append(
+                    {"step": epoch["step"], "accuracy": epoch["test"]["top1"], "set": f"{label} test"}
+                )
+
+    def frames(self) -> tuple[gr.LinePlot, gr.LinePlot]:
+        """Both plots' data, with every run's series and colour named from the first frame on."""
         # Typed columns even when empty: an untyped (object) empty frame makes the plot treat
         # step and value as categories, and it keeps that axis type for every later update.
         types = {"step": "int64", "loss": "float64", "accuracy": "float64", "run": "object", "set": "object"}
         losses = pd.DataFrame(self.losses, columns=["step", "loss", "run"])
         accuracy = pd.DataFrame(self.accuracy, columns=["step", "accuracy", "set"])
-        return (losses.astype({c: types[c] for c in losses.columns}),
-                accuracy.astype({c: types[c] for c in accuracy.columns}))  # fmt: skip
+        loss_colours = {LABELS[run]: COLOURS[run] for run in self.runs}
+        accuracy_colours = {f"{LABELS[run]} {curve}": mix(COLOURS[run], opacity)
+                            for run in self.runs for curve, opacity in ACCURACY_CURVES.items()}  # fmt: skip
+        return (gr.LinePlot(losses.astype({c: types[c] for c in losses.columns}), color_map=loss_colours),
+                gr.LinePlot(accuracy.astype({c: types[c] for c in accuracy.columns}), color_map=accuracy_colours))  # fmt: skip
+
+
+def mix(colour: str, opacity: float) -> str:
+    """``colour`` (#rrggbb) blended with white: the lighter shade of a run's colour."""
+    channels = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(255 - opacity * (255 - c)):02x}" for c in channels)
 
 
 def pct(value) -> str:
@@ -62,8 +99,11 @@ def create(training, state):
                     "training for the settings used).")  # fmt: skip
         with gr.Row():
             run_line = gr.Markdown(label="Run line", elem_id="train-run")
-            classifier_pick = gr.Dropdown(label="Earlier classifier", choices=[], elem_id="classifier-pick")
-            comparison_pick = gr.Dropdown(label="Earlier comparison", choices=[], elem_id="comparison-pick")
+            # Any name is passed on (API clients name a result directly); the service refuses unknown ones.
+            classifier_pick = gr.Dropdown(label="Earlier classifier", choices=[], allow_custom_value=True,
+                                          elem_id="classifier-pick")  # fmt: skip
+            comparison_pick = gr.Dropdown(label="Earlier comparison", choices=[], allow_custom_value=True,
+                                          elem_id="comparison-pick")  # fmt: skip
         with gr.Row():
             # Text boxes, blank by default: only what the user types overrides the preset (a number
             # box always holds a number, and its 0 would silently replace the preset's value).
@@ -161,14 +201,17 @@ def create(training, state):
         return f"{word}: {len(epochs)} epoch(s){top1}. Settings: {settings}.", rows, image, summary
 
     def compared(session, report) -> tuple:
-        """(comparison text, per-class rows of both runs, both adapters) of a comparison report."""
+        """(comparison text, per-class rows of both runs, both adapters, the confusion matrix of
+        the last run that finished) of a comparison report."""
         runs = [report.get(run) or {} for run in ("zero_shot", "real_only", "real_synthetic")]
         rows = [
             [name, *(pct(run.get("per_class", {}).get(name)) for run in runs)]
             for name in report["class_names"]
         ]
         frame = pd.DataFrame(rows, columns=["class", "zero-shot", "real only", "real+synthetic"])
-        return report["text"], frame, training.comparison_zips(session, report)
+        files = training.comparison_files(session, report, "confusion.png")
+        confusion_image = files.get("real_synthetic") or files.get("real_only")
+        return report["text"], frame, training.comparison_zips(session, report), confusion_image
 
     def on_open(session):
         """What the tab shows of the session: the run it trains on, the earlier results to reopen."""
@@ -194,9 +237,12 @@ def create(training, state):
         try:
             report = training.open_comparison(session, name)
         except DipsyError as error:
-            return refusal(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        text, frame, zips = compared(session, report)
-        return f"Comparison of {name}.", frame, None, zips, text
+            return refusal(error), *(gr.skip(),) * 6
+        text, frame, zips, confusion_image = compared(session, report)
+        curves = Curves(RUNS)
+        for run, metrics in training.comparison_metrics(session, report).items():
+            curves.add_metrics(run, metrics)
+        return f"Comparison of {name}.", frame, confusion_image, zips, text, *curves.frames()
 
     def on_train(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):  # named for the API
         """Train with live curves; a refused or failed run writes its reason into the status."""
@@ -232,7 +278,7 @@ def create(training, state):
             yield refusal(error), *(gr.skip(),) * 7
 
     def compare_events(session, epochs, lambda_real, lora_rank, lr, test_file, use_demo):
-        curves = Curves()
+        curves = Curves(RUNS)
         # What an earlier Train run showed (its per-class results, confusion matrix, adapter) goes.
         yield "Comparing: training real-only first...", gr.skip(), gr.skip(), "", {}, [], None, None
         skip = (gr.skip(),) * 3
@@ -245,8 +291,8 @@ def create(training, state):
             elif event.result is not None:
                 word = "Comparison done" if event.kind == DONE else "Comparison cancelled"
                 summary = {k: v for k, v in event.result.items() if k not in ("table", "text", "folders")}
-                text, frame, zips = compared(session, event.result)
-                yield f"{word}.", gr.skip(), gr.skip(), text, summary, frame, None, zips
+                text, frame, zips, confusion_image = compared(session, event.result)
+                yield f"{word}.", gr.skip(), gr.skip(), text, summary, frame, confusion_image, zips
             else:
                 prefix = "Comparison: " if event.kind == CANCELLED else ""
                 yield prefix + event.message, gr.skip(), gr.skip(), gr.skip(), gr.skip(), *skip
@@ -263,7 +309,8 @@ def create(training, state):
                   api_name="compare", **JOBS)  # fmt: skip
     classifier_pick.input(on_classifier, [state, classifier_pick], [status, per_class, confusion, download, comparison],
                           api_name="open_classifier")  # fmt: skip
-    comparison_pick.input(on_comparison, [state, comparison_pick], [status, per_class, confusion, download, comparison],
+    comparison_pick.input(on_comparison, [state, comparison_pick],
+                          [status, per_class, confusion, download, comparison, loss_plot, accuracy_plot],
                           api_name="open_comparison")  # fmt: skip
     cancel.click(
         lambda s: cancel_reply(training.cancel(s)), [state], [status], api_name="cancel_training", **FREE
