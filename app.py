@@ -1,7 +1,8 @@
 """DIPSY Studio, the interactive app.
 
     python app.py            # the paper's models (loaded on first use; --models/--sd/... for local weights)
-    python app.py --demo     # the shipped digit world and the digits data: offline, for trying the app
+    python app.py --demo     # the shipped critter world and its data: offline, for trying the app
+    python app.py --demo digits   # the shipped digit world and the digits data
     python app.py --demo --share --auth alice:secret   # a public link, signed in
 
 Each browser (or API client) is served only the files the app gave it (``dipsy_ui.ui.access``).
@@ -26,8 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="DIPSY Studio: the interactive app")
     parser.add_argument(
         "--demo",
-        action="store_true",
-        help="the digit world (small models trained on digits, shipped in assets/) + digits data (offline)",
+        nargs="?",
+        const="critters",
+        choices=["critters", "digits"],
+        help="a shipped world and its data, offline: critters (the default: look-alike species, where "
+        "the negative image matters) or digits",
     )
     parser.add_argument("--workspace", default="dipsy-workspace", help="folder for all data, runs and models "
                         "the app writes; the only folder served to the browser (default: ./dipsy-workspace)")  # fmt: skip

@@ -50,13 +50,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def demo_app(tmp_path_factory):
-    """(url, workspace, studio) of the app as ``python app.py --demo`` launches it (the shipped
-    digit world), one per module."""
+    """(url, workspace, studio) of the app as ``python app.py --demo digits`` launches it (the
+    shipped digit world), one per module."""
     import app
 
     workspace = tmp_path_factory.mktemp("workspace")
     port = free_port()
-    args = app.parse_args(["--demo", "--workspace", str(workspace), "--port", str(port)])
+    args = app.parse_args(["--demo", "digits", "--workspace", str(workspace), "--port", str(port)])
     blocks, studio = app.launch(args, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", workspace, studio
     blocks.close()

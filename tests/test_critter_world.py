@@ -129,3 +129,149 @@ def test_caption_states_hold_one_state_per_caption_and_the_empty_prompt(quick_wo
     labels = torch.tensor([0, 4, 8])
     drawn = states.sample(labels, 0.0, torch.Generator().manual_seed(0))
     assert drawn.shape == (3, *states.states.shape[1:])
+
+
+# -- the oracle arm and the critter experiments ------------------------------------------------
+
+
+def test_the_oracle_arm_trains_on_extra_real_images_and_generates_nothing():
+    from dipsy_ui.errors import SettingsError
+    from dipsy_ui.experiment.spec import ExperimentSpec
+
+    base = {"preset": "critters", "data": "demo-critters", "shots": [1], "seeds": [0]}
+    spec = ExperimentSpec.from_dict(base | {"arms": ["real only", "oracle"]})
+    oracle = spec.arm("oracle")
+    assert oracle.oracle and oracle.generation is None and oracle.to_dict()["oracle"] is True
+    assert "oracle" not in spec.arm("real only").to_dict()  # records without an oracle stay as they were
+    with pytest.raises(SettingsError, match="'oracle' generates nothing"):
+        ExperimentSpec.from_dict(base | {"arms": [{"name": "oracle", "generation": {"w_neg": 0}}]})
+
+
+def test_the_oracle_images_are_in_no_subset_of_their_seed():
+    from dipsy_ui.data import ImageRecord
+    from dipsy_ui.errors import DatasetError
+    from dipsy_ui.experiment.subsets import draw_extra, draw_subset
+    from dipsy_ui.images import image_digest
+
+    pool = {
+        name: [
+            ImageRecord(f"{name}-{i}", image_digest(image), image)
+            for i, image in enumerate(critter_images("pool", label, 12))
+        ]
+        for label, name in enumerate(CRITTER_NAMES[:2])
+    }
+    for seed in (0, 1):
+        extra = draw_extra(pool, seed, 4, 6)
+        assert all(len(records) == 6 for records in extra.values())
+        for shots in (1, 4):
+            subset = draw_subset(pool, shots, seed)
+            for name in pool:
+                assert not {r.digest for r in subset[name]} & {r.digest for r in extra[name]}
+    with pytest.raises(DatasetError, match="oracle arm needs 4 shots \\+ 9 extra"):
+        draw_extra(pool, 0, 4, 9)
+
+
+def test_the_critter_experiment_specs_load():
+    from dipsy_ui.experiment.spec import ExperimentSpec
+    from dipsy_ui.presets import PRESETS_DIR
+
+    full = ExperimentSpec.load(PRESETS_DIR / "experiments" / "critters.json")
+    assert len(full.shots) >= 2 and len(full.seeds) >= 5 and full.models == str(WORLD.directory)
+    names = [arm.name for arm in full.arms]
+    assert {"real only", "text only", "positive only", "oracle"} <= set(names)
+    assert {arm.generation.negatives for arm in full.arms if arm.name.startswith("DIPSY")} == {
+        "similarity",
+        "uniform",
+    }
+    ci = ExperimentSpec.load(PRESETS_DIR / "experiments" / "critters-ci.json")
+    assert ci.data == "demo-critters" and any(arm.oracle for arm in ci.arms)
+
+
+# -- the shipped critter world: the hypotheses of BENCHMARKS.md, on fewer images ----------------
+
+
+def test_shipped_critter_world_matches_its_record():
+    record = json.loads((WORLD.directory / RECORD_NAME).read_text())
+    for name, digest in record["files"].items():
+        assert sha256(WORLD.directory / name) == digest, name
+    assert (
+        record["command"].startswith("python -m dipsy_ui train-world")
+        and "--world critters" in record["command"]
+    )
+    assert record["name"] == "critters" and record["families"] == CRITTER_FAMILIES
+    size = sum(path.stat().st_size for path in WORLD.directory.rglob("*") if path.is_file())
+    assert size <= 30 * 2**20
+
+
+@pytest.fixture(scope="module")
+def probe():
+    from dipsy_ui.world.report import WorldProbe
+
+    return WorldProbe(world="critters")
+
+
+def test_h1_the_text_draws_the_family_but_not_the_species(probe):
+    """H1: the captions never named the marking, so the class prompt alone pins the family only."""
+    text = probe.recognition(6, True, w_pos=0.0, w_neg=0.0)
+    assert text["family"] >= 0.85, text
+    assert text["class_within_family"] <= 0.6, text  # near 1/3, far from what H2 reaches
+
+
+def test_h2_image_prompts_carry_the_species(probe):
+    text = probe.recognition(6, True, w_pos=0.0, w_neg=0.0)
+    image = probe.recognition(6, True, w_neg=0.0)  # the class prompt and a positive image
+    assert image["overall"] >= text["overall"] + 0.15, (text["overall"], image["overall"])
+
+
+def test_h3_and_the_measured_negative_effect(probe):
+    """H3: with the class prompt and a positive image, a share of the images reads as a sibling
+    species (the look-alike the negative is for). The sibling's negative image at the preset's
+    w_neg lowers the share read as that very sibling (BENCHMARKS.md: not significantly, and at a
+    cost to the class's own images, so H4 is not met on this world)."""
+    effect = probe.sibling_negative_effect(6)
+    assert effect["w_neg"] == load_preset("critters").generation.w_neg > 0
+    assert effect["read_as_sibling"]["before"] >= 0.1, effect  # H3
+    negative = effect["read_as_negative"]
+    assert negative["before"] > 0 and negative["after"] < negative["before"], effect
+
+
+def test_h5_the_similarity_shows_the_families_as_blocks(probe):
+    from dipsy_ui.world.families import family_index, family_structure
+
+    similarity = probe.similarity()
+    structure = family_structure(
+        similarity.similarity,
+        similarity.probabilities,
+        family_index(tuple(similarity.names), CRITTER_FAMILIES),
+    )
+    assert structure["within_family_cosine"] > structure["across_family_cosine"] + 0.2, structure
+    assert structure["sibling_probability_mean"] > 0.5, structure
+
+
+def test_the_critter_ci_experiment_runs(tmp_path):
+    """presets/experiments/critters-ci.json end to end: generation, the oracle's real images, training."""
+    from dipsy_ui.presets import PRESETS_DIR
+
+    out = tmp_path / "experiment"
+    spec = PRESETS_DIR / "experiments" / "critters-ci.json"
+    assert main(["experiment", str(spec), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["arm"] for r in records) == ["DIPSY (similarity)", "oracle", "real only"]
+    oracle = next(r for r in records if r["arm"] == "oracle")
+    assert oracle["images"] == {"real": 9, "synthetic": 27} and oracle["generation"] == "oracle/seed-0"
+
+
+def test_the_demo_opens_the_critter_world_unless_told_digits(tmp_path):
+    import app
+    from dipsy_ui.studio import Studio
+
+    assert app.parse_args(["--demo"]).demo == "critters"
+    assert app.parse_args(["--demo", "digits"]).demo == "digits"
+    assert app.parse_args([]).demo is None
+    studio = Studio(None, tmp_path, demo="critters")
+    assert studio.core.spec.sd == str(WORLD.directory / "sd") and "beetles" in studio.core.demo_text
+    session = studio.core.session(None)
+    assert session.preset == "critters"  # the world's preset from the first page load
+    studio.data.load_demo(session)
+    assert sorted(studio.data.demo_data_dir().joinpath("train").iterdir()) and session.preset == "critters"
+    assert sorted(p.name for p in (studio.data.demo_data_dir() / "test").iterdir()) == sorted(CRITTER_NAMES)

@@ -34,17 +34,17 @@ from ..classifier.data import check_classes, labelled_images
 from ..classifier.train import train
 from ..config import GenerationConfig, TrainConfig
 from ..data import class_slugs, load_dataset
-from ..digits import write_demo_data
 from ..errors import JobConflictError
 from ..events import CANCELLED, DONE, NOTE, PROGRESS, Event, OnEvent, protocol
 from ..files import write_atomic
 from ..generate import GenerationJob, needs_similarity
 from ..models import ModelSpec, Runtime, dtype_name, load_clip, load_pipeline, resolve_runtime
 from ..similarity import compute_similarity
+from ..world.worlds import get_world
 from .report import write_report
-from .spec import DEMO_DIGITS, Arm, ExperimentSpec
+from .spec import DEMO_DATA, Arm, ExperimentSpec
 from .stats import accuracy_margin
-from .subsets import Pool, check_shots, draw_subset, hold_out, write_image_folder, write_once
+from .subsets import Pool, check_shots, draw_extra, draw_subset, hold_out, write_image_folder, write_once
 
 EXPERIMENT_FILE = "experiment.json"
 RESULTS_FILE = "results.jsonl"
@@ -125,11 +125,15 @@ class Experiment:
         """The pool subsets are drawn from and the test folder; claims ``out_dir`` for this spec."""
         spec = self.spec
         source, test = Path(spec.data), spec.test and Path(spec.test)
-        if spec.data == DEMO_DIGITS:
+        if spec.data in DEMO_DATA:
+            world = get_world(DEMO_DATA[spec.data])
+            per_class = DEMO_IMAGES_PER_CLASS
+            if any(arm.oracle for arm in spec.arms):  # room for the oracle's extra real images
+                per_class = max(per_class, max(spec.shots) + spec.generation.images_per_class)
             # Written once: a folder holding another experiment must be refused before it changes.
             demo = write_once(
                 self.out_dir / "data",
-                lambda folder: write_demo_data(folder, DEMO_IMAGES_PER_CLASS, size=spec.generation.height),
+                lambda folder: world.write_demo_data(folder, per_class, size=spec.generation.height),
             )
             source, test = demo / "train", test or demo / "test"
         dataset = load_dataset(source)
@@ -216,7 +220,10 @@ class Experiment:
         subset_dir = write_image_folder(self._folder("subsets", cell), subset)
         started = time.perf_counter()
         synthetic = None
-        if cell.arm.generation is not None:
+        if cell.arm.oracle:
+            extra = draw_extra(pool, cell.seed, max(self.spec.shots), self.spec.generation.images_per_class)
+            synthetic = write_image_folder(self.out_dir / "oracle" / f"seed-{cell.seed}", extra)
+        elif cell.arm.generation is not None:
             synthetic = self._generate(cell, subset_dir, emit, cancel)
             if synthetic is None:
                 return None

@@ -5,8 +5,8 @@ A spec is a JSON file (``presets/experiments/*.json`` ship with the project)::
     {
       "description": "what the experiment asks",
       "preset": "demo",                      # the settings every arm starts from (name or .json)
-      "models": "digit-world",               # a models folder, "digit-world", or absent: the paper's
-      "data": "my-pets/",                    # the images to draw few-shot subsets from, or "demo-digits"
+      "models": "digit-world",               # a models folder, "digit-world", "critter-world", or absent: the paper's
+      "data": "my-pets/",                    # the images to draw few-shot subsets from, "demo-digits" or "demo-critters"
       "test": "my-pets-test/",               # a folder or zip, or {"held_out_per_class": 10}
       "shots": [1, 2, 4, 8],
       "seeds": [0, 1, 2],
@@ -22,8 +22,10 @@ A spec is a JSON file (``presets/experiments/*.json`` ship with the project)::
     }
 
 An arm overrides any generation or training setting of :mod:`dipsy_ui.config`; the built-in arms
-are ``"real only"`` (no synthetic images) and ``"text only"`` (``w_pos = w_neg = 0``: plain text
-guidance, no negative class). Seeds come from ``seeds`` only: each seed redraws the few-shot
+are ``"real only"`` (no synthetic images), ``"text only"`` (``w_pos = w_neg = 0``: plain text
+guidance, no negative class) and ``"oracle"`` (extra real images of the data, never in any of the
+seed's subsets, in place of the synthetic ones: as many as ``images_per_class``, with the
+synthetic loss weight; the best any generator could give). Seeds come from ``seeds`` only: each seed redraws the few-shot
 subset and seeds generation and training. Relative paths are read from the spec file's folder.
 Every mistake is a :class:`~dipsy_ui.errors.SettingsError` naming the key.
 """
@@ -36,15 +38,20 @@ from pathlib import Path
 
 from ..config import GenerationConfig, TrainConfig, settings_from_dict
 from ..errors import SettingsError
-from ..models import WORLD_DIR, ModelSpec
+from ..models import ModelSpec
 from ..presets import load_preset
+from ..world.worlds import worlds
 
 REAL_ONLY = "real only"
 TEXT_ONLY = "text only"
 # What makes the text-only arm: no image guidance at all, so no negative class is drawn either.
 TEXT_ONLY_SETTINGS = {"w_pos": 0.0, "w_neg": 0.0, "negatives": "none"}
-DEMO_DIGITS = "demo-digits"  # "data": the demo digits (dipsy_ui.digits.write_demo_data) and their test set
-DIGIT_WORLD = "digit-world"  # "models": the digit world shipped in assets/digit-world
+ORACLE = "oracle"
+# "data": a world's demo data (its write_demo_data) and its held-out test set, by world name
+DEMO_DATA = {f"demo-{name}": name for name in worlds()}
+# "models": a world shipped in assets/, by its folder name
+WORLD_MODELS = {world.folder: world for world in worlds().values()}
+DIGIT_WORLD = "digit-world"  # the key of WORLD_MODELS the app's experiments use in demo mode
 KEYS = ("description", "preset", "models", "data", "test", "shots", "seeds", "reference", "generation",
         "train", "arms")  # fmt: skip
 ARM_KEYS = ("name", "generation", "train")
@@ -55,12 +62,15 @@ class Arm:
     """One way of making the training set, applied to every (shots, seed) subset."""
 
     name: str
-    generation: GenerationConfig | None  # None: no synthetic images ("real only")
+    generation: GenerationConfig | None  # None: no synthetic images ("real only", "oracle")
     train: TrainConfig
+    oracle: bool = False  # extra real images in place of synthetic ones
 
     def to_dict(self) -> dict:
         generation = None if self.generation is None else self.generation.to_dict()
-        return {"name": self.name, "generation": generation, "train": self.train.to_dict()}
+        # "oracle" only when set, so that the records of experiments without it stay as they were.
+        oracle = {"oracle": True} if self.oracle else {}
+        return {"name": self.name, "generation": generation, "train": self.train.to_dict()} | oracle
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ class ExperimentSpec:
     shots: tuple[int, ...]  # few-shot images per class, ascending
     seeds: tuple[int, ...]
     reference: str  # the arm the others are compared with, on the same seeds and subsets
-    data: str  # folder or zip of the user's images, or DEMO_DIGITS
+    data: str  # folder or zip of the user's images, or a key of DEMO_DATA
     test: str | None  # folder or zip; None: held out of the data (or the demo digits' test set)
     held_out_per_class: int | None  # test images per class held out of the data
     models: str | None  # a models folder (--models layout); None: the paper's models
@@ -174,9 +184,9 @@ def _arm(entry, index: int, generation: GenerationConfig, train: TrainConfig) ->
     if not isinstance(name, str) or not name.strip():
         raise SettingsError(f'arms[{index}] needs a non-empty "name"')
     overrides = entry.get("generation", {})
-    if name == REAL_ONLY:
+    if name in (REAL_ONLY, ORACLE):
         if overrides:
-            raise SettingsError(f"arm {REAL_ONLY!r} generates nothing: remove its 'generation' section")
+            raise SettingsError(f"arm {name!r} generates nothing: remove its 'generation' section")
         arm_generation = None
     else:
         if name == TEXT_ONLY and isinstance(overrides, dict):
@@ -188,7 +198,10 @@ def _arm(entry, index: int, generation: GenerationConfig, train: TrainConfig) ->
             overrides = overrides | TEXT_ONLY_SETTINGS
         arm_generation = _merged(GenerationConfig, generation, overrides, f"arm {name!r} generation")
     return Arm(
-        name, arm_generation, _merged(TrainConfig, train, entry.get("train", {}), f"arm {name!r} train")
+        name,
+        arm_generation,
+        _merged(TrainConfig, train, entry.get("train", {}), f"arm {name!r} train"),
+        oracle=name == ORACLE,
     )
 
 
@@ -213,8 +226,10 @@ def _path(value, key: str, folder: Path) -> str:
 def _data_and_test(data, test, folder: Path) -> tuple[str, str | None, int | None]:
     """Where the images and the test set come from: (data, test path, held-out images per class)."""
     if data is None:
-        raise SettingsError(f'"data" is missing: a folder or zip of your images, or "{DEMO_DIGITS}"')
-    source = DEMO_DIGITS if data == DEMO_DIGITS else _path(data, "data", folder)
+        raise SettingsError(
+            f'"data" is missing: a folder or zip of your images, or one of {sorted(DEMO_DATA)}'
+        )
+    source = data if data in DEMO_DATA else _path(data, "data", folder)
     if isinstance(test, dict):
         count = test.get("held_out_per_class")
         if set(test) != {"held_out_per_class"} or not (isinstance(count, int) and count >= 1):
@@ -223,7 +238,7 @@ def _data_and_test(data, test, folder: Path) -> tuple[str, str | None, int | Non
             )
         return source, None, count
     if test is None:
-        if source != DEMO_DIGITS:
+        if source not in DEMO_DATA:
             raise SettingsError(
                 '"test" is missing: a folder or zip of test images (one subfolder per class), '
                 'or {"held_out_per_class": N} to hold N of your images per class out for testing'
@@ -235,4 +250,4 @@ def _data_and_test(data, test, folder: Path) -> tuple[str, str | None, int | Non
 def _models(value, folder: Path) -> str | None:
     if value is None:
         return None
-    return str(WORLD_DIR) if value == DIGIT_WORLD else _path(value, "models", folder)
+    return str(WORLD_MODELS[value].directory) if value in WORLD_MODELS else _path(value, "models", folder)

@@ -68,6 +68,20 @@ def draw_subset(pool: Pool, shots: int, seed: int) -> Pool:
     return {name: _shuffled(records, f"seed {seed}", name)[:shots] for name, records in pool.items()}
 
 
+def draw_extra(pool: Pool, seed: int, skip: int, count: int) -> Pool:
+    """``count`` images per class that no subset of ``seed`` with up to ``skip`` shots holds (the
+    next ones in the seed's order): the oracle arm's real images in place of synthetic ones."""
+    short = {name: len(records) for name, records in pool.items() if len(records) < skip + count}
+    if short:
+        raise DatasetError(
+            f"the oracle arm needs {skip} shots + {count} extra images per class; these classes have "
+            f"fewer: {short}. Add images, or lower images_per_class or the largest shots"
+        )
+    return {
+        name: _shuffled(records, f"seed {seed}", name)[skip : skip + count] for name, records in pool.items()
+    }
+
+
 def write_once(folder: str | Path, fill: Callable[[Path], object]) -> Path:
     """Make ``folder`` by ``fill(empty folder)`` unless it exists. ``fill`` writes into a hidden
     sibling that is then renamed into place, so ``folder`` exists only complete; what an

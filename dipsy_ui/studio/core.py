@@ -25,8 +25,9 @@ from pathlib import Path
 from ..config import SESSION_QUOTA_MB
 from ..errors import DipsyError, UsageError
 from ..files import write_atomic
-from ..models import WORLD_DIR, ModelSpec, Runtime
+from ..models import ModelSpec, Runtime
 from ..presets import load_preset
+from ..world.worlds import demo_world
 from .jobs import CANCELLED, DONE, FAILED, INTERACTIVE, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
 from .session import Session, run_name
 from .settings import apply_preset
@@ -49,7 +50,7 @@ MB = 2**20
 class Core:
     """What every service shares: workspace, models, the model lock, sessions and jobs."""
 
-    def __init__(self, spec: ModelSpec | None, workspace: str | Path, demo: bool = False,
+    def __init__(self, spec: ModelSpec | None, workspace: str | Path, demo: bool | str = False,
                  runtime: Runtime | None = None):  # fmt: skip
         self.workspace = Path(workspace).expanduser().resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -67,9 +68,14 @@ class Core:
 
     @property
     def spec(self) -> ModelSpec:
-        if self._spec is None:  # demo: the digit world shipped with the repository
-            self._spec = ModelSpec.from_models_dir(WORLD_DIR)
+        if self._spec is None:  # demo: a world shipped with the repository
+            self._spec = ModelSpec.from_models_dir(demo_world(self.demo).directory)
         return self._spec
+
+    @property
+    def demo_text(self) -> str:
+        """What the demo runs on, in plain words ("" when not a demo)."""
+        return demo_world(self.demo).demo_text if self.demo else ""
 
     @property
     def models_loaded(self) -> bool:
@@ -192,7 +198,7 @@ class Core:
         write_atomic(session.root / SESSION_FILE, json.dumps(choices, indent=1))
 
     def _defaults(self, session: Session) -> None:
-        apply_preset(session, load_preset("demo" if self.demo else "pets"))
+        apply_preset(session, load_preset(demo_world(self.demo).preset if self.demo else "pets"))
 
     def _opened(self, session_id: str) -> None:
         with self._load_lock:

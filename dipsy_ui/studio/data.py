@@ -11,10 +11,10 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from ..data import CLASSES_FILE, FewShotDataset, class_slugs, load_dataset, resolve_inside
-from ..digits import write_demo_data
 from ..errors import DipsyError, ImageReadError, UsageError
 from ..files import write_atomic
 from ..images import image_digest, read_image, save_png
+from ..world.worlds import demo_world
 from .core import Core
 from .session import Session, check_name
 from .settings import SettingsService
@@ -73,14 +73,16 @@ class DataService:
         return state.report
 
     def demo_data_dir(self) -> Path:
-        folder = self.core.workspace / "demo-data"
+        """The demo world's few-shot (``train``) and held-out (``test``) images, written once."""
+        world = demo_world(self.core.demo or True)
+        folder = self.core.workspace / ("demo-data" if world.name == "digits" else f"demo-data-{world.name}")
         if not (folder / "train").is_dir():
-            write_demo_data(folder)
+            world.write_demo_data(folder)
         return folder
 
     def load_demo(self, session: Session) -> str:
         report = self.load_source(session, self.demo_data_dir() / "train")
-        self.settings.set_preset(session, "demo")
+        self.settings.set_preset(session, demo_world(self.core.demo or True).preset)
         return report
 
     def clear(self, session: Session) -> None:

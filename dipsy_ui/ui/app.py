@@ -34,10 +34,8 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
         gr.Markdown("# DIPSY Studio\nSynthetic training images for few-shot classification "
                     "([DIPSY, arXiv 2509.22635](https://arxiv.org/abs/2509.22635)).")  # fmt: skip
         if core.demo:
-            gr.Markdown("**Demo mode**: the digit world, a small model trained on handwritten digits (32x32 "
-                        "pixels, not Stable Diffusion), with its own image adapter and CLIP, and a few-shot digits "
-                        "dataset. Everything works offline; the method and the controls are those used with the "
-                        "real models.", elem_classes=["dipsy-demo"])  # fmt: skip
+            gr.Markdown(f"**Demo mode**: {core.demo_text}. Everything works offline; the method and the "
+                        "controls are those used with the real models.", elem_classes=["dipsy-demo"])  # fmt: skip
         with gr.Row():
             model_status = gr.Markdown(core.model_status(), label="Model status")
             load = gr.Button("Load models", scale=0)

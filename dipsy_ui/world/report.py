@@ -129,7 +129,7 @@ class WorldProbe:
     def read(self, images: list[Image.Image]) -> np.ndarray:
         return self.reader(images)
 
-    def _per_class(self, per_class: int, prompt: bool, negatives: dict | None = None, **weights) -> dict:
+    def recognition(self, per_class: int, prompt: bool, negatives: dict | None = None, **weights) -> dict:
         """Recognition of ``per_class`` images of every class; with ``negatives`` (class ->
         negative class of each image) also the share read as the image's negative class."""
         predicted, expected, negative_labels = [], [], []
@@ -177,15 +177,15 @@ class WorldProbe:
         if self.world.families:
             family = family_index(tuple(names), self.world.families)
             result["similarity"] |= family_structure(similarity.similarity, similarity.probabilities, family)
-        result["text_only"] = self._per_class(per_class, True, w_pos=0.0, w_neg=0.0)
-        result["image_only"] = self._per_class(per_class, False, w_neg=0.0)
+        result["text_only"] = self.recognition(per_class, True, w_pos=0.0, w_neg=0.0)
+        result["image_only"] = self.recognition(per_class, False, w_neg=0.0)
         # The same sampled negative classes, with and without the negative term.
         sampler, generator = similarity.sampler(), torch.Generator().manual_seed(self.seed)
         negatives = {
             name: [sampler.sample(name, generator) for _ in range(per_class)] for name in self.classes
         }
-        result["dipsy"] = self._per_class(per_class, True, negatives)
-        result["dipsy_without_negative"] = self._per_class(per_class, True, negatives, w_neg=0.0)
+        result["dipsy"] = self.recognition(per_class, True, negatives)
+        result["dipsy_without_negative"] = self.recognition(per_class, True, negatives, w_neg=0.0)
         misread = np.array(result["image_only"]["confusion"])
         np.fill_diagonal(misread, -1)
         a, b = np.unravel_index(int(misread.argmax()), misread.shape)
