@@ -306,22 +306,9 @@ def test_a_run_with_a_class_the_data_lacks_is_refused(tiny_run, tiny_clip, real_
 # 4. The command ---------------------------------------------------------------------------------
 
 
-def test_curate_report_writes_the_report_and_prints_the_classes(
-    tiny_run, tiny_models, real_folder, tmp_path, capsys
-):
-    run = copy_run(tiny_run, tmp_path)
-    code = main(
-        [
-            "curate-report",
-            str(run),
-            "--data",
-            str(real_folder),
-            "--models",
-            str(tiny_models),
-            "--near-copy",
-            "0.99",
-        ]
-    )
+def test_curate_report_writes_the_report_with_the_run_s_own_clip(tiny_run, real_folder, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path)  # no model flags: the CLIP the run recorded in job.json
+    code = main(["curate-report", str(run), "--data", str(real_folder), "--near-copy", "0.99"])
     out = capsys.readouterr().out
     assert code == 0 and "red fox" in out and "flagged images: near_copy" in out
     assert json.loads((run / REPORT_FILE).read_text())["thresholds"]["near_copy"] == 0.99
