@@ -314,3 +314,58 @@ def test_browser_flow(demo_app, page, tmp_path):
 
     statuses = [r["status"] for r in read_manifest(manifests[0].parent).values()]
     assert statuses.count("rejected") == 1 and len(statuses) == 6
+
+
+def test_a_generation_survives_a_refresh(demo_app, page, tmp_path):
+    """Jobs belong to the session, not to the page: a refresh during a generation leaves it
+    running; the reloaded page shows its progress and form again, its Cancel stops it, and
+    Resume continues the same run."""
+    from playwright.sync_api import expect
+
+    from dipsy_ui.manifest import read_manifest
+
+    expect.set_options(timeout=TIMEOUT)
+    url, workspace, _ = demo_app
+    steps = Steps(page, tmp_path)
+    before = set((workspace / "sessions").glob("*"))
+
+    def start():
+        page.goto(url)
+        page.locator("#load-demo").click()
+        expect(page.locator("#data-table")).to_contain_text("seven")
+        page.get_by_role("tab", name="4. Generate").click()
+        field(page, "per-class", "input").fill("6")
+        field(page, "batch-size", "input").fill("1")
+        field(page, "generate-folder").fill("long-run")
+        page.get_by_role("button", name="Start").click()
+        expect(page.locator("#generate-progress")).to_contain_text(re.compile(r"[1-9]\d* / 60 images"))
+
+    def refresh():
+        ((session),) = {run.parent.parent for run in (workspace / "sessions").glob("*/runs/long-run")} - {
+            folder for folder in before
+        }
+        run = session / "runs" / "long-run"
+        written = len(read_manifest(run))
+        page.reload()
+        page.get_by_role("tab", name="4. Generate").click()
+        # The form and the progress come back, and the run goes on from where it was.
+        expect(field(page, "generate-folder")).to_have_value("long-run")
+        expect(field(page, "per-class", "input")).to_have_value("6")
+        expect(page.locator("#generate-progress")).to_contain_text(" / 60 images")
+        deadline = time.monotonic() + 120
+        while len(read_manifest(run)) <= written + 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(read_manifest(run)) > written + 1, "the generation stopped with the page"
+        # Cancel on the reloaded page reaches the job; Resume continues the same run.
+        page.get_by_role("button", name="Cancel").first.click()
+        expect(page.locator("#generate-progress")).to_contain_text(
+            re.compile(r"Cancelled: \d+ / 60 images in long-run")
+        )
+        stopped = len(read_manifest(run))
+        assert stopped < 60
+        page.get_by_role("button", name="Resume").click()
+        expect(page.locator("#generate-progress")).to_contain_text("Done: 60 / 60 images in long-run")
+        assert len(read_manifest(run)) == 60 and not list((session / "runs").glob("run-*"))
+
+    for name, action in [("start", start), ("refresh", refresh)]:
+        steps.run(name, action)

@@ -166,14 +166,35 @@ def test_cancel_reaches_only_its_own_kinds(core):
     assert terminal(list(stream)).kind == DONE
 
 
-def test_an_abandoned_stream_cancels_its_job_and_frees_the_lock(core):
+def test_an_abandoned_preview_stops_and_frees_the_lock(core):
     release = threading.Event()
-    stream = core.run_job(core.session(None), "generate", counting(10, release))
+    stream = core.run_job(core.session(None), "preview", counting(10, release))
     next(stream)
     assert core.model_lock.held
     release.set()
     stream.close()
     assert not core.model_lock.held
+
+
+def test_a_generation_belongs_to_the_session_not_to_the_page(core):
+    """A refresh closes the page's stream and reopens the session by its id: the generation goes
+    on, the new page follows it from where it stands, with what the first page asked, and its
+    Cancel reaches it."""
+    session, release = core.session(None), threading.Event()
+    stream = core.run_job(session, "generate", counting(10, release), request={"folder": "run-1"})
+    assert next(stream).kind == STEP
+    stream.close()  # the page went away
+    assert core.model_lock.held  # the job did not
+
+    again, _ = core.reopen(session.id)
+    request, events = core.attach(again, ("generate",))
+    first = next(events)
+    assert request == {"folder": "run-1"} and first.kind == STEP and first.done == 1
+    assert core.cancel(again, ("generate",))
+    release.set()
+    assert terminal([first, *events]).kind == CANCELLED
+    wait_for(lambda: not core.model_lock.held)
+    assert core.attach(again, ("generate",)) is None and core.attach(session, ("generate",)) is None
 
 
 class Blocker:

@@ -28,7 +28,20 @@ from ..files import write_atomic
 from ..models import ModelSpec, Runtime
 from ..presets import load_preset
 from ..world.worlds import demo_world
-from .jobs import CANCELLED, DONE, FAILED, INTERACTIVE, PROGRESS, STEP, Cancelled, Job, ModelLock, Progress
+from .jobs import (
+    CANCELLED,
+    DETACHED,
+    DONE,
+    FAILED,
+    INTERACTIVE,
+    PROGRESS,
+    STEP,
+    Cancelled,
+    Job,
+    ModelLock,
+    Progress,
+    SessionJobs,
+)
 from .session import Session, run_name
 from .settings import apply_preset
 
@@ -62,6 +75,7 @@ class Core:
         self._pipe = self._clip = None
         self._load_lock = threading.Lock()
         self._open: dict[str, int] = {}  # session id -> live Session objects using its folder
+        self._jobs: dict[str, SessionJobs] = {}  # session id -> its jobs, shared by all its pages
         self.quota_bytes = SESSION_QUOTA_MB * MB  # a session folder's disk space (0: no quota)
 
     # -- models ---------------------------------------------------------------------------------
@@ -125,7 +139,7 @@ class Core:
             session.root = self.workspace / "sessions" / session.id
             session.root.mkdir(parents=True, exist_ok=True)
             self._defaults(session)
-            self._opened(session.id)
+            self._opened(session)
         return session
 
     def reopen(self, session_id: object) -> tuple[Session, dict] | None:
@@ -149,7 +163,7 @@ class Core:
         if isinstance(saved.get("preset"), str):
             with contextlib.suppress(DipsyError):  # a preset deleted since: the default one stays
                 apply_preset(session, load_preset(saved["preset"], user_folder=root / "presets"))
-        self._opened(session_id)
+        self._opened(session)
         return session, {k: v for k, v in saved.items() if k in ("run", "classifier") and isinstance(v, str)}
 
     def admits(self, session_id: object, user: str | None) -> bool:
@@ -200,9 +214,12 @@ class Core:
     def _defaults(self, session: Session) -> None:
         apply_preset(session, load_preset(demo_world(self.demo).preset if self.demo else "pets"))
 
-    def _opened(self, session_id: str) -> None:
+    def _opened(self, session: Session) -> None:
+        """Count a page on the session's folder and give it the session's jobs (those of its
+        other pages: a refresh or a second tab sees and cancels them)."""
         with self._load_lock:
-            self._open[session_id] = self._open.get(session_id, 0) + 1
+            self._open[session.id] = self._open.get(session.id, 0) + 1
+            session.jobs = self._jobs.setdefault(session.id, session.jobs)
 
     def end_session(self, session: Session) -> None:
         """Tidy up after a browser session has ended (the UI's state ``delete_callback``, which
@@ -210,14 +227,17 @@ class Core:
         reopens the folder on its next visit (:meth:`reopen`), so a folder holding the user's
         data or results (runs, classifiers, comparisons, exports, saved presets) is kept, minus
         its scratch files; one holding nothing of the user's is deleted. A folder still open in
-        another tab is left alone."""
-        session.jobs.cancel()  # a job still running for the closed tab stops
+        another tab is left alone, with its jobs running."""
         if not session.id or session.root is None:
+            session.jobs.cancel()
             return
         with self._load_lock:
             left = self._open[session.id] = self._open.get(session.id, 1) - 1
         if left > 0:
-            return  # the folder is open in another tab (or the same browser, refreshed)
+            return  # the folder is open in another tab (or the same browser, refreshed): so are its jobs
+        session.jobs.cancel()  # the session's last page is gone: its jobs stop
+        with self._load_lock:
+            self._jobs.pop(session.id, None)
         results = [session.root / name for name in ("data", *RESULTS)]
         if any(folder.is_dir() and any(folder.iterdir()) for folder in results):
             for name in SCRATCH:
@@ -233,14 +253,19 @@ class Core:
         return self.session(session).jobs.cancel(kinds) > 0
 
     def run_job(self, session: Session, kind: str, work: Callable[[Job], object], *,
-                key: Hashable | None = None, changed_only: bool = False) -> Iterator[Progress]:  # fmt: skip
+                key: Hashable | None = None, changed_only: bool = False,
+                request: dict | None = None) -> Iterator[Progress]:  # fmt: skip
         """Run ``work(job)`` under the model lock in a worker thread; yield its events.
 
         ``work`` returns the result ("done"), raises :class:`~.jobs.Cancelled` when it stopped
         early ("cancelled") or anything else ("failed"). ``key`` and ``changed_only`` make the
-        newest request of a kind win (see :meth:`~.jobs.SessionJobs.open`). Closing the
-        generator cancels the job and waits for its thread, which releases the lock itself, so
-        an abandoned stream never keeps the model.
+        newest request of a kind win (see :meth:`~.jobs.SessionJobs.open`). ``request`` is what
+        the page asked (its form), for a page that follows the job again (:meth:`attach`).
+
+        A job of a :data:`~.jobs.DETACHED` kind (a generation, a training run) belongs to the
+        session: closing its stream (a refresh, a closed tab) leaves it running, and any page of
+        the session can follow it again. Closing the stream of any other job cancels it and waits
+        for its thread, which releases the lock itself, so an abandoned preview never keeps the model.
         """
         session = self.session(session)
         refusal = self.quota_refusal(session.id)
@@ -249,10 +274,12 @@ class Core:
             return
         jobs = session.jobs
         ticket = jobs.open(kind, key, changed_only)
-        events: queue.Queue[Progress] = queue.Queue()
+        ticket.request = dict(request or {})
+        detached = kind in DETACHED
+        events = ticket.feed.reader()  # before the job starts: no event is missed
         interactive, holding = kind in INTERACTIVE, threading.Event()
         # A long job holding the models offers them to waiting ones between its units of work.
-        job = Job(ticket.cancel, events.put,
+        job = Job(ticket.cancel, ticket.feed.publish,
                   between=lambda: holding.is_set() and not interactive and self.model_lock.share())  # fmt: skip
 
         def target():
@@ -270,16 +297,38 @@ class Core:
                 finally:
                     holding.clear()
                     self.model_lock.release()  # before the terminal event: its reader may run next
-                events.put(Progress(DONE, job.done, job.total, "Done.", result=result))
+                ticket.feed.publish(Progress(DONE, job.done, job.total, "Done.", result=result))
             except Cancelled as stop:
                 message = stop.message or job.stopped_message()
-                events.put(Progress(CANCELLED, job.done, job.total, message, result=stop.result,
-                                    superseded=ticket.superseded))  # fmt: skip
+                ticket.feed.publish(Progress(CANCELLED, job.done, job.total, message, result=stop.result,
+                                             superseded=ticket.superseded))  # fmt: skip
             except BaseException as error:  # handed to the reader, who reports it
-                events.put(Progress(FAILED, job.done, job.total, str(error), error=error))
+                ticket.feed.publish(Progress(FAILED, job.done, job.total, str(error), error=error))
+            finally:
+                if detached:  # nobody may be reading any more: the job closes its own ticket
+                    jobs.close(ticket)
 
         thread = threading.Thread(target=target, name=f"job-{kind}", daemon=True)
         thread.start()
+        try:
+            yield from self._follow(ticket, events)
+        finally:
+            if not detached:
+                ticket.cancel.set()  # no-op after the terminal event; stops an abandoned job
+                thread.join()
+                jobs.close(ticket)
+
+    def attach(self, session: Session, kinds: tuple[str, ...]) -> tuple[dict, Iterator[Progress]] | None:
+        """Follow the session's running job of these kinds again (after a refresh, in a second
+        tab): what its page asked, and its events from where it stands now; None when none runs."""
+        ticket = self.session(session).jobs.running(kinds)
+        if ticket is None:
+            return None
+        return ticket.request, self._follow(ticket, ticket.feed.reader())
+
+    @staticmethod
+    def _follow(ticket, events) -> Iterator[Progress]:
+        """A job's events from a feed reader, up to its terminal event."""
         told = False
         try:
             while True:
@@ -290,7 +339,9 @@ class Core:
                         # The job stops at its next step; the stream says so meanwhile, in order,
                         # so no reply to the Cancel button can land after the terminal event.
                         told = True
-                        yield Progress(PROGRESS, job.done, job.total, "Cancelling...")
+                        latest = ticket.feed.latest
+                        done, total = (latest.done, latest.total) if latest is not None else (0, 0)
+                        yield Progress(PROGRESS, done, total, "Cancelling...")
                     continue
                 if event.kind == STEP and not events.empty():
                     continue  # a newer event is waiting: only the latest preview matters to a viewer
@@ -298,6 +349,4 @@ class Core:
                 if event.terminal:
                     return
         finally:
-            ticket.cancel.set()  # no-op after the terminal event; stops an abandoned job
-            thread.join()
-            jobs.close(ticket)
+            ticket.feed.leave(events)

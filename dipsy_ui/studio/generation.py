@@ -98,6 +98,13 @@ class GenerationService:
             session.generation, images_per_class=int(images_per_class), batch_size=int(batch_size)
         )
         out_dir = self.run_dir(session, folder)
+        running = session.jobs.running(("generate",))
+        if running is not None:  # two writers in one run folder would mix their batches
+            raise UsageError(
+                f"a generation is already running in this session (folder {running.request['folder']!r}): "
+                "follow it here, or Cancel it first"
+            )
+        request = {"per_class": int(images_per_class), "batch_size": int(batch_size), "folder": out_dir.name}
 
         def work(job: Job) -> RunSummary:
             run = self.job(job, session, config, out_dir)
@@ -112,7 +119,18 @@ class GenerationService:
                                          "(Resume continues where it stopped).")  # fmt: skip
             return summary
 
-        return self.core.run_job(session, "generate", work)
+        return self.core.run_job(session, "generate", work, request=request)
+
+    def attach(self, session: Session):
+        """The session's running generation, followed again (after a refresh, in a second tab):
+        ``(request, events)`` with the form it was started with, or None."""
+        return self.core.attach(session, ("generate",))
+
+    def current_folder(self, session: Session) -> str | None:
+        """The current run's folder name when it is one of the session's own runs (a Resume
+        continues it), else None."""
+        run_dir = self.core.session(session).run.run_dir
+        return run_dir.name if run_dir is not None and run_dir.parent.name == "runs" else None
 
     def cancel(self, session: Session) -> bool:
         return self.core.cancel(session, ("generate",))
@@ -190,4 +208,6 @@ def progress_line(event) -> str:
     """A generation event as the Generate tab's progress line: images, ETA, denoising step."""
     info = event.payload or {}
     line = f"{event.step} / {event.total} images - ETA {eta_text(info.get('eta_s'))}"
-    return line + (f" (step {info['denoising_step']}/{info['denoising_steps']})" if "denoising_step" in info else "")
+    return line + (
+        f" (step {info['denoising_step']}/{info['denoising_steps']})" if "denoising_step" in info else ""
+    )

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -103,13 +104,18 @@ class Job:
             strip = preview.transpose(1, 0, 2, 3).reshape(preview.shape[1], -1, 3)
             self.step(event.step, event.total, message, enlarge(strip))
         else:
-            self.progress(event.step, event.total, f"Note: {message}" if event.kind == NOTE else message, event)
+            self.progress(
+                event.step, event.total, f"Note: {message}" if event.kind == NOTE else message, event
+            )
 
     def stopped_message(self) -> str:
         return f"Cancelled at step {self.done}/{self.total}." if self.total else "Cancelled."
 
 
 INTERACTIVE = ("preview", "sweep", "explain")  # job kinds a person waits for, looking at the page
+# Job kinds that belong to the session, not to the page that started them: they go on when the
+# page goes away (a refresh, a closed tab) and any page of the session can follow them again.
+DETACHED = ("generate", "experiment", "train", "compare")
 
 
 class ModelLock:
@@ -176,6 +182,35 @@ class ModelLock:
         return True
 
 
+class Feed:
+    """A job's events for every page following it: each reader gets every event from when it
+    started to read, the latest one first (a late reader sees where the job stands)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._readers: list[queue.Queue] = []
+        self.latest: Progress | None = None
+
+    def publish(self, event: Progress) -> None:
+        with self._lock:
+            self.latest = event
+            for reader in self._readers:
+                reader.put(event)
+
+    def reader(self) -> queue.Queue:
+        """A new reader's queue, holding the latest event already."""
+        with self._lock:
+            events: queue.Queue = queue.Queue()
+            if self.latest is not None:
+                events.put(self.latest)
+            self._readers.append(events)
+            return events
+
+    def leave(self, events: queue.Queue) -> None:
+        with self._lock:
+            self._readers.remove(events)
+
+
 @dataclass(eq=False)
 class Ticket:
     """One request of a session for a long action, from its arrival to its terminal event."""
@@ -185,10 +220,13 @@ class Ticket:
     cancel: threading.Event = field(default_factory=threading.Event)
     started: bool = False  # holds the model lock (or has held it)
     superseded: bool = False
+    feed: Feed = field(default_factory=Feed)  # its events, for the pages following it
+    request: dict = field(default_factory=dict)  # what the page asked (a form to fill again)
 
 
 class SessionJobs:
-    """A session's requests in flight: what Cancel stops, and the "newest request wins" rules."""
+    """A session's requests in flight: what Cancel stops, and the "newest request wins" rules.
+    One per session id (:meth:`~.core.Core.session`), shared by every page of the session."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -227,6 +265,11 @@ class SessionJobs:
     def close(self, ticket: Ticket) -> None:
         with self._lock:
             self._active.remove(ticket)
+
+    def running(self, kinds: tuple[str, ...]) -> Ticket | None:
+        """The oldest request in flight of these kinds, or None."""
+        with self._lock:
+            return next((t for t in self._active if t.kind in kinds and not t.cancel.is_set()), None)
 
     def cancel(self, kinds: tuple[str, ...] | None = None) -> int:
         """Cancel the requests in flight of these kinds (all when None); how many there were."""

@@ -70,20 +70,24 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
         gr.Timer(3).tick(core.model_status, None, [model_status], api_name="model_status_on_timer",
                          api_visibility="private", show_progress="hidden", queue=False)  # fmt: skip
 
-        def on_open(kept, request: gr.Request):
+        def on_open(kept, current, request: gr.Request):
             # An id kept before sign-in existed is a plain string: the session without sign-in.
             ids = dict(kept) if isinstance(kept, dict) else {"": kept}
             user = request.username
             # A signed-in user reopens only their own sessions: an id another user left in this
             # browser (or forged) opens a new session instead.
             wanted = ids.get(user or "", "")
-            session = studio.open_session(wanted if core.admits(wanted, user) else "")
+            if not wanted and current.id:
+                # A first visit whose first click came before this: keep the session it made.
+                session = current
+            else:
+                session = studio.open_session(wanted if core.admits(wanted, user) else "")
             core.claim(session, user)
             if access is not None:
                 access.bind(request.cookies.get(file_access.COOKIE), session.id)
             return session, {**ids, user or "": session.id}
 
-        app.load(on_open, [browser], [state, browser], api_visibility="private").then(
+        app.load(on_open, [browser, state], [state, browser], api_visibility="private").then(
             *data_view["refresh"], api_visibility="private"
-        )
+        ).then(*generate_view["follow"], api_visibility="private", **JOBS)
     return app

@@ -32,7 +32,7 @@ def create(data, settings, state):
                     file_count="single",
                 )
                 upload = gr.Button("Load the zip")
-                demo = gr.Button("Load the demo digits")
+                demo = gr.Button("Load the demo digits", elem_id="load-demo")
                 # Custom values reach the service, which takes a preset name only (a built-in or the user's own).
                 preset = gr.Dropdown(
                     label="Preset", choices=settings.preset_choices(), allow_custom_value=True

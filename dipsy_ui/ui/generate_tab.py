@@ -62,35 +62,52 @@ def create(runs, state):
 
     hidden = gr.update(visible=False)
 
+    def show(session, events):
+        """A generation job's events as (bar, gallery, preview, the two conflict buttons): the bar
+        and ETA from the job's own events, the gallery filling batch by batch."""
+        for event in follow(events):
+            bar = progress_html(event.done, event.total, event.message)
+            if event.kind == STEP:
+                yield bar, gr.skip(), event.preview, gr.skip(), gr.skip()
+            elif event.kind == PROGRESS:
+                yield (
+                    bar,
+                    runs.run_files(session) if written(event) else gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                )
+            else:
+                summary = event.result
+                if event.kind == DONE:
+                    bar = progress_html(summary.done, summary.total,
+                                        f"Done: {summary.done} / {summary.total} images in {summary.name}")  # fmt: skip
+                elif summary is not None:
+                    bar = progress_html(summary.done, summary.total, event.message)
+                yield bar, runs.run_files(session), None, gr.skip(), gr.skip()
+
     def on_start(session, count, size, name):
-        """The job's events as (bar, gallery, preview, the two conflict buttons); a refused or
-        failed start writes its reason into the bar (the tab's status), keeping the gallery."""
-        # The bar and ETA come from the job's own events; the gallery fills batch by batch.
+        """Start (or resume) a generation and follow it; a refused or failed start writes its
+        reason into the bar (the tab's status), keeping the gallery."""
         yield progress_html(0, 1, "Starting..."), gr.skip(), None, hidden, hidden
         try:
-            for event in follow(runs.generate(session, count or 1, size or 1, name)):
-                bar = progress_html(event.done, event.total, event.message)
-                if event.kind == STEP:
-                    yield bar, gr.skip(), event.preview, gr.skip(), gr.skip()
-                elif event.kind == PROGRESS:
-                    yield (
-                        bar,
-                        runs.run_files(session) if written(event) else gr.skip(),
-                        gr.skip(),
-                        gr.skip(),
-                        gr.skip(),
-                    )
-                else:
-                    summary = event.result
-                    if event.kind == DONE:
-                        bar = progress_html(summary.done, summary.total,
-                                            f"Done: {summary.done} / {summary.total} images in {summary.name}")  # fmt: skip
-                    elif summary is not None:
-                        bar = progress_html(summary.done, summary.total, event.message)
-                    yield bar, runs.run_files(session), None, gr.skip(), gr.skip()
+            yield from show(session, runs.generate(session, count or 1, size or 1, name))
         except Exception as error:  # noqa: BLE001 - refusal() logs what is not the user's to fix
             offer = gr.update(visible=isinstance(error, JobConflictError))
             yield progress_html(0, 1, html.escape(refusal(error), quote=False)), gr.skip(), None, offer, offer
+
+    def on_follow(session):
+        """A page opening (a refresh, a second tab) finds the session's running generation: the
+        form it was started with, then its progress to the end. Without one, the form names the
+        current run, so Resume continues it."""
+        attached = runs.attach(session)
+        if attached is None:
+            yield gr.skip(), gr.skip(), runs.current_folder(session) or gr.skip(), *(gr.skip(),) * 5
+            return
+        request, events = attached
+        yield request["per_class"], request["batch_size"], request["folder"], *(gr.skip(),) * 5
+        for shown in show(session, events):
+            yield gr.skip(), gr.skip(), gr.skip(), *shown
 
     def on_use_recorded(session, count, size, name):
         """Load the folder's recorded generation settings into the session, then resume it."""
@@ -125,7 +142,9 @@ def create(runs, state):
     gallery.select(on_pick, [state], [picked], api_visibility="private")
     tab.select(describe, [state], [settings], api_visibility="private")
     tab.select(lambda s: runs.run_files(s), [state], [gallery], api_visibility="private")
-    return {"picked": picked, "open": open_picked}
+    # Wired by app.py after the page's session is known.
+    follow_run = (on_follow, [state], [per_class, batch_size, folder, *outputs])
+    return {"picked": picked, "open": open_picked, "follow": follow_run}
 
 
 def written(event) -> bool:
