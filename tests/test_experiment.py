@@ -370,7 +370,9 @@ def test_an_interrupted_experiment_resumes_to_the_same_results(uninterrupted, tm
 
     events = []
     assert Experiment(spec, out, runtime=runtime).run(events.append).kind == "done"
-    started = {event.payload["cell"] for event in events if event.payload and event.payload["stage"] == "cell"}
+    started = {
+        event.payload["cell"] for event in events if event.payload and event.payload["stage"] == "cell"
+    }
     assert started == {generating}  # real only is not redone
     written = [stage(event, "generation") for event in events if stage(event, "generation") is not None]
     assert written and not [event for event in written if event.kind == "progress"]  # no batch again

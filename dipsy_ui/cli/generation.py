@@ -70,7 +70,9 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     from ..similarity import top_similar
 
     dataset = load_dataset_reporting(args.data)
-    result = _similarity(dataset, spec_from_args(args), runtime_of(args), args.temperature, "similarity", args.out)
+    result = _similarity(
+        dataset, spec_from_args(args), runtime_of(args), args.temperature, "similarity", args.out
+    )
     save_similarity(result, args.out)
 
     for name, neighbours in top_similar(result.names, result.similarity, k=3):
