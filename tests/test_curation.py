@@ -27,6 +27,7 @@ from dipsy_ui.curation import (
     copy_floor,
     density_coverage,
     earlier_duplicates,
+    load_report,
     locate_positive,
     mean_distance,
 )
@@ -242,7 +243,7 @@ def test_the_report_changes_no_file_of_the_run(tiny_run, tiny_clip, real_folder,
         ("done", 12, 12),
     ]
     # The report lists every image by its manifest name, with its status, and every class.
-    saved = json.loads((run / REPORT_FILE).read_text())
+    saved = load_report(run)
     assert [entry["file"] for entry in saved["images"]] == list(statuses)
     assert [entry["status"] for entry in saved["images"]] == list(statuses.values())
     assert saved["classes"].keys() == {"red fox", "grey wolf", "arctic fox"}
@@ -299,6 +300,8 @@ def test_a_run_with_a_class_the_data_lacks_is_refused(tiny_run, tiny_clip, real_
     shutil.rmtree(data / "grey wolf")
     with pytest.raises(UsageError, match=r"lacks: \['grey wolf'\]"):
         CurationJob(tiny_run, load_dataset(data), tiny_clip)
+    with pytest.raises(UsageError, match="has no curation report yet"):
+        load_report(tmp_path)
     with pytest.raises(UsageError, match="lists no images"):
         CurationJob(tmp_path, load_dataset(real_folder), tiny_clip)
 
