@@ -316,6 +316,77 @@ def test_browser_flow(demo_app, page, tmp_path):
     assert statuses.count("rejected") == 1 and len(statuses) == 6
 
 
+def test_explain_view(demo_app, page, tmp_path):
+    """The Guidance tab's Explain view in the browser: every panel shows an image (not a blank
+    one), the step slider changes the branch panels, the plot draws a line per term, and the
+    images used are named. With ``DIPSY_UPDATE_SCREENSHOTS=1`` the view is written to
+    ``assets/guidance-explain.png``."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT)
+    url, _, _ = demo_app
+    steps = Steps(page, tmp_path)
+
+    def shown(elem_id: str) -> np.ndarray:
+        image = page.locator(f"#{elem_id} img")
+        expect(image).to_be_visible()
+        body = page.request.get(image.get_attribute("src")).body()
+        return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=int)
+
+    panels = ["rung-text-only", "rung-with-positive", "rung-dipsy", "mark-positive-added", "mark-negative-changed",
+              "branch-u", "branch-t", "branch-tp", "branch-tpn"]  # fmt: skip
+
+    def explain():
+        page.goto(url)
+        # The page has opened its session and shown its (empty) data before the demo data go into
+        # it: a click before that would fill a session the page then replaces.
+        expect(field(page, "data-report", "textarea")).to_have_value(re.compile("0 classes, 0 images"))
+        page.get_by_role("button", name=re.compile("Load the demo")).click()
+        expect(field(page, "data-report", "textarea")).to_have_value(
+            re.compile("Loaded 80 images in 10 classes")
+        )
+        page.get_by_role("tab", name="3. Guidance").click()
+        expect(field(page, "guidance-class")).not_to_have_value("")  # the tab has shown the classes
+        field(page, "guidance-class").click()
+        page.get_by_role("option", name="one", exact=True).click()
+        expect(field(page, "guidance-class")).to_have_value("one")
+        page.get_by_text("Explain: what each weight does to this image").click()
+        page.locator("#explain").click()
+        expect(page.locator("#explain-status")).to_contain_text("Explained (seed", timeout=TIMEOUT)
+        for panel in panels:
+            pixels = shown(panel)
+            assert pixels.std() > 1, f"{panel} shows a blank image"
+        expect(page.locator("#explain-used")).to_contain_text("positive: one, image 1")
+        expect(page.locator("#explain-used")).to_contain_text("negative: ")
+        # Each picture names the weights that made it.
+        expect(page.locator("#rung-dipsy")).to_contain_text(
+            re.compile(r"text [\d.]+, positive [\d.]+, negative [\d.]+")
+        )
+
+    def slider():
+        before = {panel: shown(panel) for panel in panels[-4:]}
+        expect(page.locator("#branch-u")).to_contain_text("Step 10")  # the middle of the 20 steps
+        box = field(page, "branch-step", "input[type=number]")
+        box.fill("2")
+        box.blur()
+        expect(page.locator("#branch-u")).to_contain_text("Step 2")
+        changed = [panel for panel in before if not np.array_equal(shown(panel), before[panel])]
+        assert changed == panels[-4:], f"only {changed} changed with the step"
+
+    def plot():
+        lines = page.locator("#terms-plot svg .mark-line path")
+        expect(lines).to_have_count(3)  # one per term
+        for path, stroke in lines.evaluate_all(
+            "ps => ps.map(p => [p.getAttribute('d') || '', getComputedStyle(p).stroke])"
+        ):
+            assert len(re.findall(r"[ML]", path)) >= 10, f"a term's line is {path!r}"
+            assert stroke not in ("", "none", "transparent", "rgba(0, 0, 0, 0)"), stroke
+        page.locator("#explain-view").screenshot(path=str(steps.shots / "guidance-explain.png"))
+
+    for name, action in [("explain", explain), ("slider", slider), ("plot", plot)]:
+        steps.run(name, action)
+
+
 def test_a_generation_survives_a_refresh(demo_app, page, tmp_path):
     """Jobs belong to the session, not to the page: a refresh during a generation leaves it
     running; the reloaded page shows its progress and form again, its Cancel stops it, and

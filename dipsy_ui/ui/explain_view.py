@@ -12,7 +12,7 @@ from .common import JOBS, follow, readable_errors
 RUNG_LABELS = {  # dipsy_ui.explain.RUNGS, as a person reads them
     "text-only": "1. The prompt only",
     "with-positive": "2. + the positive image",
-    "dipsy": "3. + the negative image (DIPSY: the preview)",
+    "dipsy": "3. + the negative image (DIPSY)",
 }
 MARK_LABELS = {  # dipsy_ui.explain.DIFFERENCES
     "positive-added": "What the positive image added (red)",
@@ -29,6 +29,7 @@ TERM_LABELS = {
     "positive": "positive image weight",
     "negative": "negative image weight",
 }
+SHORT = {"w_text": "text", "w_pos": "positive", "w_neg": "negative"}  # the weights in a pane's label
 
 HELP = """
 **Explain** draws the preview's seed three times, each adding one weight: the prompt alone, then the pull
@@ -109,7 +110,9 @@ def create(guidance, state, controls, seed, settings):
             *(result.branches[middle].get(name) for name in BRANCH_LABELS),
             result,
             result.seed,
-            f"Explained (seed {result.seed}; {weights_caption(result.settings)}).",
+            f"Explained (seed {result.seed}; {weights_caption(result.settings)}; "
+            + "; ".join(used_caption(u) for u in result.used)
+            + ").",
         ]
 
     def labels(result) -> list:
@@ -120,9 +123,8 @@ def create(guidance, state, controls, seed, settings):
         drawn = sorted(result.branches)
         middle = nearest(result, result.settings["steps"] / 2)
         return [
-            *(gr.update(label=f"{label}: {weights_caption(result.weights[name])}")
-              for name, label in RUNG_LABELS.items()),
-            *(gr.update(label=f"{label}: {weights_caption({weight: result.weights['dipsy'][weight]})}")
+            *(gr.update(label=f"{label} · {short(result.weights[name])}") for name, label in RUNG_LABELS.items()),
+            *(gr.update(label=f"{label} · {short({weight: result.weights['dipsy'][weight]})}")
               for (_, label), weight in zip(MARK_LABELS.items(), ("w_pos", "w_neg"), strict=True)),
             gr.update(minimum=drawn[0], maximum=drawn[-1], value=middle,
                       step=drawn[1] - drawn[0] if len(drawn) > 1 else 1,
@@ -143,6 +145,11 @@ def create(guidance, state, controls, seed, settings):
         labels, [explained], relabelled, api_visibility="private"
     )
     step.release(on_step, [explained, step], list(branches.values()), api_visibility="private")
+
+
+def short(weights: dict) -> str:
+    """Weights in a pane's label: "text 7.5, positive 6"."""
+    return ", ".join(f"{SHORT[name]} {value:g}" for name, value in weights.items())
 
 
 def picture(label: str, elem_id: str) -> gr.Image:
