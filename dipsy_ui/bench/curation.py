@@ -1,10 +1,9 @@
-"""The curation benchmark: ``python -m dipsy_ui.bench curation`` generates a run of the digit world
-(:data:`~dipsy_ui.models.WORLD_DIR`, the demo preset, the demo digits as the real images) and
-measures the curation report (:mod:`dipsy_ui.curation`) on it:
+"""The curation benchmark: ``python -m dipsy_ui.bench curation`` generates a run of a shipped world
+(:mod:`dipsy_ui.world.worlds`; the digits by default, with their preset and demo data as the real
+images) and measures the curation report (:mod:`dipsy_ui.curation`) on it:
 
-- on the run as generated, ``off_class`` against the world's reference judge (an SVC on the
-  digits' pixels, :func:`dipsy_ui.world.report.reference_classifier`): precision and recall of
-  the flag for "the judge reads another digit";
+- on the run as generated, ``off_class`` against the world's reference judge (for the digits an
+  SVC on their pixels): precision and recall of the flag for "the judge reads another class";
 - on a copy with planted defects (:func:`plant_defects`: images replaced by their own positive
   image, by a copy of an earlier image of their class, and pairs of images of two classes
   swapped), each flag's precision and recall on the defects planted for it;
@@ -105,16 +104,15 @@ def flag_scores(report: dict, planted: dict[str, list[str]]) -> dict:
     return scores
 
 
-def judge_off_class(report: dict, run_dir: Path) -> dict:
-    """``off_class`` against the digit world's reference judge: precision and recall of the flag
-    for the images the judge reads as another digit than their class."""
-    from ..digits import DIGIT_NAMES
-    from ..world.report import digit_features, reference_classifier
-
+def judge_off_class(report: dict, run_dir: Path, world) -> dict:
+    """``off_class`` against a world's reference judge: precision and recall of the flag for the
+    images the judge reads as another class than their own."""
     images = [open_image(_path(run_dir, entry["file"])) for entry in report["images"]]
-    read = reference_classifier().predict(digit_features(images))
+    read = world.judge()(images)
     wrong = {
-        e["file"] for e, d in zip(report["images"], read, strict=True) if DIGIT_NAMES[d] != e["class_name"]
+        e["file"]
+        for e, label in zip(report["images"], read, strict=True)
+        if world.classes[label] != e["class_name"]
     }
     flagged = {e["file"] for e in report["images"] if "off_class" in e["flags"]}
     return {
@@ -143,6 +141,7 @@ def bench_curation(
     seed: int = 0,
     timing_clip: str | None = None,
     classifier: bool = True,
+    world_name: str = "digits",
 ) -> dict:
     """Everything the module docstring lists, printed and returned. With ``timing_clip`` (an
     open_clip architecture such as ``ViT-B-16``, random weights: no download), the report on the
@@ -152,18 +151,26 @@ def bench_curation(
     import torch
 
     from ..config import CurationConfig
-    from ..digits import write_demo_data
     from ..generate import GenerationJob
-    from ..models import WORLD_DIR, ModelSpec, load_clip, load_pipeline, resolve_runtime
+    from ..models import ModelSpec, load_clip, load_pipeline, resolve_runtime
     from ..presets import load_preset
     from ..similarity import compute_similarity
+    from ..world.worlds import get_world
 
-    spec, runtime = ModelSpec.from_models_dir(WORLD_DIR), resolve_runtime("cpu", "fp32")
-    config = dataclasses.replace(load_preset("demo").generation, images_per_class=per_class, seed=seed)
-    result: dict = {"per_class": per_class, "shots": shots, "threads": torch.get_num_threads()}
+    world = get_world(world_name)
+    spec, runtime = ModelSpec.from_models_dir(world.directory), resolve_runtime("cpu", "fp32")
+    preset = load_preset(world.preset)
+    config = dataclasses.replace(preset.generation, images_per_class=per_class, seed=seed)
+    result: dict = {
+        "world": world.name,
+        "classes": len(world.classes),
+        "per_class": per_class,
+        "shots": shots,
+        "threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        real = write_demo_data(scratch / "data", shots=shots, seed=seed) / "train"
+        real = world.write_demo_data(scratch / "data", shots=shots, seed=seed) / "train"
         dataset = load_dataset(real)
         clip = load_clip(spec, runtime)
         similarity = compute_similarity(clip, dataset.image_lists(), temperature=config.temperature)
@@ -178,18 +185,18 @@ def bench_curation(
         result["clean"] = {
             flag: sum(flag in e["flags"] for e in report["images"]) for flag in PLANTED_FLAG.values()
         }
-        result["off_class_vs_judge"] = judge_off_class(report, run)
+        result["off_class_vs_judge"] = judge_off_class(report, run, world)
         if classifier:
-            # The real-only classifier of the demo recipe: what --adapter gives a user who trained one.
+            # The real-only classifier of the preset's recipe: what --adapter gives a user who trained one.
             from ..classifier.train import train
             from ..curation import classifier_encoder
 
             folder = scratch / "classifier"
-            train(real, folder, spec, config=load_preset("demo").train, runtime=runtime)
+            train(real, folder, spec, config=preset.train, runtime=runtime)
             features = CurationJob(
                 run, dataset, classifier_encoder(folder, runtime), features="classifier"
             ).run()
-            result["off_class_vs_judge_classifier"] = judge_off_class(features, run)
+            result["off_class_vs_judge_classifier"] = judge_off_class(features, run, world)
         planted_run = scratch / "planted"
         shutil.copytree(run, planted_run, ignore=shutil.ignore_patterns(CACHE_DIR))
         planted = plant_defects(planted_run, dataset, per_kind, seed)
@@ -203,9 +210,9 @@ def format_result(result: dict) -> str:
     def share(value) -> str:
         return "n/a" if value is None else f"{value:.0%}"
 
-    images = result["per_class"] * 10
+    images = result["per_class"] * result["classes"]
     lines = [
-        f"curation report on the digit world: {images} images ({result['per_class']} per class), "
+        f"curation report on the {result['world']} world: {images} images ({result['per_class']} per class), "
         f"{result['shots']} real images per class, {result['threads']} thread(s)",
         f"  generation {result['generation_seconds']} s; report {result['report_seconds']['cold']} s "
         f"(empty cache), {result['report_seconds']['cached']} s (cached)",
@@ -218,7 +225,7 @@ def format_result(result: dict) -> str:
         "  flags on the run as generated: " + ", ".join(f"{k} {v}" for k, v in result["clean"].items()),
         *(
             f"  off_class vs the reference judge ({features}): {judge['judged_wrong']} images read as "
-            f"another digit, {judge['flagged']} flagged; precision {share(judge['precision'])}, "
+            f"another class, {judge['flagged']} flagged; precision {share(judge['precision'])}, "
             f"recall {share(judge['recall'])}"
             for features, key in (
                 ("CLIP", "off_class_vs_judge"),
@@ -251,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--world", default="digits", help="which shipped world: digits or critters (default: digits)"
+    )
+    parser.add_argument(
         "--no-classifier", action="store_true", help="skip off_class on a trained classifier's features"
     )
     parser.add_argument(
@@ -260,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     bench_curation(
-        args.per_class, args.shots, args.planted, args.seed, args.timing_clip, not args.no_classifier
+        args.per_class,
+        args.shots,
+        args.planted,
+        args.seed,
+        args.timing_clip,
+        not args.no_classifier,
+        args.world,
     )
     return 0
