@@ -72,9 +72,6 @@ class World:
         """A few steps per stage with this world's class settings (tests, CI)."""
         return replace(WorldConfig.quick(), clip_classes=self.config.clip_classes)
 
-    def family_of(self, name: str) -> str | None:
-        return next((family for family, names in (self.families or {}).items() if name in names), None)
-
 
 # -- digits ------------------------------------------------------------------------------------------
 
@@ -224,9 +221,6 @@ def _critters() -> World:
 @functools.cache
 def worlds() -> dict[str, World]:
     return {"digits": _digits(), "critters": _critters()}
-
-
-DEMO_WORLD = "critters"  # what ``python app.py --demo`` opens
 
 
 def demo_world(demo: bool | str) -> World:
