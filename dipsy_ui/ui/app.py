@@ -70,18 +70,25 @@ def build_app(studio, access: file_access.Access | None = None) -> gr.Blocks:
         gr.Timer(3).tick(core.model_status, None, [model_status], api_name="model_status_on_timer",
                          api_visibility="private", show_progress="hidden", queue=False)  # fmt: skip
 
-        def on_open(kept, current, request: gr.Request):
+        def on_open(kept, session: Session, request: gr.Request):
             # An id kept before sign-in existed is a plain string: the session without sign-in.
             ids = dict(kept) if isinstance(kept, dict) else {"": kept}
             user = request.username
             # A signed-in user reopens only their own sessions: an id another user left in this
             # browser (or forged) opens a new session instead.
             wanted = ids.get(user or "", "")
-            if not wanted and current.id:
-                # A first visit whose first click came before this: keep the session it made.
-                session = current
-            else:
-                session = studio.open_session(wanted if core.admits(wanted, user) else "")
+            wanted = wanted if core.admits(wanted, user) else ""
+            # An event that ran before this one (the Data tab's first select, a first click) may
+            # have given the page a new session already: kept when no earlier session is wanted,
+            # else it gives way (its folder goes, unless something was made in it). The opened
+            # session fills the page's State object in place: every event of this page holds that
+            # very object (Gradio keeps one State value per page), so none goes on working in a
+            # session the page left.
+            if not session.id or (wanted and wanted != session.id):
+                opened = studio.open_session(wanted)
+                if session.id:
+                    core.end_session(Session(id=session.id, root=session.root))
+                vars(session).update(vars(opened))
             core.claim(session, user)
             if access is not None:
                 access.bind(request.cookies.get(file_access.COOKIE), session.id)
