@@ -1,7 +1,7 @@
 """``python -m dipsy_ui.bench.load``: several clients preview at once on the demo app, over
 loopback; each client's wait is recorded (p50 / p95 in BENCHMARKS.md).
 
-The app runs as ``python app.py --demo`` in its own process, as it would for a shared demo; each
+The app runs as ``python app.py --demo digits`` (``--world``) in its own process, as it would for a shared demo; each
 client is a ``gradio_client.Client`` (one session each) that loads the demo digits, then all of
 them ask for a preview at the same moment. The model lock runs one preview at a time, first come
 first served, so the k-th client waits about k previews: the reference is one preview timed alone
@@ -32,9 +32,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-def serve(workspace: Path, port: int) -> subprocess.Popen:
-    """``app.py --demo`` on ``port``, started and answering."""
-    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--demo", "--workspace", str(workspace),
+def serve(workspace: Path, port: int, world: str) -> subprocess.Popen:
+    """``app.py --demo WORLD`` on ``port``, started and answering."""
+    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--demo", world, "--workspace", str(workspace),
                                "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -50,13 +50,13 @@ def serve(workspace: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("the app did not answer within 300 s")
 
 
-def bench_load(clients: int, steps: int, port: int) -> dict:
+def bench_load(clients: int, steps: int, port: int, world: str = "digits") -> dict:
     """Start the demo app, connect ``clients`` clients, time one preview alone, then all of them
     at once; returns the waits (seconds) and the failures."""
     from gradio_client import Client
 
     with tempfile.TemporaryDirectory() as workspace:
-        server = serve(Path(workspace), port)
+        server = serve(Path(workspace), port, world)
         try:
             url = f"http://127.0.0.1:{port}/"
             sessions = [Client(url, verbose=False, httpx_kwargs={"timeout": 600}) for _ in range(clients)]
@@ -127,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, default=20, help="denoising steps of each preview (demo preset: 20)"
     )
     parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument(
+        "--world", default="digits", help="the demo world (app.py --demo WORLD; default: digits)"
+    )
     args = parser.parse_args(argv)
-    result = bench_load(args.clients, args.steps, args.port)
+    result = bench_load(args.clients, args.steps, args.port, args.world)
     print(report(result))
     return 1 if result["failures"] else 0
 
