@@ -170,7 +170,12 @@ def create(guidance, state):
 
     @readable_errors
     def on_edit(session, *values):
-        yield from show_preview(session, values, edit=True)
+        """A preview for an edit; it labels its panes itself (a chained event would hold back the
+        next edit until it ran, and the newest edit could no longer supersede the waiting ones)."""
+        for shown in show_preview(session, values, edit=True):
+            yield *shown, gr.skip()
+        used_images, live_label, previous_label = show_made(session)
+        yield live_label, previous_label, gr.skip(), gr.skip(), used_images
 
     @readable_errors
     def on_sweep(session, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
@@ -280,9 +285,8 @@ def create(guidance, state):
     )
     # Every edit reaches the Studio at once ("multiple"), where the newest wins; a slider's number
     # box fires "release" when it loses focus, so an edit that changed nothing is dropped there.
-    gr.on([slider.release for slider in sliders], on_edit, [state, *controls], outputs,
-          api_visibility="private", trigger_mode="multiple", **JOBS).then(
-        *made, api_visibility="private")  # fmt: skip
+    gr.on([slider.release for slider in sliders], on_edit, [state, *controls], [*outputs, used],
+          api_visibility="private", trigger_mode="multiple", **JOBS)  # fmt: skip
     sweep.click(on_sweep, [state, *controls, x_name, x_values, y_name, y_values, seeds, difference],
                 [grid, seed, status], api_name="sweep", **JOBS)  # fmt: skip
     stop.click(
