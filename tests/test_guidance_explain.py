@@ -6,6 +6,7 @@ draws several seeds per cell and marks what the negative term changed."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +16,7 @@ from test_studio_jobs import terminal
 
 from dipsy_ui.digits import DIGIT_NAMES
 from dipsy_ui.explain import RUNGS, difference, overlay
-from dipsy_ui.studio import CANCELLED, DONE, STEP, GuidanceSettings, Studio
+from dipsy_ui.studio import CANCELLED, DONE, PROGRESS, STEP, GuidanceSettings, Studio
 from dipsy_ui.studio.guidance import MAX_SWEEP, branch_view_steps
 
 CLASSES = DIGIT_NAMES[:3]
@@ -160,3 +161,35 @@ def test_a_sweep_draws_several_seeds_per_cell_and_marks_the_negative_terms_chang
         )
     with pytest.raises(Exception, match="seeds per cell"):
         studio.guidance.sweep(session, chosen, "w_pos", [0.0], "w_text", [1.0], seeds=0)
+
+
+def test_a_newer_explanation_supersedes_one_still_waiting(app):
+    """While one explanation runs, a second waits for the models; a third, newer request
+    supersedes the second (it ends cancelled without running), as previews do."""
+    studio, session = app
+    studio.settings.set_preset(session, "demo")
+    running = studio.guidance.explain(session, replace(CHOSEN, steps=1000))  # runs until cancelled
+    assert next(event for event in running if event.kind == STEP)
+    ends, waiting = {}, {}
+
+    def follow(name: str, seed: int) -> None:
+        events = []
+        for event in studio.guidance.explain(session, replace(CHOSEN, seed=seed)):
+            events.append(event)
+            if event.kind == PROGRESS and "Waiting" in event.message:
+                waiting[name].set()
+        ends[name] = terminal(events)
+
+    threads = {}
+    for name, seed in (("second", 1), ("third", 2)):
+        waiting[name] = threading.Event()
+        threads[name] = threading.Thread(target=follow, args=(name, seed))
+        threads[name].start()
+        assert waiting[name].wait(60), f"the {name} request never waited for the model"
+    assert studio.guidance.cancel(session)  # the running one and the newest
+    assert terminal(list(running)).kind == CANCELLED
+    for thread in threads.values():
+        thread.join(60)
+    assert ends["second"].kind == CANCELLED and ends["second"].superseded
+    assert ends["third"].kind == CANCELLED and not ends["third"].superseded
+    assert not studio.core.model_lock.held
