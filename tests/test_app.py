@@ -436,8 +436,8 @@ def test_explain_is_the_ladder_of_the_preview(demo_app):
     client = connect(url)
     load_three_classes(client)
     controls = ["one", 1, "sample", -1, 7.5, 6.0, 6.0, 0.6, 4, 5, True]
-    text_only, with_positive, dipsy, used, added, removed, plot, *branches, seed, status = (
-        client.predict(*controls, api_name="/explain")
+    text_only, with_positive, dipsy, used, added, removed, plot, *branches, seed, status = client.predict(
+        *controls, api_name="/explain"
     )
     preview, _, _, preview_status = client.predict(*controls, api_name="/preview")
     without, *_ = client.predict(*controls[:6], 0.0, *controls[7:], api_name="/preview")
