@@ -152,7 +152,7 @@ def test_the_tab_in_a_browser_shows_the_table_the_plot_and_the_verdict(demo_app,
     page, (url, workspace, _) = chromium_page, demo_app
     expect.set_options(timeout=180_000)
     page.goto(url)
-    page.get_by_role("button", name="Load the demo digits").click()
+    page.locator("#load-demo").click()
     expect(page.locator("#data-table")).to_contain_text("seven")
     page.get_by_role("tab", name="7. Experiments").click()
     page.get_by_role("button", name="Add the Guidance settings as an arm").click()

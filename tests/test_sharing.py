@@ -78,7 +78,7 @@ def test_sign_in_refuses_strangers_and_admits_users(tmp_path):
     try:
         # Unauthenticated: the page is the sign-in form, the app's config and its API refuse.
         page = httpx.get(url)
-        assert page.status_code == 200 and "Load the demo digits" not in page.text
+        assert page.status_code == 200 and "Load the demo" not in page.text
         assert httpx.get(url + "config").status_code == 401
         assert httpx.post(url + "gradio_api/queue/join", json={"data": [], "fn_index": 0,
                                                                "session_hash": "x"}).status_code == 401  # fmt: skip
@@ -102,7 +102,7 @@ def test_sign_in_refuses_strangers_and_admits_users(tmp_path):
                 == 200
             )
             assert browser.get(url + "config").status_code == 200
-            assert "Load the demo digits" in browser.get(url).text
+            assert "Load the demo" in browser.get(url).text
     finally:
         blocks.close()
 
@@ -335,12 +335,16 @@ def test_in_the_browser_each_user_signs_in_and_reopens_only_their_own_session(tm
         expect(page.get_by_text("Incorrect credentials", exact=False)).to_be_visible()
         expect(page.get_by_text("Demo mode")).to_have_count(0)
         sign_in("alice", "wonderland", ["alice"])
-        page.get_by_role("button", name="Load the demo digits").click()
+        page.locator("#load-demo").click()
         expect(page.locator("#data-table")).to_contain_text(first)
         # The page's images come through the gate, to this browser: the thumbnails are drawn.
         thumbnails = page.locator("img[src*='gradio_api/file=']")
         expect(thumbnails.first).to_be_visible()
-        assert thumbnails.first.evaluate("img => img.complete && img.naturalWidth > 0")
+        drawn = "img => img.complete && img.naturalWidth > 0"
+        deadline = time.monotonic() + 30
+        while not thumbnails.first.evaluate(drawn) and time.monotonic() < deadline:
+            page.wait_for_timeout(200)  # visible comes before loaded
+        assert thumbnails.first.evaluate(drawn), "the thumbnail never loaded through the gate"
         assert all(str(workspace) not in src for src in thumbnails.evaluate_all("els => els.map(e => e.src)"))
 
         # Over the session quota, an upload from the page is refused, saying so; nothing is lost.

@@ -80,6 +80,10 @@ class DataService:
             world.write_demo_data(folder)
         return folder
 
+    def demo_name(self) -> str:
+        """The demo world's name ("critters", "digits"), as the Data tab's button says it."""
+        return demo_world(self.core.demo or True).name
+
     def load_demo(self, session: Session) -> str:
         report = self.load_source(session, self.demo_data_dir() / "train")
         self.settings.set_preset(session, demo_world(self.core.demo or True).preset)

@@ -10,10 +10,14 @@ from .common import readable_errors, refusal
 
 def create(data, settings, state):
     with gr.Tab("1. Data", id="data") as tab:
-        gr.Markdown(
-            "Give a few images per class. Add a class by name and drop its images, upload a **.zip** of "
-            "class folders (`<class>/<image>`), or load the demo digits."
-        )
+        with gr.Row():
+            gr.Markdown(
+                "Give a few images per class. Add a class by name and drop its images, upload a **.zip** of "
+                f"class folders (`<class>/<image>`), or start with the demo {data.demo_name()}."
+            )
+            # The first thing a demo's visitor clicks: at the top, the page's one primary button.
+            demo = gr.Button(f"Load the demo {data.demo_name()}", variant="primary" if data.core.demo else "secondary",
+                             elem_id="load-demo", scale=0, min_width=240)  # fmt: skip
         with gr.Row():
             with gr.Column(scale=1):
                 class_name = gr.Textbox(
@@ -25,14 +29,13 @@ def create(data, settings, state):
                     file_count="multiple",
                     file_types=None,
                 )
-                add = gr.Button("Add class / add images", variant="primary")
+                add = gr.Button("Add class / add images")
                 archive = gr.File(
                     elem_id="dataset-zip",
                     label="Or a .zip of class folders (replaces your data)",
                     file_count="single",
                 )
                 upload = gr.Button("Load the zip")
-                demo = gr.Button("Load the demo digits", elem_id="load-demo")
                 # Custom values reach the service, which takes a preset name only (a built-in or the user's own).
                 preset = gr.Dropdown(
                     label="Preset", choices=settings.preset_choices(), allow_custom_value=True
