@@ -11,6 +11,26 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def session_threads() -> int:
+    """Torch's thread count when the session began (before any fixture could change it)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(session_threads):
+    """Each test ends with the session's torch thread count: a test or fixture that changes it
+    in-process (``train-world --threads 1``) would otherwise change the last bits of every
+    computation after it, and a bit-exact comparison with a subprocess (which starts with the
+    default) would fail."""
+    import torch
+
+    yield
+    torch.set_num_threads(session_threads)
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """A folder with sd/, ip-adapter/ and clip/ in the real models' layouts."""
     from dipsy_ui.tiny import make_tiny_models
