@@ -32,6 +32,7 @@ from PIL import Image, ImageChops
 from .config import GenerationConfig
 from .errors import UsageError
 from .events import CANCELLED, DONE, STEP, Event, OnEvent, protocol
+from .generate import pipeline_call
 
 RUNGS = ("text-only", "with-positive", "dipsy")
 # difference image -> (rung before, rung after): what the term added between the two rungs
@@ -138,23 +139,12 @@ def explain(
         return {}
 
     # 1. The rungs: one batched call, every row with the same seed, so they share their noise.
-    pipe.use_scheduler(config.scheduler)
-    output = pipe(
-        [prompt] * len(rows),
-        [positive] * len(rows),
-        [negative] * len(rows),
-        w_text=[row[0] for row in rows],
-        w_pos=[row[1] for row in rows],
-        w_neg=[row[2] for row in rows],
-        ip_adapter_scale=config.ip_adapter_scale,
-        num_inference_steps=config.steps,
-        height=config.height,
-        width=config.width,
-        generator=[torch.Generator(pipe._execution_device).manual_seed(seed) for _ in rows],
-        augment=config.augment,
-        callback_on_step_end=on_step,
+    count = len(rows)
+    output = pipeline_call(
+        pipe, config, [prompt] * count, [positive] * count, [negative] * count, [seed] * count, on_step,
+        w_text=[row[0] for row in rows], w_pos=[row[1] for row in rows], w_neg=[row[2] for row in rows],
         trace_every=1,
-    )
+    )  # fmt: skip
     if output.images is None:
         on_event(Event(CANCELLED, message="Cancelled."))
         return None

@@ -197,25 +197,34 @@ def render(
     on_step: Callable | None = None,
     **per_row,
 ) -> list[Image.Image] | None:
-    """The one pipeline call every image goes through (batch job, preview, sweep): the
+    """The images of ``picks`` (batch job, preview, sweep) through :func:`pipeline_call`;
+    None when interrupted."""
+    positives = [pick.positive.image for pick in picks]
+    negatives = [pick.negative.image if pick.negative else None for pick in picks]
+    return pipeline_call(pipe, config, prompts, positives, negatives, seeds, on_step, **per_row).images
+
+
+def pipeline_call(pipe, config: GenerationConfig, prompts: list[str], positives: list, negatives: list,
+                  seeds: list[int], on_step: Callable | None = None, **options):  # fmt: skip
+    """The one pipeline call every image goes through (batch job, preview, sweep, explain): the
     settings' weights, scale, steps, sampler, size and adapter-input augmentation, each row
-    seeded by its own generator. ``per_row`` overrides a weight with one value per row (a
-    sweep). None when interrupted."""
+    seeded by its own generator. ``options`` override a weight with one value per row (a sweep,
+    Eq. 9's ladder) or pass the pipeline's own options (``trace_every``). Returns the
+    pipeline's output (its images None when interrupted)."""
     pipe.use_scheduler(config.scheduler)
     weights = {name: getattr(config, name) for name in ("w_text", "w_pos", "w_neg", "ip_adapter_scale")}
-    output = pipe(
+    return pipe(
         prompts,
-        [pick.positive.image for pick in picks],
-        [pick.negative.image if pick.negative else None for pick in picks],
+        positives,
+        negatives,
         num_inference_steps=config.steps,
         height=config.height,
         width=config.width,
         generator=[torch.Generator(pipe._execution_device).manual_seed(seed) for seed in seeds],
         augment=config.augment,
         callback_on_step_end=on_step,
-        **(weights | per_row),
+        **(weights | options),
     )
-    return output.images
 
 
 def recorded_run(out_dir: str | Path) -> tuple[GenerationConfig, ModelSpec]:

@@ -123,13 +123,12 @@ def create(guidance, state):
             choices=[(SAMPLE, -1)] + [(f"image {i + 1}", i) for i in range(len(paths))], value=-1
         )
 
-    def show_preview(session, values, edit):
+    def show_preview(session, chosen, edit):
         """(live, previous, seed, status) as the preview job goes, each image labelled with the
         weights that made it; a cancelled preview puts back what was shown before it, and a
         superseded one shows nothing (a newer one is coming). The weights tried become the
         session's, which Generate uses."""
         latest, before = guidance.shown(session)
-        chosen = settings(*values)
         guidance.use(session, chosen)
         for event in follow(guidance.preview(session, chosen, edit=edit)):
             if event.superseded:
@@ -153,26 +152,16 @@ def create(guidance, state):
     @readable_errors
     def on_preview(session, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps,
                    seed, lock):  # fmt: skip
-        values = (
-            class_name,
-            positive,
-            negative_class,
-            negative,
-            w_text,
-            w_pos,
-            w_neg,
-            scale,
-            steps,
-            seed,
-            lock,
+        chosen = settings(
+            class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps, seed, lock
         )
-        yield from show_preview(session, values, edit=False)
+        yield from show_preview(session, chosen, edit=False)
 
     @readable_errors
     def on_edit(session, *values):
         """A preview for an edit; it labels its panes itself (a chained event would hold back the
         next edit until it ran, and the newest edit could no longer supersede the waiting ones)."""
-        for shown in show_preview(session, values, edit=True):
+        for shown in show_preview(session, settings(*values), edit=True):
             yield *shown, gr.skip()
         used_images, live_label, previous_label = show_made(session)
         yield live_label, previous_label, gr.skip(), gr.skip(), used_images
@@ -194,14 +183,14 @@ def create(guidance, state):
             else:  # the grid stays as it was until a sweep finishes
                 yield gr.skip(), gr.skip(), f"Sweep: {event.message[:1].lower()}{event.message[1:]}"
 
-    def save_preset(session, name, values, overwrite):
+    def save_preset(session, name, chosen, overwrite):
         """(status, Replace button): saved, refused, or asking before replacing the user's preset."""
         try:
             existing = None if overwrite else guidance.settings.existing_preset(session, name)
             if existing is not None:
                 question = f"A preset named **{existing}** exists: click **Replace it** to save over it, or type another name."
                 return question, gr.update(visible=True)
-            guidance.use(session, settings(*values))
+            guidance.use(session, chosen)
             saved_name = guidance.settings.save_preset(session, name, overwrite=overwrite)
         except DipsyError as error:
             return refusal(error), gr.update(visible=False)
@@ -212,38 +201,26 @@ def create(guidance, state):
     @readable_errors
     def on_save(session, name, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale,
                 steps, seed, lock):  # fmt: skip
-        values = (
-            class_name,
-            positive,
-            negative_class,
-            negative,
-            w_text,
-            w_pos,
-            w_neg,
-            scale,
-            steps,
-            seed,
-            lock,
+        return save_preset(
+            session,
+            name,
+            settings(
+                class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps, seed, lock
+            ),
+            overwrite=False,
         )
-        return save_preset(session, name, values, overwrite=False)
 
     @readable_errors
     def on_replace(session, name, class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale,
                    steps, seed, lock):  # fmt: skip
-        values = (
-            class_name,
-            positive,
-            negative_class,
-            negative,
-            w_text,
-            w_pos,
-            w_neg,
-            scale,
-            steps,
-            seed,
-            lock,
+        return save_preset(
+            session,
+            name,
+            settings(
+                class_name, positive, negative_class, negative, w_text, w_pos, w_neg, scale, steps, seed, lock
+            ),
+            overwrite=True,
         )
-        return save_preset(session, name, values, overwrite=True)
 
     @readable_errors
     def on_negative(session, name, rule, negative_name):
